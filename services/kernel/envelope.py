@@ -1,0 +1,150 @@
+"""Events, the envelope they travel in, and the registry that decodes and upcasts them.
+
+Pydantic models are the single source of truth of every event schema: a context declares its events
+as subclasses of `Event` in its `events.py`; `mieux events schema` prints the catalogue from them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class Event(BaseModel):
+    """Base of every domain event. Subclasses set `event_type` (past tense) and `schema_version`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    event_type: ClassVar[str]
+    schema_version: ClassVar[int] = 1
+    source: ClassVar[str]
+
+
+class Envelope(BaseModel):
+    """What is stored and what goes on the bus (as JSON)."""
+
+    model_config = ConfigDict(frozen=True)
+    event_id: uuid.UUID
+    event_type: str
+    schema_version: int
+    source: str
+    stream_id: str
+    stream_version: int
+    position: int
+    occurred_at: datetime
+    recorded_at: datetime
+    correlation_id: str
+    causation_id: str
+    actor: str
+    data: dict[str, Any]
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Envelope:
+        return cls.model_validate_json(raw)
+
+
+class DecodeError(Exception):
+    """The message cannot be turned into a known event: it goes to the dead-letter queue."""
+
+
+class UnknownEvent(Event):
+    """An event type this reader does not know: skipped by projections (tolerant reader)."""
+
+    event_type: ClassVar[str] = "<unknown>"
+    source: ClassVar[str] = "<unknown>"
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+E = TypeVar("E", bound=type[Event])
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.types: dict[str, type[Event]] = {}
+        self.upcasters: dict[tuple[str, int], Upcaster] = {}
+
+    def register(self, cls: E) -> E:
+        if cls.event_type in self.types and self.types[cls.event_type] is not cls:
+            raise ValueError(f"event type {cls.event_type} registered twice")
+        self.types[cls.event_type] = cls
+        return cls
+
+    def upcaster(self, event_type: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+        """Declare how data of `from_version` becomes data of `from_version + 1`."""
+
+        def deco(fn: Upcaster) -> Upcaster:
+            self.upcasters[(event_type, from_version)] = fn
+            return fn
+
+        return deco
+
+    def decode(self, env: Envelope) -> Event:
+        cls = self.types.get(env.event_type)
+        if cls is None:
+            return UnknownEvent(**env.data)
+        version, data = env.schema_version, dict(env.data)
+        if version > cls.schema_version or version < 1:
+            raise DecodeError(
+                f"{env.event_type} schema version {version} is not known (this reader knows up to "
+                f"{cls.schema_version})"
+            )
+        while version < cls.schema_version:
+            up = self.upcasters.get((env.event_type, version))
+            if up is None:
+                raise DecodeError(f"no upcaster for {env.event_type} from version {version}")
+            data, version = up(data), version + 1
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise DecodeError(f"{env.event_type} v{version} does not match its schema: {e}") from e
+
+    def catalogue(self) -> dict[str, Any]:
+        return {
+            name: {
+                "source": cls.source,
+                "schema_version": cls.schema_version,
+                "topic": topic_for(cls.source),
+                "schema": cls.model_json_schema(),
+            }
+            for name, cls in sorted(self.types.items())
+        }
+
+
+registry = Registry()
+
+
+def event(cls: E) -> E:
+    """Class decorator: register an event type in the global registry."""
+    return registry.register(cls)
+
+
+def topic_for(service: str) -> str:
+    return f"mieux.{service}.events"
+
+
+def parse_message(raw: bytes | None) -> Envelope:
+    """Bytes from the bus -> envelope, or DecodeError with the reason."""
+    if raw is None:
+        raise DecodeError("empty message")
+    try:
+        json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DecodeError(f"not JSON: {e}") from e
+    try:
+        return Envelope.from_bytes(raw)
+    except ValidationError as e:
+        raise DecodeError(f"not an envelope: {e}") from e
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

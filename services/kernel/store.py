@@ -1,0 +1,344 @@
+"""The event store: PostgreSQL (asyncpg), one schema per service.
+
+* `append` is one round trip: a PL/pgSQL function checks the command id and the expected version and
+  inserts the events in one transaction. The events table is the outbox: the relay reads it through
+  `read_all`, and keeps its published position in `relay_state` (no second copy of every event).
+* Writers are never serialised. Positions come from a sequence, so a writer may commit a higher
+  position before another commits a lower one. `read_all` never skips a position all the same: it
+  reads only up to a *high-water mark*, the last sequence value handed out before a snapshot, once
+  every transaction that was running at that snapshot has ended. Each append takes its transaction
+  id before its positions, so every position at or below the mark belongs to a transaction the mark
+  waited for: it is committed (visible) or rolled back (a gap that stays a gap).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.kernel.envelope import Envelope, Event, utcnow
+
+
+class ConcurrencyError(Exception):
+    """The stream is not at the expected version: someone else wrote first (gRPC ABORTED)."""
+
+
+class CommandReused(Exception):
+    """A command id seen before came back with a different payload (gRPC ALREADY_EXISTS)."""
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    stream_id: str
+    first_version: int
+    last_version: int
+    first_position: int | None
+    last_position: int | None
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Metadata:
+    actor: str
+    correlation_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    causation_id: str = ""
+
+
+def schema_sql(schema: str) -> str:
+    s = schema
+    return f"""
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE SEQUENCE IF NOT EXISTS {s}.events_position_seq;
+CREATE TABLE IF NOT EXISTS {s}.events (
+    position        bigint PRIMARY KEY,
+    event_id        uuid NOT NULL,
+    stream_id       text NOT NULL,
+    stream_version  integer NOT NULL,
+    event_type      text NOT NULL,
+    schema_version  integer NOT NULL,
+    data            jsonb NOT NULL,
+    occurred_at     timestamptz NOT NULL,
+    recorded_at     timestamptz NOT NULL DEFAULT now(),
+    correlation_id  text NOT NULL,
+    causation_id    text NOT NULL,
+    actor           text NOT NULL,
+    CONSTRAINT events_stream_version_key UNIQUE (stream_id, stream_version)
+);
+CREATE TABLE IF NOT EXISTS {s}.commands (
+    command_id      text PRIMARY KEY,
+    command_hash    text,
+    stream_id       text NOT NULL,
+    first_version   integer NOT NULL,
+    last_version    integer NOT NULL,
+    first_position  bigint,
+    last_position   bigint
+);
+CREATE TABLE IF NOT EXISTS {s}.relay_state (
+    topic           text PRIMARY KEY,
+    position        bigint NOT NULL
+);
+CREATE OR REPLACE FUNCTION {s}.append_events(
+    p_stream text, p_expected integer, p_command_id text, p_command_hash text,
+    p_event_ids uuid[], p_types text[], p_schema_versions integer[], p_data jsonb[],
+    p_occurred_at timestamptz, p_correlation_id text, p_causation_id text, p_actor text)
+RETURNS TABLE(stream_id text, first_version integer, last_version integer,
+              first_position bigint, last_position bigint, duplicate boolean, command_hash text)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_current integer;
+    v_n integer := coalesce(array_length(p_event_ids, 1), 0);
+    v_first bigint;
+    v_last bigint;
+BEGIN
+    -- take the transaction id before any position: read_all's high-water mark relies on it
+    PERFORM pg_current_xact_id();
+    IF p_command_id IS NOT NULL THEN
+        RETURN QUERY SELECT c.stream_id, c.first_version, c.last_version, c.first_position,
+                            c.last_position, true, c.command_hash
+                     FROM {s}.commands c WHERE c.command_id = p_command_id;
+        IF FOUND THEN RETURN; END IF;
+    END IF;
+    SELECT coalesce(max(e.stream_version), 0) INTO v_current FROM {s}.events e WHERE e.stream_id = p_stream;
+    IF v_current <> p_expected THEN
+        RAISE EXCEPTION 'stream % is at version %, not the expected %', p_stream, v_current, p_expected
+            USING ERRCODE = 'MX409';
+    END IF;
+    IF v_n > 0 THEN
+        WITH ins AS (
+            INSERT INTO {s}.events (position, event_id, stream_id, stream_version, event_type,
+                                   schema_version, data, occurred_at, correlation_id, causation_id, actor)
+            SELECT nextval('{s}.events_position_seq'), u.id, p_stream, p_expected + u.ord::integer, u.typ,
+                   u.ver, u.dat, p_occurred_at, p_correlation_id, p_causation_id, p_actor
+            FROM unnest(p_event_ids, p_types, p_schema_versions, p_data) WITH ORDINALITY AS u(id, typ, ver, dat, ord)
+            RETURNING position)
+        SELECT min(position), max(position) INTO v_first, v_last FROM ins;
+        PERFORM pg_notify('{s}_events', '');
+    END IF;
+    IF p_command_id IS NOT NULL THEN
+        INSERT INTO {s}.commands VALUES (p_command_id, p_command_hash, p_stream, p_expected + 1,
+                                        p_expected + v_n, v_first, v_last);
+    END IF;
+    RETURN QUERY SELECT p_stream, p_expected + 1, p_expected + v_n, v_first, v_last, false, p_command_hash;
+END
+$fn$;
+CREATE OR REPLACE FUNCTION {s}.position_horizon(OUT handed_out bigint, OUT snapshot_xmax bigint,
+                                               OUT later_xmin bigint)
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    -- the order matters: the last position handed out, then a snapshot, then a later snapshot
+    SELECT CASE WHEN is_called THEN last_value ELSE 0 END INTO handed_out FROM {s}.events_position_seq;
+    SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint INTO snapshot_xmax;
+    SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint INTO later_xmin;
+END
+$fn$;
+"""
+
+
+EVENT_COLUMNS = (
+    "position, event_id, stream_id, stream_version, event_type, schema_version, data, occurred_at, "
+    "recorded_at, correlation_id, causation_id, actor"
+)
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init_connection)
+
+
+def payload_hash(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class HighWaterMark:
+    """Per reader: the highest position below which no transaction can still add an event."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        self.safe = 0
+        self.pending: tuple[int, int] | None = None
+
+    async def advance(self, conn: asyncpg.Connection) -> int:
+        handed_out, xmax, later_xmin = await conn.fetchrow(f"SELECT * FROM {self.schema}.position_horizon()")
+        if self.pending and later_xmin >= self.pending[1]:
+            self.safe = max(self.safe, self.pending[0])
+        if later_xmin >= xmax:
+            # every transaction running at the snapshot has ended already
+            self.safe = max(self.safe, handed_out)
+            self.pending = None
+        else:
+            self.pending = (handed_out, xmax)
+        return self.safe
+
+
+def _envelope(row: asyncpg.Record, source: str) -> Envelope:
+    return Envelope(
+        event_id=row["event_id"],
+        event_type=row["event_type"],
+        schema_version=row["schema_version"],
+        source=source,
+        stream_id=row["stream_id"],
+        stream_version=row["stream_version"],
+        position=row["position"],
+        occurred_at=row["occurred_at"],
+        recorded_at=row["recorded_at"],
+        correlation_id=row["correlation_id"],
+        causation_id=row["causation_id"],
+        actor=row["actor"],
+        data=row["data"],
+    )
+
+
+class EventStore:
+    def __init__(self, pool: asyncpg.Pool, service: str) -> None:
+        self.pool = pool
+        self.service = service
+        self.schema = service
+
+    async def setup(self) -> None:
+        async with self.pool.acquire() as conn:
+            # CREATE ... IF NOT EXISTS races with itself; one service instance at a time does it
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('mieux-schema-setup'))")
+                await conn.execute(schema_sql(self.schema))
+
+    async def append(
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[Event],
+        meta: Metadata,
+        command_id: str | None = None,
+        command_hash: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> AppendResult:
+        """Append `events` if the stream is at `expected_version` (0 = new stream).
+
+        A command id seen before appends nothing and returns the first result; with a different
+        `command_hash` it raises CommandReused.
+        """
+        args = (
+            stream_id,
+            expected_version,
+            command_id,
+            command_hash,
+            [uuid.uuid4() for _ in events],
+            [e.event_type for e in events],
+            [e.schema_version for e in events],
+            [e.model_dump(mode="json") for e in events],
+            occurred_at or utcnow(),
+            meta.correlation_id,
+            meta.causation_id,
+            meta.actor,
+        )
+        sql = f"SELECT * FROM {self.schema}.append_events($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)"
+        try:
+            row = await self.pool.fetchrow(sql, *args)
+        except asyncpg.UniqueViolationError as e:
+            # a concurrent writer won: either the same command (return its result) or the same version
+            if command_id is not None:
+                first = await self._command(command_id)
+                if first is not None:
+                    return self._checked(first, command_hash)
+            raise ConcurrencyError(f"stream {stream_id} was changed concurrently") from e
+        except asyncpg.PostgresError as e:
+            if getattr(e, "sqlstate", None) == "MX409":
+                raise ConcurrencyError(str(e)) from e
+            raise
+        return self._checked(row, command_hash)
+
+    @staticmethod
+    def _checked(row: asyncpg.Record, command_hash: str | None) -> AppendResult:
+        if row["duplicate"] and row["command_hash"] != command_hash:
+            raise CommandReused("this command id was used before with a different payload")
+        return AppendResult(
+            row["stream_id"], row["first_version"], row["last_version"], row["first_position"],
+            row["last_position"], row["duplicate"],
+        )
+
+    async def _command(self, command_id: str) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(
+            f"SELECT stream_id, first_version, last_version, first_position, last_position, "
+            f"true AS duplicate, command_hash FROM {self.schema}.commands WHERE command_id = $1",
+            command_id,
+        )
+
+    async def read_stream(self, stream_id: str, after_version: int = 0) -> list[Envelope]:
+        rows = await self.pool.fetch(
+            f"SELECT {EVENT_COLUMNS} FROM {self.schema}.events WHERE stream_id = $1 AND stream_version > $2 "
+            "ORDER BY stream_version",
+            stream_id,
+            after_version,
+        )
+        return [_envelope(r, self.service) for r in rows]
+
+    async def read_all(
+        self, after_position: int, limit: int = 1000, hwm: HighWaterMark | None = None,
+        conn: asyncpg.Connection | None = None,
+    ) -> list[Envelope]:
+        """Events after `after_position` in position order, never skipping one that may still commit."""
+        hwm = hwm or HighWaterMark(self.schema)
+        if conn is None:
+            async with self.pool.acquire() as c:
+                return await self._read_all(c, after_position, limit, hwm)
+        return await self._read_all(conn, after_position, limit, hwm)
+
+    async def _read_all(
+        self, conn: asyncpg.Connection, after: int, limit: int, hwm: HighWaterMark
+    ) -> list[Envelope]:
+        safe = await hwm.advance(conn)
+        if safe <= after:
+            return []
+        rows = await conn.fetch(
+            f"SELECT {EVENT_COLUMNS} FROM {self.schema}.events WHERE position > $1 AND position <= $2 "
+            "ORDER BY position LIMIT $3",
+            after,
+            safe,
+            limit,
+        )
+        return [_envelope(r, self.service) for r in rows]
+
+    async def tail(
+        self, after_position: int, batch: int = 1000, idle_wait: float = 0.5
+    ) -> AsyncIterator[list[Envelope]]:
+        """Follow `read_all` for ever: woken by NOTIFY on append, with a slow poll as a safety net."""
+        import asyncio
+
+        wake = asyncio.Event()
+
+        def on_notify(*_: object) -> None:
+            wake.set()
+
+        async with self.pool.acquire() as conn:
+            await conn.add_listener(f"{self.schema}_events", on_notify)
+            hwm = HighWaterMark(self.schema)
+            position = after_position
+            try:
+                while True:
+                    wake.clear()
+                    events = await self._read_all(conn, position, batch, hwm)
+                    if events:
+                        position = events[-1].position
+                        yield events
+                        continue
+                    if hwm.pending is not None:
+                        await asyncio.sleep(0.001)  # a writer is finishing: look again very soon
+                        continue
+                    try:
+                        await asyncio.wait_for(wake.wait(), idle_wait)
+                    except TimeoutError:
+                        pass
+            finally:
+                await conn.remove_listener(f"{self.schema}_events", on_notify)
+
+    async def last_position(self) -> int:
+        return await self.pool.fetchval(f"SELECT coalesce(max(position), 0) FROM {self.schema}.events")

@@ -1,0 +1,48 @@
+"""Fixtures: the real dev stack (embedded PostgreSQL + Tansu) on free loopback ports, always stopped."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from services.kernel.devstack import DevStack
+from services.kernel.store import create_pool
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[DevStack]:
+    home = Path(tempfile.mkdtemp(prefix="mieux-test-"))
+    home.chmod(0o755)
+    s = DevStack(home, fsync=False)
+    try:
+        s.up()
+        yield s
+    finally:
+        s.down()
+
+
+@pytest.fixture(scope="session")
+def stack_env(stack: DevStack) -> dict[str, str]:
+    """Environment for a child process (a service, the CLI) that uses the test stack."""
+    return {**os.environ, "MIEUX_HOME": str(stack.home)}
+
+
+@pytest.fixture
+async def pool(stack: DevStack) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(stack.database_url, max_size=20)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+@pytest.fixture
+def schema() -> str:
+    """A fresh schema (service name) per test, so tests never see each other's events."""
+    return f"t_{uuid.uuid4().hex[:10]}"
