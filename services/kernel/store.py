@@ -261,9 +261,18 @@ class EventStore:
         if row["duplicate"] and row["command_hash"] != command_hash:
             raise CommandReused("this command id was used before with a different payload")
         return AppendResult(
-            row["stream_id"], row["first_version"], row["last_version"], row["first_position"],
-            row["last_position"], row["duplicate"],
+            row["stream_id"],
+            row["first_version"],
+            row["last_version"],
+            row["first_position"],
+            row["last_position"],
+            row["duplicate"],
         )
+
+    async def command_result(self, command_id: str, command_hash: str | None) -> AppendResult | None:
+        """The first result of a command id seen before (CommandReused if the payload differs)."""
+        row = await self._command(command_id)
+        return None if row is None else self._checked(row, command_hash)
 
     async def _command(self, command_id: str) -> asyncpg.Record | None:
         return await self.pool.fetchrow(
@@ -282,7 +291,10 @@ class EventStore:
         return [_envelope(r, self.service) for r in rows]
 
     async def read_all(
-        self, after_position: int, limit: int = 1000, hwm: HighWaterMark | None = None,
+        self,
+        after_position: int,
+        limit: int = 1000,
+        hwm: HighWaterMark | None = None,
         conn: asyncpg.Connection | None = None,
     ) -> list[Envelope]:
         """Events after `after_position` in position order, never skipping one that may still commit."""
@@ -292,9 +304,7 @@ class EventStore:
                 return await self._read_all(c, after_position, limit, hwm)
         return await self._read_all(conn, after_position, limit, hwm)
 
-    async def _read_all(
-        self, conn: asyncpg.Connection, after: int, limit: int, hwm: HighWaterMark
-    ) -> list[Envelope]:
+    async def _read_all(self, conn: asyncpg.Connection, after: int, limit: int, hwm: HighWaterMark) -> list[Envelope]:
         safe = await hwm.advance(conn)
         if safe <= after:
             return []

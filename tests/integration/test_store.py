@@ -68,7 +68,10 @@ async def test_same_command_id_twice_gives_one_set_and_the_first_result(store: E
     again = await store.append("s-4", 0, [Noted(text="x")], META, command_id="cmd-1", command_hash="h")
     assert again.duplicate and not first.duplicate
     assert (again.stream_id, again.first_version, again.last_version, again.first_position) == (
-        first.stream_id, first.first_version, first.last_version, first.first_position,
+        first.stream_id,
+        first.first_version,
+        first.last_version,
+        first.first_position,
     )
     assert len(await store.read_stream("s-4")) == 1
     with pytest.raises(CommandReused):

@@ -1,0 +1,84 @@
+"""Aggregates and the application layer: load a stream, decide, append.
+
+An aggregate does no I/O: it is folded from its events (`when_<EventType>` methods) and its command
+methods return new events or raise (`check_...` guards raise RuleBroken). `execute` is the one place
+that loads, decides and appends, so every handler is a plain function of a few lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Self, TypeVar
+
+from pydantic import BaseModel
+
+from services.kernel.envelope import Envelope, Event, Registry, registry
+from services.kernel.errors import NotFound
+from services.kernel.grpckit import correlation_var, current_actor
+from services.kernel.store import AppendResult, EventStore, Metadata, payload_hash
+
+
+class Aggregate:
+    """Fold of one stream's events. `version` is the number of events folded so far."""
+
+    def __init__(self, stream_id: str) -> None:
+        self.id = stream_id
+        self.version = 0
+
+    def apply(self, event: Event) -> None:
+        handler = getattr(self, f"when_{event.event_type}", None)
+        if handler is not None:
+            handler(event)
+        self.version += 1
+
+    @classmethod
+    def fold(cls, stream_id: str, events: Sequence[Event]) -> Self:
+        agg = cls(stream_id)
+        for e in events:
+            agg.apply(e)
+        return agg
+
+    @property
+    def exists(self) -> bool:
+        return self.version > 0
+
+
+A = TypeVar("A", bound=Aggregate)
+
+
+def decode_all(envs: Sequence[Envelope], reg: Registry = registry) -> list[Event]:
+    return [reg.decode(e) for e in envs]
+
+
+async def load(store: EventStore, cls: type[A], stream_id: str) -> A:
+    return cls.fold(stream_id, decode_all(await store.read_stream(stream_id)))
+
+
+def metadata(causation_id: str = "") -> Metadata:
+    return Metadata(actor=current_actor(), correlation_id=correlation_var.get() or "", causation_id=causation_id)
+
+
+async def execute(
+    store: EventStore,
+    cls: type[A],
+    stream_id: str,
+    decide: Callable[[A], Sequence[Event]],
+    *,
+    command_id: str,
+    payload: BaseModel | dict[str, Any],
+    must_exist: bool = True,
+    causation_id: str = "",
+) -> AppendResult:
+    """Run one command: a retried command id answers with its first result, appending nothing."""
+    body = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
+    digest = payload_hash(body)
+    first = await store.command_result(command_id, digest)
+    if first is not None:
+        return first
+    agg = await load(store, cls, stream_id)
+    if must_exist and not agg.exists:
+        raise NotFound(f"{cls.__name__.lower()} {stream_id} does not exist")
+    events = decide(agg)
+    return await store.append(
+        stream_id, agg.version, events, metadata(causation_id), command_id=command_id, command_hash=digest
+    )

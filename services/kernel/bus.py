@@ -1,0 +1,79 @@
+"""Kafka plumbing shared by the relay, the runners and the ops tools (aiokafka)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.structs import TopicPartition
+
+from services.kernel.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    """acks=all; the idempotent producer only where the broker has it (not Tansu)."""
+    kwargs: dict[str, Any] = dict(
+        bootstrap_servers=settings.bootstrap(),
+        acks="all",
+        enable_idempotence=settings.kafka_idempotent_producer,
+        linger_ms=1,
+        max_batch_size=256 * 1024,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        retry_backoff_ms=100,
+    )
+    kwargs.update(overrides)
+    return AIOKafkaProducer(**kwargs)
+
+
+def consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
+    kwargs: dict[str, Any] = dict(
+        bootstrap_servers=settings.bootstrap(),
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        request_timeout_ms=max(settings.kafka_request_timeout_ms, settings.kafka_session_timeout_ms + 1000),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    kwargs.update(overrides)
+    return AIOKafkaConsumer(*topics, **kwargs)
+
+
+async def ensure_topics(settings: Settings, topics: Iterable[str], partitions: int | None = None) -> None:
+    """Create topics explicitly (Tansu would auto-create them with 4 partitions, whatever we want)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap(), request_timeout_ms=10000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(t, partitions or settings.topic_partitions, settings.topic_replication)
+            for t in topics
+            if t not in existing
+        ]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+async def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
+    c = consumer(settings)
+    await c.start()
+    try:
+        parts = c.partitions_for_topic(topic) or set()
+        if not parts:
+            await c._client.force_metadata_update()
+            parts = c.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        return await c.end_offsets(tps) if tps else {}
+    finally:
+        await c.stop()

@@ -1,0 +1,148 @@
+"""The outbox relay: publishes a service's stored events to `mieux.<service>.events`, in order.
+
+* One active relay per service: a PostgreSQL advisory lock, held on a connection of its own. A second
+  relay waits for the lock; if the holder dies its connection closes and the lock passes on.
+* Low latency: woken by the NOTIFY that each append sends, with a slow poll as a safety net.
+* Per-stream order: key = stream id, so one stream is one partition; aiokafka keeps one request in flight
+  per broker, and the relay only moves its checkpoint after the broker acknowledged (acks=all) the
+  whole batch. After a failure it backs off and publishes again from the checkpoint: at-least-once,
+  never a later event of a stream before an earlier one has been sent.
+* Replay: `mieux replay <service> --from N` moves the checkpoint back and wakes the relay; when no
+  relay is running the replay command publishes by itself, under the same lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import zlib
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from services.kernel import bus
+from services.kernel.envelope import Envelope, topic_for
+from services.kernel.settings import Settings
+from services.kernel.store import EventStore, HighWaterMark, init_connection
+
+log = logging.getLogger(__name__)
+
+
+def lock_key(service: str) -> int:
+    return zlib.crc32(f"mieux-relay:{service}".encode()) - 2**31
+
+
+async def publish(producer: AIOKafkaProducer, topic: str, events: list[Envelope]) -> None:
+    """Send a batch and wait until the broker has acknowledged every message of it."""
+    futures = [await producer.send(topic, value=e.to_bytes(), key=e.stream_id.encode()) for e in events]
+    await asyncio.gather(*futures)
+
+
+class Relay:
+    def __init__(self, store: EventStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.topic = topic_for(store.service)
+        self.published = 0
+        self.active = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._replay_from: int | None = None
+
+    async def _checkpoint(self, conn: asyncpg.Connection) -> int:
+        v = await conn.fetchval(f"SELECT position FROM {self.store.schema}.relay_state WHERE topic = $1", self.topic)
+        return int(v or 0)
+
+    async def _save(self, conn: asyncpg.Connection, position: int) -> None:
+        await conn.execute(
+            f"INSERT INTO {self.store.schema}.relay_state (topic, position) VALUES ($1, $2) "
+            "ON CONFLICT (topic) DO UPDATE SET position = EXCLUDED.position",
+            self.topic,
+            position,
+        )
+
+    def _on_notify(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
+        if channel.endswith("_replay"):
+            self._replay_from = int(payload)
+        self._wake.set()
+
+    async def run(self, *, until_caught_up: bool = False) -> None:
+        """Hold the lock and publish for ever (or, for `replay`, until the store's end at start)."""
+        await bus.ensure_topics(self.settings, [self.topic])
+        conn = await asyncpg.connect(self.settings.dsn())
+        await init_connection(conn)
+        try:
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(self.store.service)):
+                if until_caught_up:
+                    raise RuntimeError("a relay is running: it will do the replay")
+                await asyncio.sleep(1.0)
+            self.active.set()
+            schema = self.store.schema
+            await conn.add_listener(f"{schema}_events", self._on_notify)
+            await conn.add_listener(f"{schema}_replay", self._on_notify)
+            end = await self.store.last_position() if until_caught_up else None
+            await self._publish_loop(conn, end)
+        finally:
+            self.active.clear()
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def _publish_loop(self, conn: asyncpg.Connection, end: int | None) -> None:
+        backoff = 0.1
+        while True:
+            producer = bus.producer(self.settings)
+            try:
+                await producer.start()
+                hwm = HighWaterMark(self.store.schema)
+                self.published = await self._checkpoint(conn)
+                while end is None or self.published < end:
+                    if self._replay_from is not None:
+                        self.published, self._replay_from = self._replay_from, None
+                        await self._save(conn, self.published)
+                    self._wake.clear()
+                    events = await self.store.read_all(self.published, self.settings.relay_batch_size, hwm, conn=conn)
+                    if not events:
+                        if hwm.pending is not None:
+                            await asyncio.sleep(0.001)  # a writer is committing: look again very soon
+                            continue
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), self.settings.relay_poll_interval_s)
+                        continue
+                    await publish(producer, self.topic, events)
+                    self.published = events[-1].position
+                    await self._save(conn, self.published)
+                    backoff = 0.1
+                return
+            except asyncio.CancelledError:
+                raise
+            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
+                raise  # the lock connection is gone: another relay may hold the lock now
+            except Exception as e:
+                log.warning("relay %s: publish failed (%s); retrying in %.1fs", self.topic, e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+
+
+async def request_replay(store: EventStore, settings: Settings, from_position: int) -> str:
+    """Republish from `from_position`: through the running relay, or here if none runs."""
+    topic = topic_for(store.service)
+    after = max(from_position - 1, 0)
+    async with store.pool.acquire() as conn:
+        held = not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(store.service))
+        if held:
+            await conn.execute("SELECT pg_notify($1, $2)", f"{store.schema}_replay", str(after))
+            return "the running relay republishes"
+        try:
+            await conn.execute(
+                f"INSERT INTO {store.schema}.relay_state (topic, position) VALUES ($1, $2) "
+                "ON CONFLICT (topic) DO UPDATE SET position = EXCLUDED.position",
+                topic,
+                after,
+            )
+        finally:
+            await conn.fetchval("SELECT pg_advisory_unlock($1)", lock_key(store.service))
+    await Relay(store, settings).run(until_caught_up=True)
+    return "republished"

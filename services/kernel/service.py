@@ -1,0 +1,109 @@
+"""One service process: gRPC server (with EventLog.ReadAll) + outbox relay + its consumers.
+
+A context's `__main__.py` builds a `Service` and calls `main()`; `python -m services.<context>` then
+runs until SIGTERM/SIGINT and stops gracefully (health NOT_SERVING, gRPC drain, consumers, relay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from services.kernel import eventlog
+from services.kernel.grpckit import READERS, Access, GrpcServer, Registrar, run_until_signalled
+from services.kernel.projection import Projection
+from services.kernel.relay import Relay
+from services.kernel.runner import Policy, PolicyRunner, ProjectionRunner
+from services.kernel.settings import Role, Settings, service_port
+from services.kernel.store import EventStore, create_pool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Service:
+    """What a context plugs into the kernel."""
+
+    name: str
+    grpc_services: Sequence[str]
+    access: Mapping[str, frozenset[Role]]
+    registrars: Callable[[Service], Iterable[Registrar]]
+    projections: Sequence[Projection] = ()
+    policies: Sequence[Policy] = ()
+    settings: Settings = field(default_factory=Settings)
+    store: EventStore | None = None
+    pool: asyncpg.Pool | None = None
+    server: GrpcServer | None = None
+    tasks: list[asyncio.Task] = field(default_factory=list)
+    runners: list = field(default_factory=list)
+    relay: Relay | None = None
+
+    @property
+    def port(self) -> int:
+        return service_port(self.name)
+
+    async def start(self) -> None:
+
+        self.pool = await create_pool(self.settings.dsn(), max_size=20)
+        self.store = EventStore(self.pool, self.name)
+        await self.store.setup()
+        async with self.pool.acquire() as conn:
+            for p in self.projections:
+                await p.setup(conn)
+        access = Access({**self.access, eventlog.READ_ALL: READERS})
+        self.server = GrpcServer(
+            self.settings,
+            self.port,
+            [eventlog.register(self.store), *self.registrars(self)],
+            [*self.grpc_services, eventlog.SERVICE_NAME],
+            access,
+        )
+        self.relay = Relay(self.store, self.settings)
+        self.tasks.append(asyncio.create_task(self._supervise("relay", self.relay.run)))
+        for p in self.projections:
+            runner = ProjectionRunner(p, self.pool, self.settings, group=f"mieux.{self.name}.{p.name}")
+            self.runners.append(runner)
+            await runner.start()
+        for pol in self.policies:
+            prunner = PolicyRunner(pol, self.settings, group=f"mieux.{self.name}.{pol.name}")
+            self.runners.append(prunner)
+            await prunner.start()
+        await self.server.start()
+        log.info("%s serving gRPC on %s:%s", self.name, self.settings.grpc_host, self.server.port)
+
+    async def _supervise(self, what: str, fn: Callable) -> None:
+        while True:
+            try:
+                await fn()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s %s crashed; restarting in 1s", self.name, what)
+                await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        if self.server:
+            await self.server.stop()
+        for r in self.runners:
+            with contextlib.suppress(Exception):
+                await r.stop()
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.pool:
+            await self.pool.close()
+
+    def main(self) -> None:
+        logging.basicConfig(
+            level=os.environ.get("MIEUX_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        asyncio.run(run_until_signalled(self.start, self.stop))

@@ -1,0 +1,1 @@
+"""Requests: partner countries' and regional organisations' requests for assistance."""
