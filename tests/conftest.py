@@ -20,6 +20,7 @@ def stack() -> Iterator[DevStack]:
     home = Path(tempfile.mkdtemp(prefix="mieux-test-"))
     home.chmod(0o755)
     s = DevStack(home, fsync=False)
+    os.environ["MIEUX_HOME"] = str(home)  # Settings() here and in child processes use this stack
     try:
         s.up()
         yield s

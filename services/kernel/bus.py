@@ -65,15 +65,39 @@ async def ensure_topics(settings: Settings, topics: Iterable[str], partitions: i
         await admin.close()
 
 
-async def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
-    c = consumer(settings)
+async def end_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> dict[TopicPartition, int]:
+    """Each partition's end (high watermark), read from a fetch response.
+
+    Not ListOffsets: Tansu answers it with a count of record batches, not of records (measured: 100
+    records sent in one batch -> ListOffsets says 1, the fetch's high watermark says 100).
+    """
+    import asyncio
+    import time
+
+    c = consumer(settings, group_id=None, max_partition_fetch_bytes=1024)
     await c.start()
     try:
-        parts = c.partitions_for_topic(topic) or set()
+        parts = c.partitions_for_topic(topic)
         if not parts:
             await c._client.force_metadata_update()
             parts = c.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        return await c.end_offsets(tps) if tps else {}
+        if not tps:
+            return {}
+        c.assign(tps)
+        for tp in tps:
+            c.seek(tp, 0)
+        deadline = time.monotonic() + timeout
+        ends: dict[TopicPartition, int] = {}
+        while len(ends) < len(tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no high watermark for {sorted(set(tps) - set(ends))}")
+            await c.getmany(*[tp for tp in tps if tp not in ends], timeout_ms=200, max_records=1)
+            for tp in tps:
+                hw = c.highwater(tp)
+                if hw is not None:
+                    ends[tp] = hw
+            await asyncio.sleep(0)
+        return ends
     finally:
         await c.stop()

@@ -83,8 +83,9 @@ async def _tail(args: argparse.Namespace) -> int:
             # Tansu answers offsets_for_times near a partition's end, so --since reads from the
             # beginning and filters on each record's timestamp
             await c.seek_to_beginning(*tps)
-        else:
-            await c.seek_to_end(*tps)
+        else:  # the ends as fetch responses give them (Tansu's ListOffsets counts batches)
+            for tp, end in (await bus.end_offsets(settings, args.topic)).items():
+                c.seek(tp, end)
         seen = 0
         while args.limit is None or seen < args.limit:
             batches = await c.getmany(timeout_ms=1000)

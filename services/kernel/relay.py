@@ -68,7 +68,6 @@ class Relay:
 
     async def run(self, *, until_caught_up: bool = False) -> None:
         """Hold the lock and publish for ever (or, for `replay`, until the store's end at start)."""
-        await bus.ensure_topics(self.settings, [self.topic])
         conn = await asyncpg.connect(self.settings.dsn())
         await init_connection(conn)
         try:
@@ -92,13 +91,19 @@ class Relay:
         while True:
             producer = bus.producer(self.settings)
             try:
+                # a fresh producer and explicit topics at each (re)start: a restarted broker may have lost
+                # the topic, and a produce to a topic it does not know is not to be trusted (Tansu)
+                await bus.ensure_topics(self.settings, [self.topic])
                 await producer.start()
                 hwm = HighWaterMark(self.store.schema)
-                self.published = await self._checkpoint(conn)
+                if self._replay_from is not None:
+                    self.published, self._replay_from = self._replay_from, None
+                    await self._save(conn, self.published)
+                else:
+                    self.published = await self._checkpoint(conn)
                 while end is None or self.published < end:
                     if self._replay_from is not None:
-                        self.published, self._replay_from = self._replay_from, None
-                        await self._save(conn, self.published)
+                        break  # start over from the replay position, with a fresh producer
                     self._wake.clear()
                     events = await self.store.read_all(self.published, self.settings.relay_batch_size, hwm, conn=conn)
                     if not events:
@@ -112,7 +117,8 @@ class Relay:
                     self.published = events[-1].position
                     await self._save(conn, self.published)
                     backoff = 0.1
-                return
+                else:
+                    return
             except asyncio.CancelledError:
                 raise
             except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
@@ -146,3 +152,35 @@ async def request_replay(store: EventStore, settings: Settings, from_position: i
             await conn.fetchval("SELECT pg_advisory_unlock($1)", lock_key(store.service))
     await Relay(store, settings).run(until_caught_up=True)
     return "republished"
+
+
+async def _main(service: str) -> None:
+    from services.kernel.grpckit import run_until_signalled
+    from services.kernel.store import create_pool
+
+    settings = Settings()
+    pool = await create_pool(settings.dsn(), max_size=4)
+    store = EventStore(pool, service)
+    await store.setup()
+    task: asyncio.Task | None = None
+
+    async def start() -> None:
+        nonlocal task
+        task = asyncio.create_task(Relay(store, settings).run())
+
+    async def stop() -> None:
+        if task:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await pool.close()
+
+    await run_until_signalled(start, stop)
+
+
+if __name__ == "__main__":
+    # `python -m services.kernel.relay <service>`: a relay on its own (the service process runs one too)
+    import sys
+
+    logging.basicConfig(level=logging.INFO)
+    asyncio.run(_main(sys.argv[1]))

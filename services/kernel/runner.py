@@ -107,7 +107,11 @@ class ProjectionRunner:
                 result = await apply_batch(self.pool, self.projection, [m.value for m in records])
                 for d in result.dead or []:
                     await send_dead(producer, self.group, d.raw, d.reason, ",".join(self.projection.topics))
-                await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batches.items()})
+                # a broker that lost its state makes commit retry for ever: give up, rejoin, re-read
+                await asyncio.wait_for(
+                    consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batches.items()}),
+                    self.settings.kafka_request_timeout_ms / 1000,
+                )
                 self.applied += result.applied
                 self.duplicates += result.duplicates
                 self.dead += len(result.dead or [])

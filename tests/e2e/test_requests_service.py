@@ -1,0 +1,180 @@
+"""The requests service as an OS process, with its relay and projection, through crashes and a broker restart."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from datetime import date, timedelta
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support import Child, eventually
+
+from services.kernel import bus
+from services.kernel.devstack import free_port
+from services.kernel.runner import group_lag
+from services.kernel.settings import Settings
+from services.kernel.store import EventStore, Metadata
+from services.requests.events import RequestReceived
+
+pytestmark = pytest.mark.e2e
+GROUP = "mieux.requests.requests_per_year"
+TOPICS = ("mieux.requests.events",)
+
+
+@pytest.fixture(scope="module")
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def service_env(stack_env, port) -> dict[str, str]:
+    return {
+        **stack_env,
+        "MIEUX_REQUESTS_PORT": str(port),
+        "MIEUX_REQUESTS_ADDR": f"127.0.0.1:{port}",
+        "MIEUX_LOG_LEVEL": "WARNING",
+    }
+
+
+async def serving(port: int) -> bool:
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            r = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+            return r.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.aio.AioRpcError:
+        return False
+
+
+async def start_service(env: dict[str, str], port: int) -> Child:
+    child = Child(["-m", "services.requests"], env)
+    await eventually(lambda: serving(port), 60, "the requests service to serve")
+    return child
+
+
+async def write_requests(pool, n: int, start: date = date(2009, 1, 1)) -> None:
+    store = EventStore(pool, "requests")
+    await store.setup()
+    meta = Metadata(actor="test-loader")
+
+    async def one(i: int) -> None:
+        rid = f"req-load-{i}-{start.isoformat()}"
+        e = RequestReceived(
+            request_id=rid,
+            partner="CR",
+            partner_kind="country",
+            partner_name="Costa Rica",
+            institution="DGME",
+            institution_type="agency",
+            received_on=start + timedelta(days=i % 3000),
+            title=f"load {i}",
+        )
+        await store.append(rid, 0, [e], meta)
+
+    for chunk in range(0, n, 200):
+        await asyncio.gather(*[one(i) for i in range(chunk, min(chunk + 200, n))])
+
+
+async def expected_per_year(pool) -> dict[int, int]:
+    rows = await pool.fetch(
+        "SELECT extract(year FROM (data->>'received_on')::date)::int AS year, count(*) AS n "
+        "FROM requests.events WHERE event_type = 'RequestReceived' GROUP BY 1"
+    )
+    return {r["year"]: r["n"] for r in rows}
+
+
+async def live_per_year(pool) -> dict[int, int]:
+    rows = await pool.fetch("SELECT year, count FROM requests_views.requests_per_year")
+    return {r["year"]: r["count"] for r in rows}
+
+
+async def tracked(pool) -> int:
+    """Events the requests_per_year projection has applied (0 before the service created its tables)."""
+    if await pool.fetchval("SELECT to_regclass('projections.tracking')") is None:
+        return 0
+    return await pool.fetchval("SELECT count(*) FROM projections.tracking WHERE projection = 'requests_per_year'")
+
+
+async def caught_up(pool) -> bool:
+    total = await pool.fetchval("SELECT count(*) FROM requests.events")
+    return await tracked(pool) == total and await group_lag(Settings(), GROUP, TOPICS) == 0
+
+
+async def test_service_killed_mid_stream_and_restarted_gives_exact_counts(pool, service_env, port) -> None:
+    await write_requests(pool, 20_000)
+    total = await pool.fetchval("SELECT count(*) FROM requests.events")
+    env = {**service_env, "MIEUX_PROJECTION_BATCH_SIZE": "20", "MIEUX_RELAY_BATCH_SIZE": "100"}
+    first = Child(["-m", "services.requests"], env)
+    try:
+
+        async def mid_stream() -> bool:
+            return 0 < await tracked(pool) < total - 1000
+
+        await eventually(mid_stream, 60, "the projection to be mid-stream")
+        first.kill()
+    finally:
+        first.stop()
+    assert await tracked(pool) < total
+    second = await start_service(service_env, port)
+    try:
+        await eventually(lambda: caught_up(pool), 120, "the projection to catch up")
+        assert await live_per_year(pool) == await expected_per_year(pool)
+    finally:
+        assert second.stop() == 0
+
+
+async def test_rebuild_gives_the_live_read_model(pool, service_env, port) -> None:
+    await write_requests(pool, 500, start=date(2012, 6, 1))
+    service = await start_service(service_env, port)
+    try:
+        await eventually(lambda: caught_up(pool), 60, "the projection to catch up")
+        live = await live_per_year(pool)
+        assert live == await expected_per_year(pool)
+        out = subprocess.run(
+            [sys.executable, "-m", "services.kernel.cli", "projections", "rebuild", "requests_per_year"],
+            env=service_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "rebuilt" in out.stdout
+        assert await live_per_year(pool) == live
+    finally:
+        service.stop()
+
+
+async def test_broker_restart_then_replay_gives_the_same_read_model(stack, pool, service_env, port) -> None:
+    await write_requests(pool, 300, start=date(2015, 1, 1))
+    service = await start_service({**service_env, "MIEUX_LOG_LEVEL": "INFO"}, port)
+    try:
+        await eventually(lambda: caught_up(pool), 60, "the projection to catch up")
+        before = await live_per_year(pool)
+        stack.restart_broker()  # Tansu keeps messages in memory: topics and offsets are gone
+        out = subprocess.run(
+            [sys.executable, "-m", "services.kernel.cli", "replay", "requests", "--from", "1"],
+            env=service_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        total = await pool.fetchval("SELECT count(*) FROM requests.events")
+
+        state: dict[str, int] = {}
+
+        async def refilled_and_consumed() -> bool:
+            ends = await bus.end_offsets(Settings(), TOPICS[0])
+            state.update(on_topic=sum(ends.values()), lag=await group_lag(Settings(), GROUP, TOPICS))
+            return state["on_topic"] >= total and state["lag"] == 0
+
+        try:
+            await eventually(refilled_and_consumed, 120, "the topic to be refilled and consumed")
+        except AssertionError as e:
+            raise AssertionError(f"{e}: {state}, {total} events stored") from None
+        assert await live_per_year(pool) == before
+    finally:
+        service.stop()
+        print(service.output()[-6000:])

@@ -1,0 +1,143 @@
+"""The projection runner against the real broker and PostgreSQL: duplicates, poison, crashes, rebuild."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import ClassVar
+
+import asyncpg
+import pytest
+from support import eventually, read_topic
+
+from services.kernel import bus
+from services.kernel.envelope import Envelope, Event, registry, topic_for, utcnow
+from services.kernel.projection import Projection
+from services.kernel.runner import ProjectionRunner, dlq_topic
+from services.kernel.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+@registry.register
+class ProjectionTestTicked(Event):
+    event_type: ClassVar[str] = "ProjectionTestTicked"
+    source: ClassVar[str] = "test"
+    n: int
+
+
+def counting_projection(schema: str) -> Projection:
+    class StreamCounts(Projection):
+        name = f"counts_{schema}"
+        topics = (topic_for(schema),)
+        tables = (f"{schema}_views.counts",)
+        setup_sql = f"""
+        CREATE SCHEMA IF NOT EXISTS {schema}_views;
+        CREATE TABLE IF NOT EXISTS {schema}_views.counts (
+            stream_id text PRIMARY KEY, events integer NOT NULL, total bigint NOT NULL);
+        """
+
+        async def apply(self, conn: asyncpg.Connection, env: Envelope, event: Event) -> None:
+            assert isinstance(event, ProjectionTestTicked)
+            await conn.execute(
+                f"INSERT INTO {schema}_views.counts VALUES ($1, 1, $2) ON CONFLICT (stream_id) DO UPDATE "
+                "SET events = counts.events + 1, total = counts.total + EXCLUDED.total",
+                env.stream_id,
+                event.n,
+            )
+
+    return StreamCounts()
+
+
+def envelope(stream: str, version: int, n: int, schema_version: int = 1) -> Envelope:
+    now = utcnow()
+    return Envelope(
+        event_id=uuid.uuid4(),
+        event_type="ProjectionTestTicked",
+        schema_version=schema_version,
+        source="test",
+        stream_id=stream,
+        stream_version=version,
+        position=0,
+        occurred_at=now,
+        recorded_at=now,
+        correlation_id="c",
+        causation_id="",
+        actor="tester",
+        data={"n": n},
+    )
+
+
+async def produce(settings: Settings, topic: str, values: list[bytes], keys: list[str]) -> None:
+    p = bus.producer(settings)
+    await p.start()
+    try:
+        for v, k in zip(values, keys, strict=True):
+            await p.send(topic, value=v, key=k.encode())
+        await p.flush()
+    finally:
+        await p.stop()
+
+
+async def counts(pool: asyncpg.Pool, schema: str) -> dict[str, tuple[int, int]]:
+    rows = await pool.fetch(f"SELECT stream_id, events, total FROM {schema}_views.counts")
+    return {r["stream_id"]: (r["events"], r["total"]) for r in rows}
+
+
+@pytest.fixture
+async def runner(pool, schema):
+    settings = Settings()
+    projection = counting_projection(schema)
+    async with pool.acquire() as conn:
+        await projection.setup(conn)
+    await bus.ensure_topics(settings, [topic_for(schema)])
+    r = ProjectionRunner(projection, pool, settings, group=f"test.{schema}")
+    await r.start()
+    try:
+        yield r
+    finally:
+        await r.stop()
+
+
+async def test_every_event_delivered_twice_gives_the_single_delivery_read_model(pool, schema, runner) -> None:
+    settings = Settings()
+    events = [envelope(f"s{s}", v, n=s * 100 + v) for s in range(10) for v in range(1, 21)]
+    twice = events + events[::-1]
+    await produce(settings, topic_for(schema), [e.to_bytes() for e in twice], [e.stream_id for e in twice])
+
+    async def done() -> bool:
+        return runner.applied + runner.duplicates >= len(twice)
+
+    await eventually(done, what="both deliveries handled")
+    expected: dict[str, tuple[int, int]] = {}
+    for e in events:
+        c, t = expected.get(e.stream_id, (0, 0))
+        expected[e.stream_id] = (c + 1, t + e.data["n"])
+    assert await counts(pool, schema) == expected
+    assert (runner.applied, runner.duplicates) == (len(events), len(events))
+
+
+async def test_poison_messages_go_to_the_dlq_and_the_next_good_one_is_applied(pool, schema, runner) -> None:
+    settings = Settings()
+    good1, good2 = envelope("a", 1, 5), envelope("a", 2, 7)
+    unknown_version = envelope("a", 3, 9, schema_version=99)
+    values = [
+        good1.to_bytes(),
+        b"{not json",
+        unknown_version.to_bytes(),
+        json.dumps({"x": 1}).encode(),
+        good2.to_bytes(),
+    ]
+    await produce(settings, topic_for(schema), values, ["a"] * len(values))
+
+    async def applied_both() -> bool:
+        return (await counts(pool, schema)).get("a") == (2, 12)
+
+    await eventually(applied_both, what="both good messages applied")
+    dead = await read_topic(settings, dlq_topic(runner.group), lambda s: len(s) >= 3, raw=True)
+    reasons = [dict(m.headers)["reason"].decode() for m in dead]
+    assert len(dead) == 3
+    assert any("not JSON" in r for r in reasons)
+    assert any("schema version 99" in r for r in reasons)
+    assert any("not an envelope" in r for r in reasons)
+    assert runner.dead == 3

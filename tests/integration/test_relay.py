@@ -1,0 +1,161 @@
+"""The outbox relay against the real PostgreSQL and broker: order, pauses, crashes, rivals, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from typing import ClassVar
+
+import pytest
+from support import Child, eventually, first_occurrences_in_order, read_topic
+
+from services.kernel.envelope import Event, topic_for
+from services.kernel.relay import Relay, request_replay
+from services.kernel.settings import Settings
+from services.kernel.store import EventStore, Metadata
+
+pytestmark = pytest.mark.integration
+META = Metadata(actor="tester")
+
+
+class Ticked(Event):
+    event_type: ClassVar[str] = "Ticked"
+    source: ClassVar[str] = "test"
+    n: int
+
+
+@pytest.fixture
+async def store(pool, schema) -> EventStore:
+    s = EventStore(pool, schema)
+    await s.setup()
+    return s
+
+
+@contextlib.asynccontextmanager
+async def running(relay: Relay):
+    task = asyncio.create_task(relay.run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def append_many(store: EventStore, streams: int, per_stream: int) -> None:
+    for v in range(per_stream):
+        await asyncio.gather(*[store.append(f"s{s}", v, [Ticked(n=v)], META) for s in range(streams)])
+
+
+def all_ids(events) -> set:
+    return {e.event_id for e in events}
+
+
+async def test_events_reach_the_topic_in_stream_order_keyed_by_stream(store: EventStore) -> None:
+    settings = Settings()
+    async with running(Relay(store, settings)):
+        await append_many(store, streams=5, per_stream=20)
+        stored = await store.read_all(0, limit=10_000)
+        seen = await read_topic(settings, topic_for(store.service), lambda s: all_ids(stored) <= all_ids(s))
+    assert first_occurrences_in_order(seen)
+    assert {e.stream_id for e in seen} == {f"s{i}" for i in range(5)}
+
+
+async def test_broker_paused_for_10s_while_appending_loses_nothing(stack, store: EventStore) -> None:
+    settings = Settings()
+    relay = Relay(store, settings)
+    async with running(relay):
+        await append_many(store, streams=4, per_stream=5)
+        await eventually(lambda: _published(relay, 20), what="first events published")
+        stack.pause_broker()
+        try:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 10
+            v = 5
+            while loop.time() < end:
+                await asyncio.gather(*[store.append(f"s{s}", v, [Ticked(n=v)], META) for s in range(4)])
+                v += 1
+                await asyncio.sleep(0.05)
+        finally:
+            stack.resume_broker()
+        stored = await store.read_all(0, limit=100_000)
+        assert len(stored) > 40
+        seen = await read_topic(settings, topic_for(store.service), lambda s: all_ids(stored) <= all_ids(s), 90)
+    assert all_ids(stored) <= all_ids(seen)
+    assert first_occurrences_in_order(seen)
+
+
+async def _published(relay: Relay, n: int) -> bool:
+    return relay.published >= n
+
+
+async def test_two_relays_only_one_publishes(store: EventStore) -> None:
+    settings = Settings()
+    a, b = Relay(store, settings), Relay(store, settings)
+    async with running(a), running(b):
+        await eventually(lambda: _any_active(a, b), what="a relay to take the lock")
+        await append_many(store, streams=3, per_stream=30)
+        stored = await store.read_all(0, limit=10_000)
+        seen = await read_topic(settings, topic_for(store.service), lambda s: all_ids(stored) <= all_ids(s))
+        assert a.active.is_set() != b.active.is_set()
+        idle = b if a.active.is_set() else a
+        assert idle.published == 0
+    assert len(seen) == len(stored)  # no duplicates: the idle relay never published
+
+
+async def _any_active(*relays: Relay) -> bool:
+    return any(r.active.is_set() for r in relays)
+
+
+async def test_relay_killed_mid_batch_and_restarted_loses_nothing(stack_env, store: EventStore) -> None:
+    settings = Settings()
+    await append_many(store, streams=50, per_stream=60)  # 3,000 events
+    stored = await store.read_all(0, limit=100_000)
+    env = {**stack_env, "MIEUX_RELAY_BATCH_SIZE": "50"}
+    first = Child(["-m", "services.kernel.relay", store.service], env)
+    try:
+        await eventually(lambda: _checkpoint_between(store, 1, len(stored) - 1), what="the relay to be mid-way")
+        first.kill()
+    finally:
+        first.stop()
+    mid = await _checkpoint(store)
+    assert 0 < mid < stored[-1].position
+    second = Child(["-m", "services.kernel.relay", store.service], env)
+    try:
+        await eventually(
+            lambda: _checkpoint_between(store, stored[-1].position, stored[-1].position),
+            60,
+            "the second relay to finish",
+        )
+    finally:
+        assert second.stop() == 0
+    seen = await read_topic(settings, topic_for(store.service), lambda s: all_ids(stored) <= all_ids(s))
+    assert all_ids(stored) <= all_ids(seen)
+    assert first_occurrences_in_order(seen)
+
+
+async def _checkpoint(store: EventStore) -> int:
+    v = await store.pool.fetchval(f"SELECT position FROM {store.schema}.relay_state")
+    return int(v or 0)
+
+
+async def _checkpoint_between(store: EventStore, low: int, high: int) -> bool:
+    return low <= await _checkpoint(store) <= high
+
+
+async def test_replay_without_a_running_relay_republishes_from_a_position(store: EventStore) -> None:
+    settings = Settings()
+    relay = Relay(store, settings)
+    async with running(relay):
+        await append_many(store, streams=2, per_stream=10)
+        stored = await store.read_all(0, limit=10_000)
+        await read_topic(settings, topic_for(store.service), lambda s: all_ids(stored) <= all_ids(s))
+    before = len(await read_topic(settings, topic_for(store.service), lambda s: len(s) >= len(stored)))
+    outcome = await request_replay(store, settings, from_position=stored[10].position)
+    assert outcome == "republished"
+    again = await read_topic(settings, topic_for(store.service), lambda s: len(s) >= before + 10)
+    assert len(again) == before + 10
+    copies = Counter(e.event_id for e in again)
+    assert {copies[e.event_id] for e in stored[10:]} == {2}
+    assert {copies[e.event_id] for e in stored[:10]} == {1}

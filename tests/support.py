@@ -1,0 +1,95 @@
+"""Helpers for tests: waiting on conditions with deadlines, reading topics, child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiokafka.structs import TopicPartition
+
+from services.kernel import bus
+from services.kernel.envelope import Envelope
+from services.kernel.settings import Settings
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition") -> None:
+    """Wait until `check()` is true, polling; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+async def read_topic(
+    settings: Settings, topic: str, until: Callable[[list], bool], timeout: float = 60.0, raw: bool = False
+) -> list:
+    """Every envelope (or raw record) on `topic` from the beginning, partition by partition, until `until(seen)`."""
+    c = bus.consumer(settings, group_id=None)
+    await c.start()
+    seen: list = []
+    try:
+        deadline = time.monotonic() + timeout
+        while not c.partitions_for_topic(topic):
+            await c._client.force_metadata_update()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"topic {topic} never appeared")
+            await asyncio.sleep(0.1)
+        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        while not until(seen):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out reading {topic}: {len(seen)} messages")
+            for msgs in (await c.getmany(timeout_ms=200)).values():
+                seen.extend(m if raw else Envelope.from_bytes(m.value) for m in msgs)
+        return seen
+    finally:
+        await c.stop()
+
+
+def first_occurrences_in_order(messages: list[Envelope]) -> bool:
+    """Per stream, the first time each version appears on the bus is in version order."""
+    last: dict[str, int] = {}
+    for m in messages:
+        prev = last.get(m.stream_id, 0)
+        if m.stream_version <= prev:
+            continue  # a duplicate from an at-least-once retry
+        if m.stream_version != prev + 1:
+            return False
+        last[m.stream_id] = m.stream_version
+    return True
+
+
+class Child:
+    """A child OS process (a service, a relay) that is always stopped."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.log = tempfile.NamedTemporaryFile(prefix="mieux-child-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen([sys.executable, *args], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
