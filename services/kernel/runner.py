@@ -174,12 +174,12 @@ def _faust_transport(fetch_max_wait_ms: int) -> str:
             c._fetch_max_wait_ms = fetch_max_wait_ms
             return c
 
-    class Consumer(fa.Consumer):
+    class MieuxConsumer(fa.Consumer):
         def _new_consumer_thread(self):  # type: ignore[no-untyped-def]
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     class Transport(fa.Transport):
-        Consumer = Consumer
+        Consumer = MieuxConsumer
 
     globals()["MieuxTransport"] = Transport
     drivers.TRANSPORTS.aliases["mieux"] = f"{__name__}:MieuxTransport"
@@ -203,12 +203,14 @@ class PolicyRunner:
         await bus.ensure_topics(self.settings, [*self.policy.topics])
         await bus.ensure_topics(self.settings, [dlq_topic(self.group)], partitions=1)
         scheme = _faust_transport(self.settings.kafka_fetch_max_wait_ms)
+        datadir = self.settings.mieux_home / "faust" / self.group
+        datadir.mkdir(parents=True, exist_ok=True)
         app = faust.App(
             self.group,
             broker=f"{scheme}://{self.settings.bootstrap()}",
             store="memory://",
             web_enabled=False,
-            datadir=str(self.settings.mieux_home / "faust" / self.group),
+            datadir=str(datadir),
             topic_allow_declare=False,
             topic_disable_leader=True,
             broker_session_timeout=self.settings.kafka_session_timeout_ms / 1000,
