@@ -57,7 +57,7 @@ class Processes:
         self.procs: list[asyncio.subprocess.Process] = []
 
     async def start(self, service: str, env: dict[str, str]) -> None:
-        log = open(self.home / f"{service}.log", "wb")  # noqa: SIM115, ASYNC230 - the child keeps it
+        log = open(self.home / f"{service}.log", "wb")  # noqa: ASYNC230 - the child keeps it
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", f"services.{service}", env=env, stdout=log, stderr=log
         )
@@ -172,6 +172,5 @@ async def run_demo(console: Console) -> int:
         with console.status("stopping everything the demo started"):
             await procs.stop()
             stack.down()
-        console.print(
-            f"[green]✓[/] stopped the service processes, PostgreSQL and the broker ({time.monotonic() - started:.0f}s in all)"
-        )
+        took = time.monotonic() - started
+        console.print(f"[green]✓[/] stopped the service processes, PostgreSQL and the broker ({took:.0f}s in all)")
