@@ -57,7 +57,7 @@ class Processes:
         self.procs: list[asyncio.subprocess.Process] = []
 
     async def start(self, service: str, env: dict[str, str]) -> None:
-        log = open(self.home / f"{service}.log", "wb")  # noqa: ASYNC230 - the child keeps it
+        log = open(self.home / f"{service}.log", "wb")
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", f"services.{service}", env=env, stdout=log, stderr=log
         )
