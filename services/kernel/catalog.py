@@ -6,13 +6,17 @@ import importlib
 
 from services.kernel.projection import Projection
 
-CONTEXTS = ("requests",)
+CONTEXTS = ("requests", "actions", "experts", "logistics", "carbon", "stats")
 
 
 def load_events() -> None:
     """Import every context's events.py, filling the registry."""
     for ctx in CONTEXTS:
-        importlib.import_module(f"services.{ctx}.events")
+        try:
+            importlib.import_module(f"services.{ctx}.events")
+        except ModuleNotFoundError as e:
+            if e.name not in (f"services.{ctx}", f"services.{ctx}.events"):
+                raise
 
 
 def projections() -> dict[str, tuple[str, Projection]]:
@@ -21,7 +25,9 @@ def projections() -> dict[str, tuple[str, Projection]]:
     for ctx in CONTEXTS:
         try:
             mod = importlib.import_module(f"services.{ctx}.projections")
-        except ModuleNotFoundError:
+        except ModuleNotFoundError as e:
+            if e.name not in (f"services.{ctx}", f"services.{ctx}.projections"):
+                raise
             continue
         for obj in vars(mod).values():
             if (

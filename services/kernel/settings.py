@@ -86,7 +86,7 @@ class Settings(BaseSettings):
     kafka_request_timeout_ms: int = Field(default=5000, alias="MIEUX_KAFKA_REQUEST_TIMEOUT_MS")
 
     relay_batch_size: int = Field(default=2000, alias="MIEUX_RELAY_BATCH_SIZE")
-    relay_poll_interval_s: float = Field(default=0.5, alias="MIEUX_RELAY_POLL_INTERVAL_S")
+    relay_poll_interval_s: float = Field(default=0.05, alias="MIEUX_RELAY_POLL_INTERVAL_S")
     projection_batch_size: int = Field(default=2000, alias="MIEUX_PROJECTION_BATCH_SIZE")
     grpc_host: str = Field(default="127.0.0.1", alias="MIEUX_GRPC_HOST")
     grpc_deadline_s: float = Field(default=10.0, alias="MIEUX_GRPC_DEADLINE_S")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -120,7 +120,6 @@ BEGIN
             FROM unnest(p_event_ids, p_types, p_schema_versions, p_data) WITH ORDINALITY AS u(id, typ, ver, dat, ord)
             RETURNING position)
         SELECT min(position), max(position) INTO v_first, v_last FROM ins;
-        PERFORM pg_notify('{s}_events', '');
     END IF;
     IF p_command_id IS NOT NULL THEN
         INSERT INTO {s}.commands VALUES (p_command_id, p_command_hash, p_stream, p_expected + 1,
@@ -157,8 +156,15 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """No reset query on release: the kernel leaves no session state on pooled connections, and
+    asyncpg's default reset (UNLISTEN, RESET ALL ...) would add a round trip to every statement."""
+
+
 async def create_pool(dsn: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=init_connection)
+    return await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=init_connection, reset=_keep_session
+    )
 
 
 def payload_hash(payload: Any) -> str:
@@ -212,6 +218,9 @@ class EventStore:
         self.pool = pool
         self.service = service
         self.schema = service
+        # called after every append that stored events: the relay in this process wakes at once
+        # (a NOTIFY in the append would serialise all writers' commits on PostgreSQL's notify queue lock)
+        self.on_append: list[Callable[[], None]] = []
 
     async def setup(self) -> None:
         async with self.pool.acquire() as conn:
@@ -268,7 +277,11 @@ class EventStore:
                         return self._checked(first, command_hash)
                 raise ConcurrencyError(str(e)) from e
             raise
-        return self._checked(row, command_hash)
+        result = self._checked(row, command_hash)
+        if not result.duplicate:
+            for wake in self.on_append:
+                wake()
+        return result
 
     @staticmethod
     def _checked(row: asyncpg.Record, command_hash: str | None) -> AppendResult:
@@ -330,39 +343,6 @@ class EventStore:
             limit,
         )
         return [_envelope(r, self.service) for r in rows]
-
-    async def tail(
-        self, after_position: int, batch: int = 1000, idle_wait: float = 0.5
-    ) -> AsyncIterator[list[Envelope]]:
-        """Follow `read_all` for ever: woken by NOTIFY on append, with a slow poll as a safety net."""
-        import asyncio
-
-        wake = asyncio.Event()
-
-        def on_notify(*_: object) -> None:
-            wake.set()
-
-        async with self.pool.acquire() as conn:
-            await conn.add_listener(f"{self.schema}_events", on_notify)
-            hwm = HighWaterMark(self.schema)
-            position = after_position
-            try:
-                while True:
-                    wake.clear()
-                    events = await self._read_all(conn, position, batch, hwm)
-                    if events:
-                        position = events[-1].position
-                        yield events
-                        continue
-                    if hwm.pending is not None:
-                        await asyncio.sleep(0.001)  # a writer is finishing: look again very soon
-                        continue
-                    try:
-                        await asyncio.wait_for(wake.wait(), idle_wait)
-                    except TimeoutError:
-                        pass
-            finally:
-                await conn.remove_listener(f"{self.schema}_events", on_notify)
 
     async def last_position(self) -> int:
         return await self.pool.fetchval(f"SELECT coalesce(max(position), 0) FROM {self.schema}.events")

@@ -46,8 +46,13 @@ class OpenOnApproval(Policy):
         first = await self.store.command_result(command_id, "h")
         if first is None:
             await self.store.append(
-                f"case-{event.case}", 0, [PolicyTestOpened(case=event.case)], Metadata(actor="policy"),
-                command_id=command_id, command_hash="h", occurred_at=env.occurred_at,
+                f"case-{event.case}",
+                0,
+                [PolicyTestOpened(case=event.case)],
+                Metadata(actor="policy"),
+                command_id=command_id,
+                command_hash="h",
+                occurred_at=env.occurred_at,
             )
 
 
@@ -63,9 +68,21 @@ async def test_redelivered_event_issues_its_command_once(pool, schema) -> None:
     try:
         now = utcnow()
         envs = [
-            Envelope(event_id=uuid.uuid4(), event_type="PolicyTestApproved", schema_version=1, source="test",
-                     stream_id=f"r{i}", stream_version=1, position=i, occurred_at=now, recorded_at=now,
-                     correlation_id="c", causation_id="", actor="tester", data={"case": str(i)})
+            Envelope(
+                event_id=uuid.uuid4(),
+                event_type="PolicyTestApproved",
+                schema_version=1,
+                source="test",
+                stream_id=f"r{i}",
+                stream_version=1,
+                position=i,
+                occurred_at=now,
+                recorded_at=now,
+                correlation_id="c",
+                causation_id="",
+                actor="tester",
+                data={"case": str(i)},
+            )
             for i in range(1, 6)
         ]
         producer = bus.producer(settings)

@@ -1,0 +1,1 @@
+"""Logistics: the team and the flights of experts and team members."""
