@@ -93,3 +93,47 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.kill()
         return self.proc.returncode
+
+
+class ServiceProcess(Child):
+    """`python -m services.<name>` on a free port, waited for until gRPC health says SERVING."""
+
+    def __init__(self, name: str, env: dict[str, str], port: int) -> None:
+        self.name, self.port = name, port
+        super().__init__(["-m", f"services.{name}"], env)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_serving(self, timeout: float = 60.0) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.target) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == 1:
+                        return
+                except grpc.RpcError:
+                    time.sleep(0.05)  # not listening yet: the call fails at once
+        raise TimeoutError(f"{self.name} not SERVING after {timeout:.0f}s:\n{self.output()[-3000:]}")
+
+
+def start_service(name: str, stack_env: dict[str, str], **extra: str) -> ServiceProcess:
+    """Start a service as a child OS process and wait until it serves; the caller stops it."""
+    from services.kernel.devstack import free_port
+
+    port = free_port()
+    env = {**stack_env, f"MIEUX_{name.upper()}_PORT": str(port), "MIEUX_LOG_LEVEL": "WARNING", **extra}
+    svc = ServiceProcess(name, env, port)
+    try:
+        svc.wait_serving()
+    except BaseException:
+        svc.stop()
+        raise
+    return svc

@@ -2,17 +2,17 @@
 
 from services.kernel.service import Service
 from services.requests import api
-from services.requests.projections import RequestsPerYear
+from services.requests.projections import RequestRegister, RequestsPerYear
 
 
 def build() -> Service:
-    per_year = RequestsPerYear()
+    per_year, register = RequestsPerYear(), RequestRegister()
     return Service(
         name="requests",
         grpc_services=[api.SERVICE_NAME],
         access=api.ACCESS,
-        registrars=lambda svc: [api.registrar(svc.store, per_year)],
-        projections=[per_year],
+        registrars=lambda svc: [api.registrar(svc.store, per_year, register)],
+        projections=[per_year, register],
     )
 
 

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.protobuf.json_format import MessageToDict
 from mieux.common.v1 import common_pb2
 from mieux.requests.v1 import requests_pb2, requests_pb2_grpc
 
-from services.kernel.grpckit import COMMANDERS, READERS, Access
+from services.kernel import paging, reference
+from services.kernel.application import load
+from services.kernel.errors import NotFound
+from services.kernel.grpckit import COMMANDERS, READERS
 from services.kernel.store import AppendResult, EventStore
 from services.requests import handlers
-from services.requests.domain import SubmitRequest
-from services.requests.projections import RequestsPerYear
+from services.requests.domain import (
+    ApproveRequest,
+    AssessEligibility,
+    RejectRequest,
+    Request,
+    SubmitRequest,
+    WithdrawRequest,
+)
+from services.requests.projections import RequestRegister, RequestsPerYear
 
 SERVICE_NAME = "mieux.requests.v1.Requests"
+COMMANDS = ("SubmitRequest", "AssessEligibility", "ApproveRequest", "RejectRequest", "WithdrawRequest")
+QUERIES = ("GetRequest", "ListRequests", "GetRequestsPerYear")
 ACCESS = {
-    f"/{SERVICE_NAME}/SubmitRequest": COMMANDERS,
-    f"/{SERVICE_NAME}/GetRequestsPerYear": READERS,
+    **{f"/{SERVICE_NAME}/{m}": COMMANDERS for m in COMMANDS},
+    **{f"/{SERVICE_NAME}/{m}": READERS for m in QUERIES},
 }
 
 
@@ -30,31 +44,102 @@ def ack(r: AppendResult) -> common_pb2.CommandAck:
     )
 
 
-def fields(msg) -> dict:  # type: ignore[no-untyped-def]
+def fields(msg: Any) -> dict[str, Any]:
     """A command message as a plain dict, dates flattened (Date {iso} -> "YYYY-MM-DD")."""
     d = MessageToDict(msg, preserving_proto_field_name=True)
     return {k: (v.get("iso", "") if isinstance(v, dict) and set(v) <= {"iso"} else v) for k, v in d.items()}
 
 
+def date_pb(d: Any) -> common_pb2.Date:
+    return common_pb2.Date(iso=d.isoformat() if d else "")
+
+
 class RequestsServicer(requests_pb2_grpc.RequestsServicer):
-    def __init__(self, store: EventStore, per_year: RequestsPerYear) -> None:
+    def __init__(self, store: EventStore, per_year: RequestsPerYear, register: RequestRegister) -> None:
         self.store = store
         self.per_year = per_year
+        self.register = register
 
-    async def SubmitRequest(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
-        cmd = SubmitRequest.model_validate(fields(request))
-        return ack(await handlers.submit_request(self.store, cmd))
+    async def SubmitRequest(self, request, context):  # type: ignore[no-untyped-def]
+        return ack(await handlers.submit_request(self.store, SubmitRequest.model_validate(fields(request))))
 
-    async def GetRequestsPerYear(self, request, context: grpc.aio.ServicerContext):
+    async def AssessEligibility(self, request, context):  # type: ignore[no-untyped-def]
+        return ack(await handlers.assess_eligibility(self.store, AssessEligibility.model_validate(fields(request))))
+
+    async def ApproveRequest(self, request, context):  # type: ignore[no-untyped-def]
+        return ack(await handlers.approve_request(self.store, ApproveRequest.model_validate(fields(request))))
+
+    async def RejectRequest(self, request, context):  # type: ignore[no-untyped-def]
+        return ack(await handlers.reject_request(self.store, RejectRequest.model_validate(fields(request))))
+
+    async def WithdrawRequest(self, request, context):  # type: ignore[no-untyped-def]
+        return ack(await handlers.withdraw_request(self.store, WithdrawRequest.model_validate(fields(request))))
+
+    async def GetRequest(self, request, context):  # type: ignore[no-untyped-def]
+        """Folded from the request's own events: always up to date with the last command."""
+        r = await load(self.store, Request, request.request_id)
+        if not r.exists or r.received is None:
+            raise NotFound(f"request {request.request_id} does not exist")
+        e, a = r.received, r.assessment
+        return requests_pb2.Request(
+            request_id=r.id,
+            partner=e.partner,
+            partner_kind=e.partner_kind,
+            partner_name=e.partner_name,
+            region=reference.region_of(e.partner) or "",
+            institution=e.institution,
+            institution_type=e.institution_type,
+            received_on=date_pb(e.received_on),
+            title=e.title,
+            themes=list(e.themes),
+            status=r.status,
+            eligible=bool(a and a.eligible),
+            instrument=(a.instrument or "") if a else "",
+            ineligibility_reasons=list(a.reasons) if a else [],
+            version=r.version,
+        )
+
+    async def ListRequests(self, request, context):  # type: ignore[no-untyped-def]
+        size, offset = paging.page_size(request.page_size), paging.offset_of(request.page_token)
+        filters = {
+            "year": request.year,
+            "region": request.region,
+            "partner": request.partner,
+            "status": request.status,
+            "theme": request.theme,
+        }
+        rows, total = await self.register.page(self.store.pool, filters, offset, size)
+        return requests_pb2.RequestPage(
+            requests=[
+                requests_pb2.Request(
+                    request_id=x["request_id"],
+                    partner=x["partner"],
+                    partner_kind=x["partner_kind"],
+                    partner_name=x["partner_name"],
+                    region=x["region"],
+                    institution=x["institution"],
+                    institution_type=x["institution_type"],
+                    received_on=date_pb(x["received_on"]),
+                    title=x["title"],
+                    themes=x["themes"],
+                    status=x["status"],
+                    eligible=x["eligible"],
+                    instrument=x["instrument"],
+                    ineligibility_reasons=x["reasons"],
+                )
+                for x in rows
+            ],
+            next_page_token=paging.next_token(offset, size, total),
+            total=total,
+        )
+
+    async def GetRequestsPerYear(self, request, context):  # type: ignore[no-untyped-def]
         rows = await self.per_year.query(self.store.pool)
         return requests_pb2.RequestsPerYear(years=[requests_pb2.YearCount(year=y, count=c) for y, c in rows])
 
 
-def registrar(store: EventStore, per_year: RequestsPerYear):  # type: ignore[no-untyped-def]
+def registrar(store: EventStore, per_year: RequestsPerYear, register: RequestRegister):  # type: ignore[no-untyped-def]
     def add(server: grpc.aio.Server) -> None:
-        requests_pb2_grpc.add_RequestsServicer_to_server(RequestsServicer(store, per_year), server)
+        requests_pb2_grpc.add_RequestsServicer_to_server(RequestsServicer(store, per_year, register), server)
 
     return add
-
-
-ACCESS_RULES = Access(ACCESS)

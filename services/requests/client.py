@@ -49,6 +49,55 @@ class RequestsClient:
             timeout=self.deadline,
         )
 
+    async def _call(self, rpc, msg):  # type: ignore[no-untyped-def]
+        return await rpc(msg, metadata=call_metadata(self.token), timeout=self.deadline)
+
+    async def assess(self, *, command_id: str, request_id: str, assessed_on: str) -> common_pb2.CommandAck:
+        return await self._call(
+            self.stub.AssessEligibility,
+            requests_pb2.AssessEligibilityCommand(
+                command_id=command_id, request_id=request_id, assessed_on=common_pb2.Date(iso=assessed_on)
+            ),
+        )
+
+    async def approve(self, *, command_id: str, request_id: str, approved_on: str) -> common_pb2.CommandAck:
+        return await self._call(
+            self.stub.ApproveRequest,
+            requests_pb2.ApproveRequestCommand(
+                command_id=command_id, request_id=request_id, approved_on=common_pb2.Date(iso=approved_on)
+            ),
+        )
+
+    async def reject(self, *, command_id: str, request_id: str, rejected_on: str, reason: str) -> common_pb2.CommandAck:
+        return await self._call(
+            self.stub.RejectRequest,
+            requests_pb2.RejectRequestCommand(
+                command_id=command_id,
+                request_id=request_id,
+                rejected_on=common_pb2.Date(iso=rejected_on),
+                reason=reason,
+            ),
+        )
+
+    async def withdraw(
+        self, *, command_id: str, request_id: str, withdrawn_on: str, reason: str
+    ) -> common_pb2.CommandAck:
+        return await self._call(
+            self.stub.WithdrawRequest,
+            requests_pb2.WithdrawRequestCommand(
+                command_id=command_id,
+                request_id=request_id,
+                withdrawn_on=common_pb2.Date(iso=withdrawn_on),
+                reason=reason,
+            ),
+        )
+
+    async def get(self, request_id: str) -> requests_pb2.Request:
+        return await self._call(self.stub.GetRequest, requests_pb2.GetRequestQuery(request_id=request_id))
+
+    async def list(self, **filters) -> requests_pb2.RequestPage:  # type: ignore[no-untyped-def]
+        return await self._call(self.stub.ListRequests, requests_pb2.ListRequestsQuery(**filters))
+
     async def per_year(self) -> requests_pb2.RequestsPerYear:
         return await self.stub.GetRequestsPerYear(
             requests_pb2.GetRequestsPerYearQuery(), metadata=call_metadata(self.token), timeout=self.deadline

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from services.kernel.application import execute
 from services.kernel.store import AppendResult, EventStore
-from services.requests.domain import Request, SubmitRequest
+from services.requests.domain import (
+    ApproveRequest,
+    AssessEligibility,
+    RejectRequest,
+    Request,
+    SubmitRequest,
+    WithdrawRequest,
+)
 
 
 async def submit_request(store: EventStore, cmd: SubmitRequest) -> AppendResult:
@@ -16,4 +23,28 @@ async def submit_request(store: EventStore, cmd: SubmitRequest) -> AppendResult:
         command_id=cmd.command_id,
         payload=cmd,
         must_exist=False,
+    )
+
+
+async def assess_eligibility(store: EventStore, cmd: AssessEligibility) -> AppendResult:
+    return await execute(
+        store, Request, cmd.request_id, lambda r: r.assess_eligibility(cmd), command_id=cmd.command_id, payload=cmd
+    )
+
+
+async def approve_request(store: EventStore, cmd: ApproveRequest) -> AppendResult:
+    return await execute(
+        store, Request, cmd.request_id, lambda r: r.approve(cmd), command_id=cmd.command_id, payload=cmd
+    )
+
+
+async def reject_request(store: EventStore, cmd: RejectRequest) -> AppendResult:
+    return await execute(
+        store, Request, cmd.request_id, lambda r: r.reject(cmd), command_id=cmd.command_id, payload=cmd
+    )
+
+
+async def withdraw_request(store: EventStore, cmd: WithdrawRequest) -> AppendResult:
+    return await execute(
+        store, Request, cmd.request_id, lambda r: r.withdraw(cmd), command_id=cmd.command_id, payload=cmd
     )

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 
+from services.kernel import reference
 from services.kernel.envelope import Envelope, Event, topic_for
 from services.kernel.projection import Projection
-from services.requests.events import RequestReceived
+from services.requests.events import (
+    RequestApproved,
+    RequestEligibilityAssessed,
+    RequestReceived,
+    RequestRejected,
+    RequestWithdrawn,
+)
 
 
 class RequestsPerYear(Projection):
@@ -38,3 +46,90 @@ class RequestsPerYear(Projection):
     async def query(self, pool: asyncpg.Pool) -> list[tuple[int, int]]:
         rows = await pool.fetch("SELECT year, count FROM requests_views.requests_per_year ORDER BY year")
         return [(r["year"], r["count"]) for r in rows]
+
+
+class RequestRegister(Projection):
+    """One row per request with its current status: ListRequests filters and pages over it."""
+
+    name = "request_register"
+    topics = (topic_for("requests"),)
+    tables = ("requests_views.requests",)
+    setup_sql = """
+    CREATE SCHEMA IF NOT EXISTS requests_views;
+    CREATE TABLE IF NOT EXISTS requests_views.requests (
+        request_id        text PRIMARY KEY,
+        partner           text NOT NULL,
+        partner_kind      text NOT NULL,
+        partner_name      text NOT NULL,
+        region            text NOT NULL,
+        institution       text NOT NULL,
+        institution_type  text NOT NULL,
+        received_on       date NOT NULL,
+        title             text NOT NULL,
+        themes            text[] NOT NULL,
+        status            text NOT NULL,
+        eligible          boolean NOT NULL DEFAULT false,
+        instrument        text NOT NULL DEFAULT '',
+        reasons           text[] NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX IF NOT EXISTS requests_received_on ON requests_views.requests (received_on, request_id);
+    """
+
+    async def apply(self, conn: asyncpg.Connection, env: Envelope, event: Event) -> None:
+        t = "requests_views.requests"
+        match event:
+            case RequestReceived():
+                await conn.execute(
+                    f"INSERT INTO {t} (request_id, partner, partner_kind, partner_name, region, institution, "
+                    "institution_type, received_on, title, themes, status) "
+                    "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,'received') ON CONFLICT (request_id) DO NOTHING",
+                    event.request_id,
+                    event.partner,
+                    event.partner_kind,
+                    event.partner_name,
+                    reference.region_of(event.partner) or "",
+                    event.institution,
+                    event.institution_type,
+                    event.received_on,
+                    event.title,
+                    list(event.themes),
+                )
+            case RequestEligibilityAssessed():
+                await conn.execute(
+                    f"UPDATE {t} SET status = 'assessed', eligible = $2, instrument = $3, reasons = $4 "
+                    "WHERE request_id = $1",
+                    event.request_id,
+                    event.eligible,
+                    event.instrument or "",
+                    list(event.reasons),
+                )
+            case RequestApproved() | RequestRejected() | RequestWithdrawn():
+                status = {RequestApproved: "approved", RequestRejected: "rejected", RequestWithdrawn: "withdrawn"}
+                await conn.execute(
+                    f"UPDATE {t} SET status = $2 WHERE request_id = $1", event.request_id, status[type(event)]
+                )
+
+    async def page(
+        self, pool: asyncpg.Pool, filters: dict[str, Any], offset: int, limit: int
+    ) -> tuple[list[asyncpg.Record], int]:
+        where, args = [], []
+        for column, value in filters.items():
+            if value in (None, "", 0):
+                continue
+            args.append(value)
+            if column == "year":
+                where.append(f"extract(year FROM received_on) = ${len(args)}")
+            elif column == "theme":
+                where.append(f"${len(args)} = ANY(themes)")
+            else:
+                where.append(f"{column} = ${len(args)}")
+        cond = f"WHERE {' AND '.join(where)}" if where else ""
+        total = await pool.fetchval(f"SELECT count(*) FROM requests_views.requests {cond}", *args)
+        rows = await pool.fetch(
+            f"SELECT * FROM requests_views.requests {cond} ORDER BY received_on, request_id "
+            f"OFFSET ${len(args) + 1} LIMIT ${len(args) + 2}",
+            *args,
+            offset,
+            limit,
+        )
+        return rows, total

@@ -146,7 +146,7 @@ def command_fields(command_id: str | None = None, **over: Any) -> dict[str, Any]
         "institution_type": "agency",
         "received_on": "2017-03-14",
         "title": "Costa Rica III",
-        "themes": ["labour migration"],
+        "themes": ["international_labour_migration"],
     }
     fields.update(over)
     return fields

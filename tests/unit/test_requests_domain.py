@@ -21,7 +21,7 @@ VALID: dict[str, Any] = {
     "institution_type": "agency",
     "received_on": "2017-03-14",
     "title": "Costa Rica III",
-    "themes": ["labour migration", "integration"],
+    "themes": ["international_labour_migration", "local_level_integration"],
 }
 
 
@@ -49,7 +49,7 @@ def test_submitting_a_country_request_records_request_received() -> None:
             institution_type="agency",
             received_on=date(2017, 3, 14),
             title="Costa Rica III",
-            themes=("labour migration", "integration"),
+            themes=("international_labour_migration", "local_level_integration"),
         )
     ]
 
@@ -69,7 +69,7 @@ def test_the_folded_request_remembers_it_was_received() -> None:
     [ev] = given_when_then([], lambda r: r.submit(cmd), stream_id=cmd.request_id)
     agg = Request.fold(cmd.request_id, [ev])
     assert agg.exists and agg.version == 1
-    assert agg.received_on == date(2017, 3, 14)
+    assert agg.received is not None and agg.received.received_on == date(2017, 3, 14)
 
 
 def test_submitting_twice_on_the_same_stream_breaks_a_rule() -> None:
