@@ -37,6 +37,9 @@ lint: proto
 	$(BIN)/ruff check services tests bench
 	$(BIN)/ruff format --check services tests bench
 
+up: proto
+	$(BIN)/mieux up
+
 bench: proto
 	$(BIN)/python -m bench
 

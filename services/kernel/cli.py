@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from datetime import UTC, datetime, timedelta
@@ -239,6 +240,60 @@ def cmd_requests(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    """The whole stack in the foreground: the dev stack and every service on its fixed port."""
+    import importlib.util
+    import os
+    import signal
+
+    from services.kernel.devstack import DevStack
+    from services.kernel.processes import Processes, serving
+    from services.kernel.settings import service_address
+
+    async def go() -> int:
+        home = Settings().mieux_home.resolve()
+        stack = DevStack(home)
+        ours = not all(stack.status().values())
+        stack.up()
+        env = {**os.environ, "MIEUX_HOME": str(home)}
+        names = [n for n in SERVICE_PORTS if importlib.util.find_spec(f"services.{n}.__main__")]
+        procs = Processes()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            for n in names:
+                await procs.start(n, env)
+            deadline = loop.time() + 90
+            waiting = set(names)
+            while waiting and loop.time() < deadline and not stop.is_set() and not procs.exited():
+                waiting = {n for n in waiting if not await serving(service_address(n))}
+                await asyncio.sleep(0.1)
+            table = Table("service", "address", "health")
+            for n in names:
+                table.add_row(n, service_address(n), "[red]not serving[/]" if n in waiting else "[green]SERVING[/]")
+            console.print(table)
+            if waiting or procs.exited():
+                console.print(f"[red]not all services came up: {sorted(waiting) or procs.exited()}[/]")
+                return 1
+            console.print("all services up; Ctrl-C or SIGTERM stops everything")
+            while not stop.is_set():
+                if procs.exited():
+                    console.print(f"[red]a service exited: {procs.exited()}[/]")
+                    return 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+            return 0
+        finally:
+            await procs.stop()
+            if ours:
+                stack.down()
+            console.print("stopped")
+
+    return asyncio.run(go())
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from services.kernel.demo import run_demo
 
@@ -292,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--theme", action="append")
     rqs.add_parser("per-year")
     rq.set_defaults(fn=cmd_requests)
+
+    up = sub.add_parser("up", help="the dev stack and every service in the foreground (Ctrl-C stops all)")
+    up.set_defaults(fn=cmd_up)
 
     dm = sub.add_parser("demo", help="run the product end to end on the embedded stack and print what it measured")
     dm.set_defaults(fn=cmd_demo)

@@ -13,17 +13,16 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import grpc
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
 from services.kernel.devstack import DevStack, free_port
+from services.kernel.processes import Processes, serving
 from services.kernel.runner import group_lag
 from services.kernel.settings import Settings
 
@@ -38,41 +37,6 @@ async def wait_until(check, timeout: float, what: str) -> float:  # type: ignore
             return time.monotonic() - start
         await asyncio.sleep(0.01)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-async def serving(address: str) -> bool:
-    try:
-        async with grpc.aio.insecure_channel(address) as ch:
-            r = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
-            return r.status == health_pb2.HealthCheckResponse.SERVING
-    except grpc.aio.AioRpcError:
-        return False
-
-
-class Processes:
-    """Service processes started by the demo; all stopped on exit."""
-
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.procs: list[asyncio.subprocess.Process] = []
-
-    async def start(self, service: str, env: dict[str, str]) -> None:
-        log = open(self.home / f"{service}.log", "wb")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", f"services.{service}", env=env, stdout=log, stderr=log
-        )
-        self.procs.append(proc)
-
-    async def stop(self) -> None:
-        for p in self.procs:
-            if p.returncode is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                await asyncio.wait_for(p.wait(), 20)
-            except TimeoutError:
-                p.kill()
-                await p.wait()
 
 
 async def run_demo(console: Console) -> int:
