@@ -103,7 +103,9 @@ class Service:
             await self.pool.close()
 
     def main(self) -> None:
-        logging.basicConfig(
-            level=os.environ.get("MIEUX_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        level = os.environ.get("MIEUX_LOG_LEVEL", "INFO")
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if level != "DEBUG":  # the libraries' start/stop chatter
+            for noisy in ("faust", "mode", "aiokafka"):
+                logging.getLogger(noisy).setLevel(logging.WARNING)
         asyncio.run(run_until_signalled(self.start, self.stop))
