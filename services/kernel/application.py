@@ -58,6 +58,13 @@ def metadata(causation_id: str = "") -> Metadata:
     return Metadata(actor=current_actor(), correlation_id=correlation_var.get() or "", causation_id=causation_id)
 
 
+async def first_result(store: EventStore, command_id: str, payload: BaseModel | dict[str, Any]) -> AppendResult | None:
+    """The first result of a command id seen before (for handlers that must ask another service before
+    deciding: a retry is answered without asking again). CommandReused if the payload differs."""
+    body = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
+    return await store.command_result(command_id, payload_hash(body))
+
+
 async def execute(
     store: EventStore,
     cls: type[A],
@@ -70,11 +77,11 @@ async def execute(
     causation_id: str = "",
 ) -> AppendResult:
     """Run one command: a retried command id answers with its first result, appending nothing."""
-    body = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
-    digest = payload_hash(body)
-    first = await store.command_result(command_id, digest)
+    first = await first_result(store, command_id, payload)
     if first is not None:
         return first
+    body = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
+    digest = payload_hash(body)
     agg = await load(store, cls, stream_id)
     if must_exist and not agg.exists:
         raise NotFound(f"{cls.__name__.lower()} {stream_id} does not exist")

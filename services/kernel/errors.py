@@ -15,6 +15,7 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "RuleBroken",
+    "Unavailable",
     "from_validation_error",
 ]
 
@@ -39,6 +40,10 @@ class RuleBroken(Exception):
 
 class NotFound(Exception):
     """No such aggregate (NOT_FOUND)."""
+
+
+class Unavailable(Exception):
+    """A collaborator service did not answer (UNAVAILABLE): nothing stored; retry with the same command id."""
 
 
 def from_validation_error(e: ValidationError) -> InvalidArgument:

@@ -32,6 +32,7 @@ from services.kernel.errors import (
     InvalidArgument,
     NotFound,
     RuleBroken,
+    Unavailable,
     from_validation_error,
 )
 from services.kernel.settings import Principal, Role, Settings, hash_token
@@ -76,6 +77,7 @@ def status_for(e: BaseException) -> status_pb2.Status | None:
         (NotFound, grpc.StatusCode.NOT_FOUND),
         (CommandReused, grpc.StatusCode.ALREADY_EXISTS),
         (ConcurrencyError, grpc.StatusCode.ABORTED),
+        (Unavailable, grpc.StatusCode.UNAVAILABLE),
     ):
         if isinstance(e, kind):
             return _status(code, str(e))

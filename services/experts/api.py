@@ -1,0 +1,255 @@
+"""gRPC servicer of the experts service: proto <-> pydantic; errors become status codes in the kit."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import asyncpg
+import grpc
+from mieux.common.v1 import common_pb2
+from mieux.experts.v1 import experts_pb2, experts_pb2_grpc
+from pydantic import BaseModel, ConfigDict
+
+from services.experts import handlers
+from services.experts.actions import ActionsUnavailable, ActivityLookup
+from services.experts.domain import (
+    CancelDeployment,
+    DeactivateExpert,
+    DeployExpert,
+    Deployment,
+    Expert,
+    ExpertId,
+    RegisterExpert,
+    SubmitEvaluation,
+    UpdateExpertProfile,
+)
+from services.experts.projections import ListDeploymentsQuery, ListExpertsQuery, Roster
+from services.kernel.grpckit import COMMANDERS, READERS
+from services.kernel.store import AppendResult, EventStore
+
+SERVICE_NAME = "mieux.experts.v1.Experts"
+COMMANDS = (
+    "RegisterExpert",
+    "UpdateExpertProfile",
+    "DeployExpert",
+    "CancelDeployment",
+    "SubmitEvaluation",
+    "DeactivateExpert",
+)
+QUERIES = ("GetExpert", "ListExperts", "ListDeployments")
+ACCESS = {
+    **{f"/{SERVICE_NAME}/{name}": COMMANDERS for name in COMMANDS},
+    **{f"/{SERVICE_NAME}/{name}": READERS for name in QUERIES},
+}
+
+
+class GetExpertQuery(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    expert_id: ExpertId
+
+
+def ack(r: AppendResult) -> common_pb2.CommandAck:
+    return common_pb2.CommandAck(
+        stream_id=r.stream_id,
+        first_version=r.first_version,
+        last_version=r.last_version,
+        position=r.last_position or 0,
+        duplicate=r.duplicate,
+    )
+
+
+def iso(msg: Any, name: str) -> str:
+    """A Date field as its ISO string ("" when unset: the command model then names the field)."""
+    return getattr(msg, name).iso if msg.HasField(name) else ""
+
+
+def pdate(d: date | None) -> common_pb2.Date | None:
+    return common_pb2.Date(iso=d.isoformat()) if d is not None else None
+
+
+def deployment_pb(expert_id: str, d: Deployment) -> experts_pb2.Deployment:
+    return experts_pb2.Deployment(
+        deployment_id=d.deployment_id,
+        expert_id=expert_id,
+        action_code=d.action_code,
+        activity_id=d.activity_id,
+        starts_on=pdate(d.starts_on),
+        ends_on=pdate(d.ends_on),
+        status="cancelled" if d.cancelled_on else "deployed",
+        cancelled_on=pdate(d.cancelled_on),
+        evaluated=d.evaluation_id is not None,
+    )
+
+
+def expert_pb(e: Expert) -> experts_pb2.Expert:
+    assert e.profile is not None
+    return experts_pb2.Expert(
+        expert_id=e.id,
+        name=e.profile.name,
+        gender=e.profile.gender,
+        background=e.profile.background,
+        nationality=e.profile.nationality,
+        active=e.active,
+        registered_on=pdate(e.registered_on),
+        deactivated_on=pdate(e.deactivated_on),
+        themes=list(e.profile.themes),
+        deployments=[
+            deployment_pb(e.id, d) for d in sorted(e.deployments.values(), key=lambda d: (d.starts_on, d.deployment_id))
+        ],
+        version=e.version,
+    )
+
+
+def expert_row_pb(r: asyncpg.Record) -> experts_pb2.Expert:
+    return experts_pb2.Expert(
+        expert_id=r["expert_id"],
+        name=r["name"],
+        gender=r["gender"],
+        background=r["background"],
+        nationality=r["nationality"],
+        active=r["deactivated_on"] is None,
+        registered_on=pdate(r["registered_on"]),
+        deactivated_on=pdate(r["deactivated_on"]),
+        themes=list(r["themes"]),
+    )
+
+
+def deployment_row_pb(r: asyncpg.Record) -> experts_pb2.Deployment:
+    return experts_pb2.Deployment(
+        deployment_id=r["deployment_id"],
+        expert_id=r["expert_id"],
+        action_code=r["action_code"],
+        activity_id=r["activity_id"],
+        starts_on=pdate(r["starts_on"]),
+        ends_on=pdate(r["ends_on"]),
+        status="cancelled" if r["cancelled_on"] else "deployed",
+        cancelled_on=pdate(r["cancelled_on"]),
+        evaluated=r["evaluated"],
+    )
+
+
+class ExpertsServicer(experts_pb2_grpc.ExpertsServicer):
+    def __init__(self, store: EventStore, roster: Roster, actions: ActivityLookup) -> None:
+        self.store = store
+        self.roster = roster
+        self.actions = actions
+
+    # --- commands --------------------------------------------------------------------------------
+
+    async def RegisterExpert(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+        cmd = RegisterExpert.model_validate(
+            {
+                "command_id": request.command_id,
+                "name": request.name,
+                "gender": request.gender,
+                "background": request.background,
+                "nationality": request.nationality,
+                "registered_on": iso(request, "registered_on"),
+                "themes": list(request.themes),
+            }
+        )
+        return ack(await handlers.register_expert(self.store, cmd))
+
+    async def UpdateExpertProfile(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+        fields: dict[str, Any] = {
+            "command_id": request.command_id,
+            "expert_id": request.expert_id,
+            "updated_on": iso(request, "updated_on"),
+        }
+        for name in ("name", "gender", "background", "nationality"):
+            if request.HasField(name):
+                fields[name] = getattr(request, name)
+        if request.HasField("themes"):
+            fields["themes"] = list(request.themes.values)
+        cmd = UpdateExpertProfile.model_validate(fields)
+        return ack(await handlers.update_expert_profile(self.store, cmd))
+
+    async def DeployExpert(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+        cmd = DeployExpert.model_validate(
+            {"command_id": request.command_id, "expert_id": request.expert_id, "activity_id": request.activity_id}
+        )
+        try:
+            return ack(await handlers.deploy_expert(self.store, self.actions, cmd))
+        except ActionsUnavailable as e:  # nothing stored: the caller may retry with the same command id
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+            raise  # abort raises; this line is never reached
+
+    async def CancelDeployment(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+        cmd = CancelDeployment.model_validate(
+            {
+                "command_id": request.command_id,
+                "expert_id": request.expert_id,
+                "deployment_id": request.deployment_id,
+                "reason": request.reason,
+                "cancelled_on": iso(request, "cancelled_on"),
+            }
+        )
+        return ack(await handlers.cancel_deployment(self.store, cmd))
+
+    async def SubmitEvaluation(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+        cmd = SubmitEvaluation.model_validate(
+            {
+                "command_id": request.command_id,
+                "expert_id": request.expert_id,
+                "deployment_id": request.deployment_id,
+                "answers": [{"question": a.question, "score": a.score} for a in request.answers],
+                "submitted_on": iso(request, "submitted_on"),
+            }
+        )
+        return ack(await handlers.submit_evaluation(self.store, cmd))
+
+    async def DeactivateExpert(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+        cmd = DeactivateExpert.model_validate(
+            {
+                "command_id": request.command_id,
+                "expert_id": request.expert_id,
+                "reason": request.reason,
+                "deactivated_on": iso(request, "deactivated_on"),
+            }
+        )
+        return ack(await handlers.deactivate_expert(self.store, cmd))
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    async def GetExpert(self, request, context: grpc.aio.ServicerContext) -> experts_pb2.Expert:
+        q = GetExpertQuery.model_validate({"expert_id": request.expert_id})
+        return expert_pb(await handlers.get_expert(self.store, q.expert_id))
+
+    async def ListExperts(self, request, context: grpc.aio.ServicerContext) -> experts_pb2.ListExpertsResponse:
+        q = ListExpertsQuery.model_validate(
+            {
+                "background": request.background,
+                "gender": request.gender,
+                "active": request.active if request.HasField("active") else None,
+                "nationality": request.nationality,
+                "theme": request.theme,
+                "page_size": request.page_size,
+                "page_token": request.page_token,
+            }
+        )
+        rows, token = await self.roster.list_experts(self.store.pool, q)
+        return experts_pb2.ListExpertsResponse(experts=[expert_row_pb(r) for r in rows], next_page_token=token)
+
+    async def ListDeployments(self, request, context: grpc.aio.ServicerContext) -> experts_pb2.ListDeploymentsResponse:
+        q = ListDeploymentsQuery.model_validate(
+            {
+                "year": request.year,
+                "action_code": request.action_code,
+                "expert_id": request.expert_id,
+                "status": request.status,
+                "page_size": request.page_size,
+                "page_token": request.page_token,
+            }
+        )
+        rows, token = await self.roster.list_deployments(self.store.pool, q)
+        return experts_pb2.ListDeploymentsResponse(
+            deployments=[deployment_row_pb(r) for r in rows], next_page_token=token
+        )
+
+
+def registrar(store: EventStore, roster: Roster, actions: ActivityLookup):  # type: ignore[no-untyped-def]
+    def add(server: grpc.aio.Server) -> None:
+        experts_pb2_grpc.add_ExpertsServicer_to_server(ExpertsServicer(store, roster, actions), server)
+
+    return add

@@ -1,0 +1,428 @@
+"""The expert aggregate and its commands. Pure: no I/O.
+
+Stream: `expert-<uuid>`, a uuid5 of the RegisterExpert command id (a retried registration lands on
+the same stream). Deployment and evaluation ids are uuid5s of their command ids too.
+
+Whether an activity exists and is not cancelled is asked of the actions service by the application
+layer (handlers.py); the answer comes into `Expert.deploy` as an `ActivityFacts` value.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date
+from typing import Annotated
+
+import pycountry
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from services.experts.events import (
+    Answer,
+    ExpertDeactivated,
+    ExpertDeployed,
+    ExpertDeploymentCancelled,
+    ExpertEvaluationSubmitted,
+    ExpertEvent,
+    ExpertProfileUpdated,
+    ExpertRegistered,
+)
+from services.kernel import reference
+from services.kernel.application import Aggregate
+from services.kernel.errors import NotFound, RuleBroken
+
+EXPERT_NAMESPACE = uuid.UUID("b3a4f0f2-8c1e-4d57-9f5e-2f0c8e1d7a31")
+DEPLOYMENT_NAMESPACE = uuid.UUID("0c9d5f6e-3b2a-4e71-8d4c-5a6b7c8d9e0f")
+EVALUATION_NAMESPACE = uuid.UUID("7e1a2b3c-4d5e-4f60-9a1b-2c3d4e5f6a7b")
+
+# The questions of the post-mission evaluation form, scored 1 (strongly disagree) to 5 (strongly agree).
+# The first is the one the MIEUX Annual Report 2017 publishes ("94.7% of experts agreed or strongly agreed
+# that the peer-to-peer approach and knowledge exchange with other (non-) EU MS was beneficial"); the
+# second is the overall rating the report quotes for partner authorities, asked of experts too (a choice).
+EVALUATION_QUESTIONS: dict[str, str] = {
+    "peer_to_peer_beneficial": (
+        "The peer-to-peer approach and knowledge exchange with other (non-) EU MS was beneficial"
+    ),
+    "overall_experience": "My overall experience with the MIEUX mission was good or excellent",
+}
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+ExpertId = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^expert-[0-9a-f-]{36}$")]
+DeploymentId = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^dep-[0-9a-f-]{36}$")]
+ActivityId = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^\d{4}-\d{2,}/A\d+$")]
+CommandId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+def canonical_gender(v: str) -> str:
+    if v not in reference.genders():
+        raise ValueError(f"must be one of {', '.join(reference.genders())}")
+    return v
+
+
+def canonical_background(v: str) -> str:
+    backgrounds = reference.expert_backgrounds()
+    if v not in backgrounds:
+        raise ValueError(f"must be one of {', '.join(backgrounds)}")
+    return v
+
+
+def canonical_nationality(v: str) -> str:
+    """ISO 3166-1 alpha-2, upper case (`be` becomes `BE`, so one country is never counted twice)."""
+    code = v.strip().upper()
+    if len(code) != 2 or pycountry.countries.get(alpha_2=code) is None:
+        raise ValueError("not an ISO 3166-1 alpha-2 country code")
+    return code
+
+
+def canonical_themes(v: tuple[str, ...]) -> tuple[str, ...]:
+    known = reference.themes()
+    unknown = [t for t in v if t not in known]
+    if unknown:
+        raise ValueError(f"unknown themes {', '.join(unknown)}: must be keys of the reference themes")
+    return tuple(dict.fromkeys(v))  # in order, each once
+
+
+Gender = Annotated[str, AfterValidator(canonical_gender)]
+Background = Annotated[str, AfterValidator(canonical_background)]
+Nationality = Annotated[str, AfterValidator(canonical_nationality)]
+Themes = Annotated[tuple[str, ...], AfterValidator(canonical_themes)]
+
+
+class Command(BaseModel):
+    model_config = ConfigDict(frozen=True, str_strip_whitespace=True, extra="forbid")
+    command_id: CommandId
+
+
+class RegisterExpert(Command):
+    name: Text
+    gender: Gender
+    background: Background
+    nationality: Nationality
+    themes: Themes = ()
+    registered_on: date
+
+    @property
+    def expert_id(self) -> str:
+        """Derived from the command id, so a retried registration lands on the same stream."""
+        return f"expert-{uuid.uuid5(EXPERT_NAMESPACE, self.command_id)}"
+
+
+class UpdateExpertProfile(Command):
+    """Only the fields given change; `themes`, when given, replaces the list."""
+
+    expert_id: ExpertId
+    name: Text | None = None
+    gender: Gender | None = None
+    background: Background | None = None
+    nationality: Nationality | None = None
+    themes: Themes | None = None
+    updated_on: date
+
+
+class DeployExpert(Command):
+    expert_id: ExpertId
+    activity_id: ActivityId
+
+    @property
+    def deployment_id(self) -> str:
+        return f"dep-{uuid.uuid5(DEPLOYMENT_NAMESPACE, self.command_id)}"
+
+
+class CancelDeployment(Command):
+    expert_id: ExpertId
+    deployment_id: DeploymentId
+    reason: Text
+    cancelled_on: date
+
+
+class AnswerInput(BaseModel):
+    model_config = ConfigDict(frozen=True, str_strip_whitespace=True, extra="forbid")
+    question: str
+    score: int = Field(ge=1, le=5)
+
+    @field_validator("question")
+    @classmethod
+    def known_question(cls, v: str) -> str:
+        if v not in EVALUATION_QUESTIONS:
+            raise ValueError(f"must be one of {', '.join(EVALUATION_QUESTIONS)}")
+        return v
+
+
+class SubmitEvaluation(Command):
+    expert_id: ExpertId
+    deployment_id: DeploymentId
+    answers: tuple[AnswerInput, ...]
+    submitted_on: date
+
+    @field_validator("answers")
+    @classmethod
+    def each_question_once(cls, v: tuple[AnswerInput, ...]) -> tuple[AnswerInput, ...]:
+        if not v:
+            raise ValueError("at least one answer")
+        seen = [a.question for a in v]
+        twice = sorted({q for q in seen if seen.count(q) > 1})
+        if twice:
+            raise ValueError(f"question {', '.join(twice)} answered more than once")
+        return v
+
+    @property
+    def evaluation_id(self) -> str:
+        return f"eval-{uuid.uuid5(EVALUATION_NAMESPACE, self.command_id)}"
+
+
+class DeactivateExpert(Command):
+    expert_id: ExpertId
+    reason: Text
+    deactivated_on: date
+
+
+@dataclass(frozen=True)
+class ActivityFacts:
+    """What the actions service says of an activity (mieux.actions.v1.Activity)."""
+
+    activity_id: str
+    action_code: str
+    status: str
+    starts_on: date | None
+    ends_on: date | None
+
+
+@dataclass
+class Deployment:
+    deployment_id: str
+    action_code: str
+    activity_id: str
+    starts_on: date
+    ends_on: date
+    cancelled_on: date | None = None
+    evaluation_id: str | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.cancelled_on is None
+
+    def overlaps(self, starts_on: date, ends_on: date) -> bool:
+        return self.starts_on <= ends_on and starts_on <= self.ends_on
+
+
+@dataclass
+class Profile:
+    name: str
+    gender: str
+    background: str
+    nationality: str
+    themes: tuple[str, ...] = ()
+
+
+@dataclass
+class Evaluation:
+    evaluation_id: str
+    deployment_id: str
+    answers: tuple[Answer, ...]
+    submitted_on: date
+
+
+class Expert(Aggregate):
+    def __init__(self, stream_id: str) -> None:
+        super().__init__(stream_id)
+        self.profile: Profile | None = None
+        self.registered_on: date | None = None
+        self.deactivated_on: date | None = None
+        self.deactivation_reason: str = ""
+        self.deployments: dict[str, Deployment] = {}
+        self.evaluations: list[Evaluation] = []
+
+    # --- fold ------------------------------------------------------------------------------------
+
+    def when_ExpertRegistered(self, e: ExpertRegistered) -> None:
+        self.profile = Profile(e.name, e.gender, e.background, e.nationality, e.themes)
+        self.registered_on = e.registered_on
+
+    def when_ExpertProfileUpdated(self, e: ExpertProfileUpdated) -> None:
+        self.profile = Profile(e.name, e.gender, e.background, e.nationality, e.themes)
+
+    def when_ExpertDeployed(self, e: ExpertDeployed) -> None:
+        self.deployments[e.deployment_id] = Deployment(
+            e.deployment_id, e.action_code, e.activity_id, e.starts_on, e.ends_on
+        )
+
+    def when_ExpertDeploymentCancelled(self, e: ExpertDeploymentCancelled) -> None:
+        self.deployments[e.deployment_id].cancelled_on = e.cancelled_on
+
+    def when_ExpertEvaluationSubmitted(self, e: ExpertEvaluationSubmitted) -> None:
+        self.deployments[e.deployment_id].evaluation_id = e.evaluation_id
+        self.evaluations.append(Evaluation(e.evaluation_id, e.deployment_id, e.answers, e.submitted_on))
+
+    def when_ExpertDeactivated(self, e: ExpertDeactivated) -> None:
+        self.deactivated_on = e.deactivated_on
+        self.deactivation_reason = e.reason
+
+    # --- guards ----------------------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        return self.exists and self.deactivated_on is None
+
+    def check_not_registered(self) -> None:
+        if self.exists:
+            raise RuleBroken(f"expert {self.id} is already registered")
+
+    def check_active(self, doing: str) -> None:
+        if self.deactivated_on is not None:
+            raise RuleBroken(
+                f"expert {self.id} was deactivated on {self.deactivated_on.isoformat()} and cannot be {doing}"
+            )
+
+    def deployment(self, deployment_id: str) -> Deployment:
+        d = self.deployments.get(deployment_id)
+        if d is None:
+            raise NotFound(f"expert {self.id} has no deployment {deployment_id}")
+        return d
+
+    def check_activity_deployable(self, activity: ActivityFacts) -> tuple[date, date]:
+        if activity.status == "cancelled":
+            raise RuleBroken(f"activity {activity.activity_id} is cancelled: no expert can be deployed to it")
+        if activity.status not in ("planned", "held"):
+            raise RuleBroken(f"activity {activity.activity_id} has an unknown status {activity.status!r}")
+        if activity.starts_on is None or activity.ends_on is None:
+            raise RuleBroken(f"activity {activity.activity_id} has no dates: an expert is deployed for its dates")
+        if activity.ends_on < activity.starts_on:
+            raise RuleBroken(f"activity {activity.activity_id} ends before it starts")
+        return activity.starts_on, activity.ends_on
+
+    def check_no_overlap(self, activity_id: str, starts_on: date, ends_on: date) -> None:
+        for d in self.deployments.values():
+            if not d.live:
+                continue
+            if d.activity_id == activity_id:
+                raise RuleBroken(f"expert {self.id} is already deployed to activity {activity_id}")
+            if d.overlaps(starts_on, ends_on):
+                raise RuleBroken(
+                    f"expert {self.id} is already deployed to activity {d.activity_id} from "
+                    f"{d.starts_on.isoformat()} to {d.ends_on.isoformat()}: deployments of one expert "
+                    f"cannot overlap ({activity_id} runs {starts_on.isoformat()} to {ends_on.isoformat()})"
+                )
+
+    # --- decisions -------------------------------------------------------------------------------
+
+    def register(self, cmd: RegisterExpert) -> list[ExpertEvent]:
+        self.check_not_registered()
+        return [
+            ExpertRegistered(
+                expert_id=self.id,
+                name=cmd.name,
+                gender=cmd.gender,
+                background=cmd.background,
+                nationality=cmd.nationality,
+                themes=cmd.themes,
+                registered_on=cmd.registered_on,
+            )
+        ]
+
+    def update_profile(self, cmd: UpdateExpertProfile) -> list[ExpertEvent]:
+        assert self.profile is not None and self.registered_on is not None
+        if cmd.updated_on < self.registered_on:
+            raise RuleBroken(
+                f"expert {self.id} was registered on {self.registered_on.isoformat()}: "
+                f"a profile update cannot precede it"
+            )
+        old = self.profile
+        new = Profile(
+            name=cmd.name if cmd.name is not None else old.name,
+            gender=cmd.gender if cmd.gender is not None else old.gender,
+            background=cmd.background if cmd.background is not None else old.background,
+            nationality=cmd.nationality if cmd.nationality is not None else old.nationality,
+            themes=cmd.themes if cmd.themes is not None else old.themes,
+        )
+        changed = tuple(
+            f for f in ("name", "gender", "background", "nationality", "themes") if getattr(old, f) != getattr(new, f)
+        )
+        if not changed:
+            raise RuleBroken(f"the update changes nothing in the profile of expert {self.id}")
+        return [
+            ExpertProfileUpdated(
+                expert_id=self.id,
+                name=new.name,
+                gender=new.gender,
+                background=new.background,
+                nationality=new.nationality,
+                themes=new.themes,
+                changed=changed,
+                updated_on=cmd.updated_on,
+            )
+        ]
+
+    def check_deployable(self) -> None:
+        """What can be said before asking the actions service about the activity."""
+        self.check_active("deployed")
+
+    def deploy(self, cmd: DeployExpert, activity: ActivityFacts) -> list[ExpertEvent]:
+        self.check_deployable()
+        starts_on, ends_on = self.check_activity_deployable(activity)
+        self.check_no_overlap(activity.activity_id, starts_on, ends_on)
+        return [
+            ExpertDeployed(
+                expert_id=self.id,
+                deployment_id=cmd.deployment_id,
+                action_code=activity.action_code,
+                activity_id=activity.activity_id,
+                starts_on=starts_on,
+                ends_on=ends_on,
+            )
+        ]
+
+    def cancel_deployment(self, cmd: CancelDeployment) -> list[ExpertEvent]:
+        d = self.deployment(cmd.deployment_id)
+        if not d.live:
+            assert d.cancelled_on is not None
+            raise RuleBroken(f"deployment {d.deployment_id} was already cancelled on {d.cancelled_on.isoformat()}")
+        if d.evaluation_id is not None:
+            raise RuleBroken(f"deployment {d.deployment_id} was evaluated: a mission that took place is not cancelled")
+        return [
+            ExpertDeploymentCancelled(
+                expert_id=self.id,
+                deployment_id=d.deployment_id,
+                action_code=d.action_code,
+                activity_id=d.activity_id,
+                reason=cmd.reason,
+                cancelled_on=cmd.cancelled_on,
+            )
+        ]
+
+    def submit_evaluation(self, cmd: SubmitEvaluation) -> list[ExpertEvent]:
+        d = self.deployment(cmd.deployment_id)
+        if not d.live:
+            raise RuleBroken(f"deployment {d.deployment_id} was cancelled: there is no mission to evaluate")
+        if d.evaluation_id is not None:
+            raise RuleBroken(f"deployment {d.deployment_id} was already evaluated (one evaluation per deployment)")
+        if cmd.submitted_on < d.starts_on:
+            raise RuleBroken(
+                f"deployment {d.deployment_id} starts on {d.starts_on.isoformat()}: "
+                f"it cannot be evaluated before it takes place"
+            )
+        return [
+            ExpertEvaluationSubmitted(
+                expert_id=self.id,
+                evaluation_id=cmd.evaluation_id,
+                deployment_id=d.deployment_id,
+                action_code=d.action_code,
+                activity_id=d.activity_id,
+                answers=tuple(Answer(question=a.question, score=a.score) for a in cmd.answers),
+                submitted_on=cmd.submitted_on,
+            )
+        ]
+
+    def deactivate(self, cmd: DeactivateExpert) -> list[ExpertEvent]:
+        self.check_active("deactivated again")
+        assert self.registered_on is not None
+        if cmd.deactivated_on < self.registered_on:
+            raise RuleBroken(
+                f"expert {self.id} was registered on {self.registered_on.isoformat()}: deactivation cannot precede it"
+            )
+        for d in sorted(self.deployments.values(), key=lambda d: d.starts_on):
+            if d.live and d.ends_on > cmd.deactivated_on:
+                raise RuleBroken(
+                    f"expert {self.id} is deployed to activity {d.activity_id} until {d.ends_on.isoformat()}: "
+                    f"cancel deployment {d.deployment_id} before deactivating the expert"
+                )
+        return [ExpertDeactivated(expert_id=self.id, reason=cmd.reason, deactivated_on=cmd.deactivated_on)]
