@@ -1,0 +1,30 @@
+"""`python -m services.carbon`: the carbon service (gRPC + relay + its projections + its policy)."""
+
+from services.carbon import api
+from services.carbon.policies import FlightEmissionsPolicy
+from services.carbon.projections import FlightEmissionsView, FootprintView, OffsetLotsView
+from services.kernel.service import Service
+
+
+def build() -> Service:
+    flights = FlightEmissionsView()
+    lots = OffsetLotsView()
+
+    def registrars(svc: Service) -> list:
+        assert svc.store is not None
+        return [api.registrar(svc.store, flights, lots)]
+
+    service = Service(
+        name="carbon",
+        grpc_services=[api.SERVICE_NAME],
+        access=api.ACCESS,
+        registrars=registrars,
+        projections=[flights, lots, FootprintView()],
+    )
+    # the policy writes through the service's event store, which exists once the service has started
+    service.policies = [FlightEmissionsPolicy(lambda: service.store)]
+    return service
+
+
+if __name__ == "__main__":
+    build().main()

@@ -1,0 +1,202 @@
+"""gRPC servicer of the carbon service: proto <-> pydantic; errors become status codes in the kit."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import grpc
+from google.protobuf.json_format import MessageToDict
+from mieux.carbon.v1 import carbon_pb2, carbon_pb2_grpc
+from mieux.common.v1 import common_pb2
+
+from services.carbon import handlers
+from services.carbon.domain import PurchaseOffsets, RetireOffsets
+from services.carbon.projections import FlightEmissionsView, OffsetLotsView
+from services.kernel.errors import FieldViolation, InvalidArgument, NotFound
+from services.kernel.grpckit import COMMANDERS, READERS
+from services.kernel.store import AppendResult, EventStore
+
+SERVICE_NAME = "mieux.carbon.v1.Carbon"
+ACCESS = {
+    f"/{SERVICE_NAME}/PurchaseOffsets": COMMANDERS,
+    f"/{SERVICE_NAME}/RetireOffsets": COMMANDERS,
+    f"/{SERVICE_NAME}/GetFlightEmissions": READERS,
+    f"/{SERVICE_NAME}/ListFlightEmissions": READERS,
+    f"/{SERVICE_NAME}/GetOffsetLot": READERS,
+    f"/{SERVICE_NAME}/ListOffsetLots": READERS,
+}
+TRAVELLER_KINDS = ("expert", "team_member")
+EMISSION_STATUSES = ("recorded", "reversed", "cancelled")
+LOT_STATUSES = ("open", "retired")
+
+
+def ack(r: AppendResult) -> common_pb2.CommandAck:
+    return common_pb2.CommandAck(
+        stream_id=r.stream_id,
+        first_version=r.first_version,
+        last_version=r.last_version,
+        position=r.last_position or 0,
+        duplicate=r.duplicate,
+    )
+
+
+def fields(msg: Any) -> dict[str, Any]:
+    """A command message as a plain dict with every field present (an unset number is 0, so `quantity: 0`
+    is refused as such), dates flattened (Date {iso} -> "YYYY-MM-DD")."""
+    d = MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    return {k: (v.get("iso", "") if isinstance(v, dict) and set(v) <= {"iso"} else v) for k, v in d.items()}
+
+
+def dec(v: Decimal | None) -> str:
+    """A decimal as a plain string (never exponent notation)."""
+    return "" if v is None else format(v, "f")
+
+
+def date_of(d: Any) -> common_pb2.Date:
+    return common_pb2.Date(iso=d.isoformat() if d else "")
+
+
+def check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value and value not in allowed:
+        raise InvalidArgument(FieldViolation(field, f"must be one of {', '.join(allowed)} (or empty for any)"))
+
+
+def check_paging(page_size: int) -> None:
+    if page_size < 0:
+        raise InvalidArgument(FieldViolation("page_size", "must not be negative"))
+
+
+def flight_emissions(r: asyncpg.Record) -> carbon_pb2.FlightEmissions:
+    return carbon_pb2.FlightEmissions(
+        booking_id=r["booking_id"],
+        status=r["status"],
+        traveller_id=r["traveller_id"],
+        traveller_kind=r["traveller_kind"],
+        action_code=r["action_code"] or "",
+        activity_id=r["activity_id"] or "",
+        cabin_class=r["cabin_class"],
+        departure_year=r["departure_year"],
+        distance_km=dec(r["distance_km"]),
+        distance_miles=dec(r["distance_miles"]),
+        kg_co2e=dec(r["kg_co2e"]),
+        method=r["method"],
+        factor_set=r["factor_set"],
+        factor_year=r["factor_year"],
+        radiative_forcing=r["radiative_forcing"],
+        distance_uplift_applied=r["distance_uplift_applied"],
+        segments=[
+            carbon_pb2.SegmentEmissions(
+                origin=s["origin"],
+                destination=s["destination"],
+                departs_on=common_pb2.Date(iso=s["departs_on"]),
+                distance_km=s["distance_km"],
+                distance_miles=s["distance_miles"],
+                haul=s["haul"],
+                factor_cabin_class=s["factor_cabin_class"],
+                factor_id=s["factor_id"],
+                kg_co2e_per_pkm=s["kg_co2e_per_pkm"],
+                kg_co2e=s["kg_co2e"],
+                fallback=s.get("fallback") or "",
+            )
+            for s in r["segments"]
+        ],
+        calculated_on=date_of(r["calculated_on"]),
+        calculations=r["calculations"],
+        reversals=r["reversals"],
+        version=r["version"],
+    )
+
+
+def offset_lot(r: asyncpg.Record, retirements: list[asyncpg.Record]) -> carbon_pb2.OffsetLot:
+    return carbon_pb2.OffsetLot(
+        lot_id=r["lot_id"],
+        registry=r["registry"],
+        project=r["project"],
+        vintage_year=r["vintage_year"],
+        quantity=r["quantity"],
+        retired=r["retired"],
+        remaining=r["remaining"],
+        unit_price=common_pb2.Money(amount=dec(r["unit_price"]), currency=r["currency"]),
+        total_cost=common_pb2.Money(amount=dec(r["total_cost"]), currency=r["currency"]),
+        purchased_on=date_of(r["purchased_on"]),
+        retirements=[
+            carbon_pb2.Retirement(
+                quantity=x["quantity"], against_year=x["against_year"], retired_on=date_of(x["retired_on"])
+            )
+            for x in retirements
+        ],
+        version=r["version"],
+    )
+
+
+class CarbonServicer(carbon_pb2_grpc.CarbonServicer):
+    def __init__(self, store: EventStore, flights: FlightEmissionsView, lots: OffsetLotsView) -> None:
+        self.store = store
+        self.flights = flights
+        self.lots = lots
+
+    async def PurchaseOffsets(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+        cmd = PurchaseOffsets.model_validate(fields(request))
+        return ack(await handlers.purchase_offsets(self.store, cmd))
+
+    async def RetireOffsets(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+        cmd = RetireOffsets.model_validate(fields(request))
+        return ack(await handlers.retire_offsets(self.store, cmd))
+
+    async def GetFlightEmissions(self, request, context: grpc.aio.ServicerContext) -> carbon_pb2.FlightEmissions:
+        if not request.booking_id:
+            raise InvalidArgument(FieldViolation("booking_id", "is required"))
+        row = await self.flights.get(self.store.pool, request.booking_id)
+        if row is None:
+            raise NotFound(f"no emissions are recorded for booking {request.booking_id}")
+        return flight_emissions(row)
+
+    async def ListFlightEmissions(self, request, context: grpc.aio.ServicerContext) -> carbon_pb2.FlightEmissionsPage:
+        check_choice("traveller_kind", request.traveller_kind, TRAVELLER_KINDS)
+        check_choice("status", request.status, EMISSION_STATUSES)
+        check_paging(request.page_size)
+        page = await self.flights.list(
+            self.store.pool,
+            year=request.year,
+            traveller_kind=request.traveller_kind,
+            action_code=request.action_code,
+            status=request.status,
+            size=request.page_size,
+            token=request.page_token,
+        )
+        return carbon_pb2.FlightEmissionsPage(
+            flight_emissions=[flight_emissions(r) for r in page.rows], next_page_token=page.next_page_token
+        )
+
+    async def GetOffsetLot(self, request, context: grpc.aio.ServicerContext) -> carbon_pb2.OffsetLot:
+        if not request.lot_id:
+            raise InvalidArgument(FieldViolation("lot_id", "is required"))
+        found = await self.lots.get(self.store.pool, request.lot_id)
+        if found is None:
+            raise NotFound(f"lot {request.lot_id} does not exist")
+        return offset_lot(*found)
+
+    async def ListOffsetLots(self, request, context: grpc.aio.ServicerContext) -> carbon_pb2.OffsetLotsPage:
+        check_choice("status", request.status, LOT_STATUSES)
+        check_paging(request.page_size)
+        page = await self.lots.list(
+            self.store.pool,
+            year=request.year,
+            registry=request.registry,
+            status=request.status,
+            size=request.page_size,
+            token=request.page_token,
+        )
+        retirements = await self.lots.retirements(self.store.pool, [r["lot_id"] for r in page.rows])
+        return carbon_pb2.OffsetLotsPage(
+            lots=[offset_lot(r, retirements[r["lot_id"]]) for r in page.rows], next_page_token=page.next_page_token
+        )
+
+
+def registrar(store: EventStore, flights: FlightEmissionsView, lots: OffsetLotsView):  # type: ignore[no-untyped-def]
+    def add(server: grpc.aio.Server) -> None:
+        carbon_pb2_grpc.add_CarbonServicer_to_server(CarbonServicer(store, flights, lots), server)
+
+    return add

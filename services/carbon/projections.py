@@ -1,0 +1,377 @@
+"""Read models of the carbon service: flight emissions by booking, offset lots, the footprint per year.
+
+Each is idempotent through the kernel's tracking table; a stream's events arrive in order (keyed by
+stream on the bus), and each row also keeps the stream version it reflects, so an older event never
+overwrites a newer one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from services.carbon.events import (
+    FlightEmissionsCalculated,
+    FlightEmissionsReversed,
+    OffsetsPurchased,
+    OffsetsRetired,
+)
+from services.kernel.envelope import Envelope, Event, topic_for
+from services.kernel.projection import Projection
+
+TOPIC = topic_for("carbon")
+MAX_PAGE = 500
+DEFAULT_PAGE = 50
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[asyncpg.Record]
+    next_page_token: str
+
+
+def page_size(n: int) -> int:
+    return DEFAULT_PAGE if n <= 0 else min(n, MAX_PAGE)
+
+
+async def keyset_page(
+    pool: asyncpg.Pool, table: str, key: str, where: list[str], args: list[Any], size: int, token: str
+) -> Page:
+    """Rows ordered by `key`, after the page token (the last key of the previous page)."""
+    conds, params = list(where), list(args)
+    if token:
+        params.append(token)
+        conds.append(f"{key} > ${len(params)}")
+    params.append(page_size(size) + 1)
+    sql = f"SELECT * FROM {table}"
+    if conds:
+        sql += " WHERE " + " AND ".join(conds)
+    sql += f" ORDER BY {key} LIMIT ${len(params)}"
+    rows = await pool.fetch(sql, *params)
+    n = page_size(size)
+    if len(rows) > n:
+        return Page(rows[:n], rows[n - 1][key])
+    return Page(rows, "")
+
+
+@dataclass(frozen=True)
+class Ledger:
+    year: int
+    purchased: int
+    retired_against: int
+    balance: int
+    cost: dict[str, Decimal]
+
+    def coverage(self, footprint_kg: Decimal) -> Decimal | None:
+        """Retired against the year / its footprint (one VER = one tonne CO2e); None without a footprint."""
+        if footprint_kg <= 0:
+            return None
+        return (Decimal(self.retired_against) * 1000 / footprint_kg).quantize(Decimal("0.0001"))
+
+
+class FlightEmissionsView(Projection):
+    """The emissions in force for every booking (status `recorded`), or the last ones taken back
+    (`reversed` between a change's two events, `cancelled` for good)."""
+
+    name = "carbon_flight_emissions"
+    topics = (TOPIC,)
+    tables = ("carbon_views.flight_emissions",)
+    setup_sql = """
+    CREATE SCHEMA IF NOT EXISTS carbon_views;
+    CREATE TABLE IF NOT EXISTS carbon_views.flight_emissions (
+        booking_id      text PRIMARY KEY,
+        stream_id       text NOT NULL,
+        version         integer NOT NULL,
+        status          text NOT NULL,
+        traveller_id    text NOT NULL,
+        traveller_kind  text NOT NULL,
+        action_code     text,
+        activity_id     text,
+        cabin_class     text NOT NULL,
+        departure_year  integer NOT NULL,
+        distance_km     numeric NOT NULL,
+        distance_miles  numeric NOT NULL,
+        kg_co2e         numeric NOT NULL,
+        method          text NOT NULL,
+        factor_set      text NOT NULL,
+        factor_year     integer NOT NULL,
+        radiative_forcing boolean NOT NULL,
+        distance_uplift_applied boolean NOT NULL,
+        segments        jsonb NOT NULL,
+        calculated_on   date NOT NULL,
+        calculations    integer NOT NULL,
+        reversals       integer NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS flight_emissions_year ON carbon_views.flight_emissions (departure_year);
+    """
+
+    async def apply(self, conn: asyncpg.Connection, env: Envelope, event: Event) -> None:
+        if isinstance(event, FlightEmissionsCalculated):
+            e = event
+            await conn.execute(
+                """
+                INSERT INTO carbon_views.flight_emissions AS f VALUES
+                    ($1, $2, $3, 'recorded', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                     $18, $19, 1, 0)
+                ON CONFLICT (booking_id) DO UPDATE SET
+                    stream_id = EXCLUDED.stream_id, version = EXCLUDED.version, status = 'recorded',
+                    traveller_id = EXCLUDED.traveller_id, traveller_kind = EXCLUDED.traveller_kind,
+                    action_code = EXCLUDED.action_code, activity_id = EXCLUDED.activity_id,
+                    cabin_class = EXCLUDED.cabin_class, departure_year = EXCLUDED.departure_year,
+                    distance_km = EXCLUDED.distance_km, distance_miles = EXCLUDED.distance_miles,
+                    kg_co2e = EXCLUDED.kg_co2e, method = EXCLUDED.method, factor_set = EXCLUDED.factor_set,
+                    factor_year = EXCLUDED.factor_year, radiative_forcing = EXCLUDED.radiative_forcing,
+                    distance_uplift_applied = EXCLUDED.distance_uplift_applied, segments = EXCLUDED.segments,
+                    calculated_on = EXCLUDED.calculated_on, calculations = f.calculations + 1
+                WHERE f.version < EXCLUDED.version
+                """,
+                e.booking_id,
+                env.stream_id,
+                env.stream_version,
+                e.traveller_id,
+                e.traveller_kind,
+                e.action_code,
+                e.activity_id,
+                e.cabin_class,
+                e.departure_year,
+                e.distance_km,
+                e.distance_miles,
+                e.kg_co2e,
+                e.method,
+                e.factor_set,
+                e.factor_year,
+                e.radiative_forcing,
+                e.distance_uplift_applied,
+                [s.model_dump(mode="json") for s in e.segments],
+                e.calculated_on,
+            )
+        elif isinstance(event, FlightEmissionsReversed):
+            await conn.execute(
+                "UPDATE carbon_views.flight_emissions SET version = $2, status = $3, reversals = reversals + 1 "
+                "WHERE booking_id = $1 AND version < $2",
+                event.booking_id,
+                env.stream_version,
+                "cancelled" if event.cause == "cancelled" else "reversed",
+            )
+
+    async def get(self, pool: asyncpg.Pool, booking_id: str) -> asyncpg.Record | None:
+        return await pool.fetchrow("SELECT * FROM carbon_views.flight_emissions WHERE booking_id = $1", booking_id)
+
+    async def list(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        year: int = 0,
+        traveller_kind: str = "",
+        action_code: str = "",
+        status: str = "",
+        size: int = 0,
+        token: str = "",
+    ) -> Page:
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (
+            ("departure_year", year),
+            ("traveller_kind", traveller_kind),
+            ("action_code", action_code),
+            ("status", status),
+        ):
+            if value:
+                args.append(value)
+                where.append(f"{column} = ${len(args)}")
+        return await keyset_page(pool, "carbon_views.flight_emissions", "booking_id", where, args, size, token)
+
+
+class OffsetLotsView(Projection):
+    """Every lot of offsets: what was bought, what was retired (and against which year), what is left."""
+
+    name = "carbon_offset_lots"
+    topics = (TOPIC,)
+    tables = ("carbon_views.offset_lots", "carbon_views.offset_retirements")
+    setup_sql = """
+    CREATE SCHEMA IF NOT EXISTS carbon_views;
+    CREATE TABLE IF NOT EXISTS carbon_views.offset_lots (
+        lot_id          text PRIMARY KEY,
+        version         integer NOT NULL,
+        registry        text NOT NULL,
+        project         text NOT NULL,
+        vintage_year    integer NOT NULL,
+        quantity        bigint NOT NULL,
+        retired         bigint NOT NULL,
+        remaining       bigint NOT NULL,
+        unit_price      numeric NOT NULL,
+        total_cost      numeric NOT NULL,
+        currency        text NOT NULL,
+        purchased_on    date NOT NULL,
+        purchase_year   integer NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS carbon_views.offset_retirements (
+        lot_id          text NOT NULL,
+        version         integer NOT NULL,
+        quantity        bigint NOT NULL,
+        against_year    integer NOT NULL,
+        retired_on      date NOT NULL,
+        PRIMARY KEY (lot_id, version)
+    );
+    """
+
+    async def apply(self, conn: asyncpg.Connection, env: Envelope, event: Event) -> None:
+        if isinstance(event, OffsetsPurchased):
+            e = event
+            await conn.execute(
+                "INSERT INTO carbon_views.offset_lots VALUES ($1, $2, $3, $4, $5, $6, 0, $6, $7, $8, $9, $10, $11) "
+                "ON CONFLICT (lot_id) DO NOTHING",
+                e.lot_id,
+                env.stream_version,
+                e.registry,
+                e.project,
+                e.vintage_year,
+                e.quantity,
+                e.unit_price.amount,
+                e.total_cost.amount,
+                e.unit_price.currency,
+                e.purchased_on,
+                e.purchased_on.year,
+            )
+        elif isinstance(event, OffsetsRetired):
+            e2 = event
+            inserted = await conn.fetchval(
+                "INSERT INTO carbon_views.offset_retirements VALUES ($1, $2, $3, $4, $5) "
+                "ON CONFLICT DO NOTHING RETURNING 1",
+                e2.lot_id,
+                env.stream_version,
+                e2.quantity,
+                e2.against_year,
+                e2.retired_on,
+            )
+            if inserted:
+                await conn.execute(
+                    "UPDATE carbon_views.offset_lots SET retired = retired + $2, remaining = remaining - $2, "
+                    "version = greatest(version, $3) WHERE lot_id = $1",
+                    e2.lot_id,
+                    e2.quantity,
+                    env.stream_version,
+                )
+
+    async def get(self, pool: asyncpg.Pool, lot_id: str) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
+        lot = await pool.fetchrow("SELECT * FROM carbon_views.offset_lots WHERE lot_id = $1", lot_id)
+        if lot is None:
+            return None
+        retirements = await pool.fetch(
+            "SELECT * FROM carbon_views.offset_retirements WHERE lot_id = $1 ORDER BY version", lot_id
+        )
+        return lot, retirements
+
+    async def list(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        year: int = 0,
+        registry: str = "",
+        status: str = "",
+        size: int = 0,
+        token: str = "",
+    ) -> Page:
+        where: list[str] = []
+        args: list[Any] = []
+        if year:
+            args.append(year)
+            where.append(f"purchase_year = ${len(args)}")
+        if registry:
+            args.append(registry)
+            where.append(f"registry = ${len(args)}")
+        if status == "open":
+            where.append("remaining > 0")
+        elif status == "retired":
+            where.append("remaining = 0")
+        return await keyset_page(pool, "carbon_views.offset_lots", "lot_id", where, args, size, token)
+
+    async def ledger(self, pool: asyncpg.Pool, year: int) -> Ledger:
+        """VERs purchased in `year` (and their cost, by currency), retired against it, and the balance
+        held at its end (purchased up to then, less retired up to then)."""
+        row = await pool.fetchrow(
+            """
+            SELECT
+              (SELECT coalesce(sum(quantity), 0) FROM carbon_views.offset_lots WHERE purchase_year = $1) AS purchased,
+              (SELECT coalesce(sum(quantity), 0) FROM carbon_views.offset_retirements WHERE against_year = $1)
+                AS retired_against,
+              (SELECT coalesce(sum(quantity), 0) FROM carbon_views.offset_lots WHERE purchase_year <= $1)
+              - (SELECT coalesce(sum(quantity), 0) FROM carbon_views.offset_retirements
+                 WHERE extract(year FROM retired_on) <= $1) AS balance
+            """,
+            year,
+        )
+        costs = await pool.fetch(
+            "SELECT currency, sum(total_cost) AS cost FROM carbon_views.offset_lots WHERE purchase_year = $1 "
+            "GROUP BY currency ORDER BY currency",
+            year,
+        )
+        return Ledger(
+            year=year,
+            purchased=int(row["purchased"]),
+            retired_against=int(row["retired_against"]),
+            balance=int(row["balance"]),
+            cost={r["currency"]: r["cost"] for r in costs},
+        )
+
+    async def retirements(self, pool: asyncpg.Pool, lot_ids: list[str]) -> dict[str, list[asyncpg.Record]]:
+        out: dict[str, list[asyncpg.Record]] = {i: [] for i in lot_ids}
+        for r in await pool.fetch(
+            "SELECT * FROM carbon_views.offset_retirements WHERE lot_id = ANY($1::text[]) ORDER BY lot_id, version",
+            lot_ids,
+        ):
+            out[r["lot_id"]].append(r)
+        return out
+
+
+class FootprintView(Projection):
+    """kg CO2e of flights by departure year, traveller kind and action (DESIGN.md section 6): a calculation
+    adds its figures, a reversal subtracts exactly the same ones. For finance (GetFootprint, next issue)."""
+
+    name = "carbon_footprint"
+    topics = (TOPIC,)
+    tables = ("carbon_views.footprint",)
+    setup_sql = """
+    CREATE SCHEMA IF NOT EXISTS carbon_views;
+    CREATE TABLE IF NOT EXISTS carbon_views.footprint (
+        year            integer NOT NULL,
+        traveller_kind  text NOT NULL,
+        action_code     text NOT NULL,
+        flights         bigint NOT NULL,
+        distance_km     numeric NOT NULL,
+        distance_miles  numeric NOT NULL,
+        kg_co2e         numeric NOT NULL,
+        PRIMARY KEY (year, traveller_kind, action_code)
+    );
+    """
+
+    async def apply(self, conn: asyncpg.Connection, env: Envelope, event: Event) -> None:
+        if isinstance(event, FlightEmissionsCalculated | FlightEmissionsReversed):
+            sign = 1 if isinstance(event, FlightEmissionsCalculated) else -1
+            await conn.execute(
+                """
+                INSERT INTO carbon_views.footprint AS f VALUES ($1, $2, $3, $4, $5, $6, $7)
+                ON CONFLICT (year, traveller_kind, action_code) DO UPDATE SET
+                    flights = f.flights + EXCLUDED.flights, distance_km = f.distance_km + EXCLUDED.distance_km,
+                    distance_miles = f.distance_miles + EXCLUDED.distance_miles,
+                    kg_co2e = f.kg_co2e + EXCLUDED.kg_co2e
+                """,
+                event.departure_year,
+                event.traveller_kind,
+                event.action_code or "",
+                sign,
+                sign * event.distance_km,
+                sign * event.distance_miles,
+                sign * event.kg_co2e,
+            )
+
+    async def total_kg(self, pool: asyncpg.Pool, year: int) -> Decimal:
+        return await pool.fetchval("SELECT coalesce(sum(kg_co2e), 0) FROM carbon_views.footprint WHERE year = $1", year)
+
+    async def query(self, pool: asyncpg.Pool, year: int) -> list[asyncpg.Record]:
+        return await pool.fetch(
+            "SELECT * FROM carbon_views.footprint WHERE year = $1 ORDER BY traveller_kind, action_code", year
+        )
