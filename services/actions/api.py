@@ -1,0 +1,236 @@
+"""gRPC servicer of the actions service: proto <-> pydantic; errors become status codes in the kit."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import asyncpg
+import grpc
+from google.protobuf.json_format import MessageToDict
+from mieux.actions.v1 import actions_pb2, actions_pb2_grpc
+from mieux.common.v1 import common_pb2
+
+from services.actions import handlers
+from services.actions.domain import (
+    CODE_RE,
+    Action,
+    ActivityState,
+    AgreeActionFiche,
+    CancelActivity,
+    CloseAction,
+    PlanActivity,
+    RecordActivityHeld,
+    parse_activity_id,
+)
+from services.actions.projections import ActionFilter, ActionsView, ActivityFilter
+from services.kernel.errors import FieldViolation, InvalidArgument
+from services.kernel.grpckit import COMMANDERS, READERS
+from services.kernel.paging import offset_of, page_size
+from services.kernel.store import AppendResult, EventStore
+
+SERVICE_NAME = "mieux.actions.v1.Actions"
+COMMANDS = ("AgreeActionFiche", "PlanActivity", "RecordActivityHeld", "CancelActivity", "CloseAction")
+QUERIES = ("GetAction", "ListActions", "GetActivity", "ListActivities")
+ACCESS = {
+    **{f"/{SERVICE_NAME}/{m}": COMMANDERS for m in COMMANDS},
+    **{f"/{SERVICE_NAME}/{m}": READERS for m in QUERIES},
+}
+
+
+def ack(r: AppendResult) -> common_pb2.CommandAck:
+    return common_pb2.CommandAck(
+        stream_id=r.stream_id,
+        first_version=r.first_version,
+        last_version=r.last_version,
+        position=r.last_position or 0,
+        duplicate=r.duplicate,
+    )
+
+
+def fields(msg: Any) -> dict[str, Any]:
+    """A command message as a plain dict, dates flattened (Date {iso} -> "YYYY-MM-DD")."""
+    d = MessageToDict(msg, preserving_proto_field_name=True)
+    return {k: (v.get("iso", "") if isinstance(v, dict) and set(v) <= {"iso"} else v) for k, v in d.items()}
+
+
+def pb_date(d: date | None) -> common_pb2.Date | None:
+    return common_pb2.Date(iso=d.isoformat()) if d else None
+
+
+def activity_pb(a: ActivityState) -> actions_pb2.Activity:
+    p = a.planned
+    held = a.held
+    return actions_pb2.Activity(
+        activity_id=p.activity_id,
+        action_code=p.action_code,
+        status=a.status,
+        title=p.title,
+        activity_type=p.activity_type,
+        starts_on=pb_date(held.starts_on if held else p.starts_on),
+        ends_on=pb_date(held.ends_on if held else p.ends_on),
+        country=p.country,
+        city=p.city,
+        airport=p.airport,
+        participants_male=held.participants_male if held else 0,
+        participants_female=held.participants_female if held else 0,
+        participants_other=held.participants_other if held else 0,
+        planned_version=a.planned_version,
+        number=p.number,
+        partner=p.partner,
+        region=p.region,
+        cancelled_on=pb_date(a.cancelled.cancelled_on if a.cancelled else None),
+    )
+
+
+def action_pb(action: Action) -> actions_pb2.Action:
+    o, s = action.opened, action.state
+    acts = list(s.activities.values())
+    return actions_pb2.Action(
+        action_code=o.action_code,
+        request_id=o.request_id,
+        partner=o.partner,
+        partner_kind=o.partner_kind,
+        partner_name=o.partner_name,
+        region=o.region,
+        themes=list(o.themes),
+        title=o.title,
+        follow_up=o.follow_up,
+        year=o.year,
+        opened_on=pb_date(o.opened_on),
+        status=action.status,
+        fiche_agreed_on=pb_date(s.fiche_agreed_on),
+        closed_on=pb_date(s.closed_on),
+        activities_planned=sum(1 for a in acts if a.status == "planned"),
+        activities_held=sum(1 for a in acts if a.status == "held"),
+        activities_cancelled=sum(1 for a in acts if a.status == "cancelled"),
+        activities=[activity_pb(a) for a in acts],
+    )
+
+
+def action_row_pb(r: asyncpg.Record) -> actions_pb2.Action:
+    return actions_pb2.Action(
+        action_code=r["action_code"],
+        request_id=r["request_id"],
+        partner=r["partner"],
+        partner_kind=r["partner_kind"],
+        partner_name=r["partner_name"],
+        region=r["region"],
+        themes=list(r["themes"]),
+        title=r["title"],
+        follow_up=r["follow_up"],
+        year=r["year"],
+        opened_on=pb_date(r["opened_on"]),
+        status=r["status"],
+        fiche_agreed_on=pb_date(r["fiche_agreed_on"]),
+        closed_on=pb_date(r["closed_on"]),
+        activities_planned=r["activities_planned"],
+        activities_held=r["activities_held"],
+        activities_cancelled=r["activities_cancelled"],
+    )
+
+
+def activity_row_pb(r: asyncpg.Record) -> actions_pb2.Activity:
+    return actions_pb2.Activity(
+        activity_id=r["activity_id"],
+        action_code=r["action_code"],
+        status=r["status"],
+        title=r["title"],
+        activity_type=r["activity_type"],
+        starts_on=pb_date(r["starts_on"]),
+        ends_on=pb_date(r["ends_on"]),
+        country=r["country"],
+        city=r["city"],
+        airport=r["airport"],
+        participants_male=r["participants_male"],
+        participants_female=r["participants_female"],
+        participants_other=r["participants_other"],
+        planned_version=r["planned_version"],
+        number=r["number"],
+        partner=r["partner"],
+        region=r["region"],
+        cancelled_on=pb_date(r["cancelled_on"]),
+    )
+
+
+def action_code_of(code: str, field: str = "action_code") -> str:
+    if not CODE_RE.match(code):
+        raise InvalidArgument(FieldViolation(field, "not an action code like 2017-03"))
+    return code
+
+
+def activity_id_of(activity_id: str) -> tuple[str, str]:
+    try:
+        return activity_id, parse_activity_id(activity_id)[0]
+    except ValueError as e:
+        raise InvalidArgument(FieldViolation("activity_id", str(e))) from None
+
+
+class ActionsServicer(actions_pb2_grpc.ActionsServicer):
+    def __init__(self, store: EventStore, view: ActionsView) -> None:
+        self.store = store
+        self.view = view
+
+    # --- commands ---
+
+    async def AgreeActionFiche(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+        return ack(await handlers.agree_action_fiche(self.store, AgreeActionFiche.model_validate(fields(request))))
+
+    async def PlanActivity(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+        return ack(await handlers.plan_activity(self.store, PlanActivity.model_validate(fields(request))))
+
+    async def RecordActivityHeld(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+        cmd = RecordActivityHeld.model_validate(fields(request))
+        return ack(await handlers.record_activity_held(self.store, cmd))
+
+    async def CancelActivity(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+        return ack(await handlers.cancel_activity(self.store, CancelActivity.model_validate(fields(request))))
+
+    async def CloseAction(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+        return ack(await handlers.close_action(self.store, CloseAction.model_validate(fields(request))))
+
+    # --- queries ---
+
+    async def GetAction(self, request, context: grpc.aio.ServicerContext) -> actions_pb2.Action:
+        code = action_code_of(request.action_code)
+        return action_pb(await handlers.get_action(self.store, code))
+
+    async def GetActivity(self, request, context: grpc.aio.ServicerContext) -> actions_pb2.Activity:
+        activity_id, code = activity_id_of(request.activity_id)
+        action = await handlers.get_action(self.store, code)
+        return activity_pb(action.activity(activity_id))
+
+    async def ListActions(self, request, context: grpc.aio.ServicerContext) -> actions_pb2.ListActionsReply:
+        f = ActionFilter(
+            year=request.year,
+            region=request.region,
+            partner=request.partner,
+            status=request.status,
+            theme=request.theme,
+            size=page_size(request.page_size),
+            offset=offset_of(request.page_token),
+        )
+        rows, token = await self.view.list_actions(self.store.pool, f)
+        return actions_pb2.ListActionsReply(actions=[action_row_pb(r) for r in rows], next_page_token=token)
+
+    async def ListActivities(self, request, context: grpc.aio.ServicerContext) -> actions_pb2.ListActivitiesReply:
+        f = ActivityFilter(
+            year=request.year,
+            region=request.region,
+            partner=request.partner,
+            status=request.status,
+            action_code=request.action_code,
+            activity_type=request.activity_type,
+            country=request.country,
+            size=page_size(request.page_size),
+            offset=offset_of(request.page_token),
+        )
+        rows, token = await self.view.list_activities(self.store.pool, f)
+        return actions_pb2.ListActivitiesReply(activities=[activity_row_pb(r) for r in rows], next_page_token=token)
+
+
+def registrar(store: EventStore, view: ActionsView):  # type: ignore[no-untyped-def]
+    def add(server: grpc.aio.Server) -> None:
+        actions_pb2_grpc.add_ActionsServicer_to_server(ActionsServicer(store, view), server)
+
+    return add

@@ -1,0 +1,489 @@
+"""The action aggregate (an action and its activities) and its commands. Pure: no I/O.
+
+Rules (DESIGN.md section 5), each a `check_...` guard raising RuleBroken (FAILED_PRECONDITION):
+- an action is opened once, under a code `YYYY-NN` never given before (next number of the approval year);
+- its title counts the partner's follow-ups: "Costa Rica", "Costa Rica II", "Costa Rica III" ...;
+- the Action Fiche is agreed once, and activities are planned only after it is agreed (our call: the
+  fiche "describes the set of activities", so there is nothing to plan before it);
+- at most seven activities per action; a cancelled activity does not count (our call: the seven are
+  the activities the action delivers, and a cancelled one can be replaced);
+- an activity is held once, only if planned (an unknown activity is NOT_FOUND) and not cancelled;
+  a held activity cannot be cancelled;
+- participants by gender are never negative;
+- an action with activities still planned cannot be closed (hold or cancel them first);
+- nothing changes after closure.
+Malformed input (unknown activity type, country not ISO 3166-1 alpha-2, airport not a real IATA code,
+ends_on before starts_on, negative participants) is refused by the command models (INVALID_ARGUMENT).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from functools import cache
+from typing import Any, Literal
+
+import airportsdata
+import pycountry
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from services.actions.events import (
+    ActionClosed,
+    ActionFicheAgreed,
+    ActionOpened,
+    ActivityCancelled,
+    ActivityHeld,
+    ActivityPlanned,
+    PartnerKind,
+)
+from services.kernel import reference
+from services.kernel.application import Aggregate
+from services.kernel.envelope import Event
+from services.kernel.errors import NotFound, RuleBroken
+
+MAX_ACTIVITIES = 7
+CODE_RE = re.compile(r"^(\d{4})-(\d{2,})$")
+ACTIVITY_RE = re.compile(r"^(\d{4}-\d{2,})/A([1-9]\d*)$")
+REMOTE = "remote_support"
+
+ActionStatus = Literal["opened", "fiche_agreed", "closed"]
+ActivityStatus = Literal["planned", "held", "cancelled"]
+
+
+# --- reference data ------------------------------------------------------------------------------
+
+
+@cache
+def airports() -> dict[str, dict[str, Any]]:
+    """IATA code -> airport (airportsdata, a maintained dataset)."""
+    return airportsdata.load("IATA")
+
+
+def country_code(v: str) -> str:
+    code = v.strip().upper()
+    if len(code) != 2 or pycountry.countries.get(alpha_2=code) is None:
+        raise ValueError("not an ISO 3166-1 alpha-2 country code")
+    return code
+
+
+def airport_code(v: str) -> str:
+    code = v.strip().upper()
+    if len(code) != 3 or code not in airports():
+        raise ValueError("not a known IATA airport code")
+    return code
+
+
+# --- naming: codes and titles --------------------------------------------------------------------
+
+_ROMAN = ((1000, "M"), (900, "CM"), (500, "D"), (400, "CD"), (100, "C"), (90, "XC"), (50, "L"), (40, "XL"),
+          (10, "X"), (9, "IX"), (5, "V"), (4, "IV"), (1, "I"))  # fmt: skip
+
+
+def roman(n: int) -> str:
+    if not 1 <= n <= 3999:
+        raise ValueError(f"no Roman numeral for {n}")
+    out = []
+    for value, letters in _ROMAN:
+        count, n = divmod(n, value)
+        out.append(letters * count)
+    return "".join(out)
+
+
+def short_name(partner: str, kind: str, name: str) -> str:
+    """The name a title uses: a country's common name where ISO has one ("Bolivia", not "Bolivia,
+    Plurinational State of"), else the partner's name as the request gave it."""
+    if kind == "country":
+        c = pycountry.countries.get(alpha_2=partner)
+        if c is not None:
+            return getattr(c, "common_name", None) or name
+    return name
+
+
+def title_for(name: str, follow_up: int) -> str:
+    """'Costa Rica' for a partner's first action, 'Costa Rica II' for the first follow-up ..."""
+    return name if follow_up == 1 else f"{name} {roman(follow_up)}"
+
+
+def code_for(year: int, number: int) -> str:
+    return f"{year}-{number:02d}"
+
+
+def next_code(existing: Iterable[str], year: int) -> str:
+    """The next code of `year`: one more than the highest given (a gap is never filled: a code is never
+    given twice)."""
+    numbers = [int(m.group(2)) for c in existing if (m := CODE_RE.match(c)) and int(m.group(1)) == year]
+    return code_for(year, max(numbers, default=0) + 1)
+
+
+def parse_activity_id(activity_id: str) -> tuple[str, int]:
+    m = ACTIVITY_RE.match(activity_id)
+    if m is None:
+        raise ValueError("not an activity id like 2017-03/A2")
+    return m.group(1), int(m.group(2))
+
+
+@dataclass(frozen=True)
+class Register:
+    """What opening an action needs to know of the actions already opened (read by the handler)."""
+
+    codes: tuple[str, ...] = ()  # every code given so far
+    partner_actions: int = 0  # actions already opened for this partner
+    request_action: str | None = None  # the action already opened for this request, if any
+
+    def numbering(self, year: int) -> tuple[str, int]:
+        """(code, follow-up number) for the next action of this partner approved in `year`."""
+        return next_code(self.codes, year), self.partner_actions + 1
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+class Command(BaseModel):
+    model_config = ConfigDict(frozen=True, str_strip_whitespace=True)
+    command_id: str = Field(min_length=1, max_length=200)
+
+
+class ActionCommand(Command):
+    action_code: str = Field(min_length=1)
+
+    @field_validator("action_code")
+    @classmethod
+    def valid_code(cls, v: str) -> str:
+        if not CODE_RE.match(v):
+            raise ValueError("not an action code like 2017-03")
+        return v
+
+
+class ActivityCommand(Command):
+    activity_id: str = Field(min_length=1)
+
+    @field_validator("activity_id")
+    @classmethod
+    def valid_activity_id(cls, v: str) -> str:
+        parse_activity_id(v)
+        return v
+
+    @property
+    def action_code(self) -> str:
+        return parse_activity_id(self.activity_id)[0]
+
+
+class OpenAction(Command):
+    """Issued by the policy on RequestApproved (command id derived from the event id)."""
+
+    request_id: str = Field(min_length=1)
+    partner: str = Field(min_length=2)
+    partner_kind: PartnerKind
+    partner_name: str = Field(min_length=1)
+    region: str = ""
+    themes: tuple[str, ...] = ()
+    approved_on: date
+
+
+class AgreeActionFiche(ActionCommand):
+    agreed_on: date
+    summary: str = Field(default="", max_length=4000)
+
+
+class PlanActivity(ActionCommand):
+    title: str = Field(min_length=1, max_length=300)
+    activity_type: str
+    starts_on: date
+    ends_on: date
+    country: str
+    # the venue's city and airport: required unless the activity is remote support
+    city: str = Field(default="", max_length=200, validate_default=True)
+    airport: str = Field(default="", validate_default=True)
+
+    @field_validator("activity_type")
+    @classmethod
+    def known_type(cls, v: str) -> str:
+        if v not in reference.activity_types():
+            raise ValueError(f"must be one of {', '.join(reference.activity_types())}")
+        return v
+
+    @field_validator("ends_on")
+    @classmethod
+    def not_before_start(cls, v: date, info: ValidationInfo) -> date:
+        return ends_after_start(v, info)
+
+    @field_validator("country")
+    @classmethod
+    def known_country(cls, v: str) -> str:
+        return country_code(v)
+
+    @field_validator("city")
+    @classmethod
+    def city_unless_remote(cls, v: str, info: ValidationInfo) -> str:
+        if not v and info.data.get("activity_type", REMOTE) != REMOTE:
+            raise ValueError("required unless the activity is remote support")
+        return v
+
+    @field_validator("airport")
+    @classmethod
+    def known_airport(cls, v: str, info: ValidationInfo) -> str:
+        if v:
+            return airport_code(v)
+        if info.data.get("activity_type", REMOTE) != REMOTE:
+            raise ValueError("required unless the activity is remote support")
+        return v
+
+
+def ends_after_start(v: date | None, info: ValidationInfo) -> date | None:
+    start = info.data.get("starts_on")
+    if v is not None and start is not None and v < start:
+        raise ValueError("must not be before starts_on")
+    return v
+
+
+class RecordActivityHeld(ActivityCommand):
+    participants_male: int = Field(default=0, ge=0)
+    participants_female: int = Field(default=0, ge=0)
+    participants_other: int = Field(default=0, ge=0)
+    # the dates it actually took place, when they differ from the plan
+    starts_on: date | None = None
+    ends_on: date | None = None
+
+    @field_validator("starts_on", "ends_on", mode="before")
+    @classmethod
+    def empty_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @field_validator("ends_on")
+    @classmethod
+    def not_before_start(cls, v: date | None, info: ValidationInfo) -> date | None:
+        return ends_after_start(v, info)
+
+
+class CancelActivity(ActivityCommand):
+    cancelled_on: date
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class CloseAction(ActionCommand):
+    closed_on: date
+    summary: str = Field(default="", max_length=4000)
+
+
+# --- the aggregate -------------------------------------------------------------------------------
+
+
+@dataclass
+class ActivityState:
+    planned: ActivityPlanned
+    status: ActivityStatus = "planned"
+    planned_version: int = 0
+    held: ActivityHeld | None = None
+    cancelled: ActivityCancelled | None = None
+
+
+@dataclass
+class ActionState:
+    opened: ActionOpened | None = None
+    fiche_agreed_on: date | None = None
+    fiche_summary: str = ""
+    closed_on: date | None = None
+    activities: dict[str, ActivityState] = field(default_factory=dict)
+
+
+class Action(Aggregate):
+    def __init__(self, stream_id: str) -> None:
+        super().__init__(stream_id)
+        self.state = ActionState()
+
+    # --- fold ---
+
+    def when_ActionOpened(self, e: ActionOpened) -> None:
+        self.state.opened = e
+
+    def when_ActionFicheAgreed(self, e: ActionFicheAgreed) -> None:
+        self.state.fiche_agreed_on = e.agreed_on
+        self.state.fiche_summary = e.summary
+
+    def when_ActivityPlanned(self, e: ActivityPlanned) -> None:
+        # `version` is still the count before this event: the planned event's own version is one more
+        self.state.activities[e.activity_id] = ActivityState(planned=e, planned_version=self.version + 1)
+
+    def when_ActivityHeld(self, e: ActivityHeld) -> None:
+        a = self.state.activities[e.activity_id]
+        a.status, a.held = "held", e
+
+    def when_ActivityCancelled(self, e: ActivityCancelled) -> None:
+        a = self.state.activities[e.activity_id]
+        a.status, a.cancelled = "cancelled", e
+
+    def when_ActionClosed(self, e: ActionClosed) -> None:
+        self.state.closed_on = e.closed_on
+
+    # --- views ---
+
+    @property
+    def status(self) -> ActionStatus:
+        if self.state.closed_on is not None:
+            return "closed"
+        return "fiche_agreed" if self.state.fiche_agreed_on is not None else "opened"
+
+    @property
+    def opened(self) -> ActionOpened:
+        if self.state.opened is None:
+            raise NotFound(f"action {self.id} does not exist")
+        return self.state.opened
+
+    def activity(self, activity_id: str) -> ActivityState:
+        a = self.state.activities.get(activity_id)
+        if a is None:
+            raise NotFound(f"activity {activity_id} was never planned in action {self.id}")
+        return a
+
+    def live_activities(self) -> int:
+        return sum(1 for a in self.state.activities.values() if a.status != "cancelled")
+
+    # --- guards ---
+
+    def check_not_opened(self) -> None:
+        if self.exists:
+            raise RuleBroken(f"action {self.id} is already open: an action code is never given twice")
+
+    def check_not_closed(self) -> None:
+        if self.state.closed_on is not None:
+            raise RuleBroken(f"action {self.id} was closed on {self.state.closed_on}: nothing changes after closure")
+
+    def check_fiche_not_agreed(self) -> None:
+        if self.state.fiche_agreed_on is not None:
+            raise RuleBroken(f"the action fiche of {self.id} was already agreed on {self.state.fiche_agreed_on}")
+
+    def check_fiche_agreed(self) -> None:
+        if self.state.fiche_agreed_on is None:
+            raise RuleBroken(f"activities are planned only after the action fiche is agreed; {self.id} has none yet")
+
+    def check_room_for_activity(self) -> None:
+        if self.live_activities() >= MAX_ACTIVITIES:
+            raise RuleBroken(
+                f"an action has at most {MAX_ACTIVITIES} activities; {self.id} already has "
+                f"{self.live_activities()} that are not cancelled"
+            )
+
+    @staticmethod
+    def check_not_held(a: ActivityState) -> None:
+        if a.status == "held":
+            raise RuleBroken(f"activity {a.planned.activity_id} was already held: an activity is held once")
+
+    @staticmethod
+    def check_not_cancelled(a: ActivityState) -> None:
+        if a.status == "cancelled":
+            raise RuleBroken(f"activity {a.planned.activity_id} was cancelled: only a planned activity can be held")
+
+    @staticmethod
+    def check_participants(male: int, female: int, other: int) -> None:
+        if min(male, female, other) < 0:
+            raise RuleBroken("participants by gender are never negative")
+
+    def check_nothing_planned(self) -> None:
+        planned = sorted(i for i, a in self.state.activities.items() if a.status == "planned")
+        if planned:
+            raise RuleBroken(
+                f"action {self.id} still has planned activities ({', '.join(planned)}): hold or cancel them "
+                "before closing it"
+            )
+
+    # --- decisions ---
+
+    def open(self, cmd: OpenAction, follow_up: int) -> list[Event]:
+        self.check_not_opened()
+        m = CODE_RE.match(self.id)
+        if m is None or int(m.group(1)) != cmd.approved_on.year:
+            raise RuleBroken(f"an action approved in {cmd.approved_on.year} takes a code of that year, not {self.id}")
+        if follow_up < 1:
+            raise RuleBroken("titles count follow-ups from 1")
+        name = short_name(cmd.partner, cmd.partner_kind, cmd.partner_name)
+        return [
+            ActionOpened(
+                action_code=self.id,
+                request_id=cmd.request_id,
+                partner=cmd.partner,
+                partner_kind=cmd.partner_kind,
+                partner_name=cmd.partner_name,
+                region=reference.region_of(cmd.partner) or cmd.region,
+                themes=cmd.themes,
+                title=title_for(name, follow_up),
+                follow_up=follow_up,
+                year=cmd.approved_on.year,
+                opened_on=cmd.approved_on,
+            )
+        ]
+
+    def agree_fiche(self, cmd: AgreeActionFiche) -> list[Event]:
+        self.check_not_closed()
+        self.check_fiche_not_agreed()
+        return [ActionFicheAgreed(action_code=self.id, agreed_on=cmd.agreed_on, summary=cmd.summary)]
+
+    def plan_activity(self, cmd: PlanActivity) -> list[Event]:
+        self.check_not_closed()
+        self.check_fiche_agreed()
+        self.check_room_for_activity()
+        number = len(self.state.activities) + 1
+        opened = self.opened
+        return [
+            ActivityPlanned(
+                action_code=self.id,
+                activity_id=f"{self.id}/A{number}",
+                number=number,
+                title=cmd.title,
+                activity_type=cmd.activity_type,
+                starts_on=cmd.starts_on,
+                ends_on=cmd.ends_on,
+                country=cmd.country,
+                city=cmd.city,
+                airport=cmd.airport,
+                partner=opened.partner,
+                region=opened.region,
+            )
+        ]
+
+    def record_held(self, cmd: RecordActivityHeld) -> list[Event]:
+        self.check_not_closed()
+        a = self.activity(cmd.activity_id)
+        self.check_not_held(a)
+        self.check_not_cancelled(a)
+        self.check_participants(cmd.participants_male, cmd.participants_female, cmd.participants_other)
+        p = a.planned
+        starts_on = cmd.starts_on or p.starts_on
+        ends_on = cmd.ends_on or max(p.ends_on, starts_on)
+        if ends_on < starts_on:
+            raise RuleBroken(f"activity {p.activity_id} cannot end ({ends_on}) before it starts ({starts_on})")
+        return [
+            ActivityHeld(
+                action_code=self.id,
+                activity_id=p.activity_id,
+                activity_type=p.activity_type,
+                starts_on=starts_on,
+                ends_on=ends_on,
+                country=p.country,
+                partner=p.partner,
+                region=p.region,
+                participants_male=cmd.participants_male,
+                participants_female=cmd.participants_female,
+                participants_other=cmd.participants_other,
+            )
+        ]
+
+    def cancel_activity(self, cmd: CancelActivity) -> list[Event]:
+        self.check_not_closed()
+        a = self.activity(cmd.activity_id)
+        if a.status == "cancelled":
+            raise RuleBroken(f"activity {cmd.activity_id} was already cancelled")
+        if a.status == "held":
+            raise RuleBroken(f"activity {cmd.activity_id} was held: a held activity cannot be cancelled")
+        return [
+            ActivityCancelled(
+                action_code=self.id, activity_id=cmd.activity_id, cancelled_on=cmd.cancelled_on, reason=cmd.reason
+            )
+        ]
+
+    def close(self, cmd: CloseAction) -> list[Event]:
+        self.check_not_closed()
+        self.check_nothing_planned()
+        held = sum(1 for a in self.state.activities.values() if a.status == "held")
+        return [ActionClosed(action_code=self.id, closed_on=cmd.closed_on, activities_held=held, summary=cmd.summary)]
