@@ -693,7 +693,8 @@ async def test_a_rebuild_gives_the_live_read_models(
     ops: Caller, pool: asyncpg.Pool, stack_env: dict[str, str], service: int
 ) -> None:
     """Runs last: every read model, rebuilt from the service's ReadAll, equals the live one."""
-    await ops("BookFlight", book_cmd())  # at least one booking even when run alone
+    await ops("BookFlight", book_cmd())  # at least one booking and one member even when run alone
+    await ops("JoinTeam", join_cmd(uid("member")))
 
     async def caught_up() -> bool:
         total = await event_count(pool)
