@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Any
 
 import asyncpg
 import grpc
-from google.protobuf.json_format import MessageToDict
 from mieux.actions.v1 import actions_pb2, actions_pb2_grpc
 from mieux.common.v1 import common_pb2
 
@@ -27,7 +25,8 @@ from services.actions.projections import ActionFilter, ActionsView, ActivityFilt
 from services.kernel.errors import FieldViolation, InvalidArgument
 from services.kernel.grpckit import COMMANDERS, READERS
 from services.kernel.paging import offset_of, page_size
-from services.kernel.store import AppendResult, EventStore
+from services.kernel.protos import ack, fields
+from services.kernel.store import EventStore
 
 SERVICE_NAME = "mieux.actions.v1.Actions"
 COMMANDS = ("AgreeActionFiche", "PlanActivity", "RecordActivityHeld", "CancelActivity", "CloseAction")
@@ -36,22 +35,6 @@ ACCESS = {
     **{f"/{SERVICE_NAME}/{m}": COMMANDERS for m in COMMANDS},
     **{f"/{SERVICE_NAME}/{m}": READERS for m in QUERIES},
 }
-
-
-def ack(r: AppendResult) -> common_pb2.CommandAck:
-    return common_pb2.CommandAck(
-        stream_id=r.stream_id,
-        first_version=r.first_version,
-        last_version=r.last_version,
-        position=r.last_position or 0,
-        duplicate=r.duplicate,
-    )
-
-
-def fields(msg: Any) -> dict[str, Any]:
-    """A command message as a plain dict, dates flattened (Date {iso} -> "YYYY-MM-DD")."""
-    d = MessageToDict(msg, preserving_proto_field_name=True)
-    return {k: (v.get("iso", "") if isinstance(v, dict) and set(v) <= {"iso"} else v) for k, v in d.items()}
 
 
 def pb_date(d: date | None) -> common_pb2.Date | None:

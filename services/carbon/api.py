@@ -7,7 +7,6 @@ from typing import Any
 
 import asyncpg
 import grpc
-from google.protobuf.json_format import MessageToDict
 from mieux.carbon.v1 import carbon_pb2, carbon_pb2_grpc
 from mieux.common.v1 import common_pb2
 
@@ -16,7 +15,8 @@ from services.carbon.domain import PurchaseOffsets, RetireOffsets
 from services.carbon.projections import FlightEmissionsView, OffsetLotsView
 from services.kernel.errors import FieldViolation, InvalidArgument, NotFound
 from services.kernel.grpckit import COMMANDERS, READERS
-from services.kernel.store import AppendResult, EventStore
+from services.kernel.protos import ack, fields
+from services.kernel.store import EventStore
 
 SERVICE_NAME = "mieux.carbon.v1.Carbon"
 ACCESS = {
@@ -30,23 +30,6 @@ ACCESS = {
 TRAVELLER_KINDS = ("expert", "team_member")
 EMISSION_STATUSES = ("recorded", "reversed", "cancelled")
 LOT_STATUSES = ("open", "retired")
-
-
-def ack(r: AppendResult) -> common_pb2.CommandAck:
-    return common_pb2.CommandAck(
-        stream_id=r.stream_id,
-        first_version=r.first_version,
-        last_version=r.last_version,
-        position=r.last_position or 0,
-        duplicate=r.duplicate,
-    )
-
-
-def fields(msg: Any) -> dict[str, Any]:
-    """A command message as a plain dict with every field present (an unset number is 0, so `quantity: 0`
-    is refused as such), dates flattened (Date {iso} -> "YYYY-MM-DD")."""
-    d = MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    return {k: (v.get("iso", "") if isinstance(v, dict) and set(v) <= {"iso"} else v) for k, v in d.items()}
 
 
 def dec(v: Decimal | None) -> str:
@@ -138,11 +121,11 @@ class CarbonServicer(carbon_pb2_grpc.CarbonServicer):
         self.lots = lots
 
     async def PurchaseOffsets(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
-        cmd = PurchaseOffsets.model_validate(fields(request))
+        cmd = PurchaseOffsets.model_validate(fields(request, with_defaults=True))
         return ack(await handlers.purchase_offsets(self.store, cmd))
 
     async def RetireOffsets(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
-        cmd = RetireOffsets.model_validate(fields(request))
+        cmd = RetireOffsets.model_validate(fields(request, with_defaults=True))
         return ack(await handlers.retire_offsets(self.store, cmd))
 
     async def GetFlightEmissions(self, request, context: grpc.aio.ServicerContext) -> carbon_pb2.FlightEmissions:

@@ -26,7 +26,8 @@ from services.experts.domain import (
 )
 from services.experts.projections import ListDeploymentsQuery, ListExpertsQuery, Roster
 from services.kernel.grpckit import COMMANDERS, READERS
-from services.kernel.store import AppendResult, EventStore
+from services.kernel.protos import ack
+from services.kernel.store import EventStore
 
 SERVICE_NAME = "mieux.experts.v1.Experts"
 COMMANDS = (
@@ -47,16 +48,6 @@ ACCESS = {
 class GetExpertQuery(BaseModel):
     model_config = ConfigDict(frozen=True)
     expert_id: ExpertId
-
-
-def ack(r: AppendResult) -> common_pb2.CommandAck:
-    return common_pb2.CommandAck(
-        stream_id=r.stream_id,
-        first_version=r.first_version,
-        last_version=r.last_version,
-        position=r.last_position or 0,
-        duplicate=r.duplicate,
-    )
 
 
 def iso(msg: Any, name: str) -> str:

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
-from typing import Any
 
 import grpc
-from google.protobuf.message import Message
 from mieux.common.v1 import common_pb2
 from mieux.logistics.v1 import logistics_pb2, logistics_pb2_grpc
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.kernel.errors import NotFound
 from services.kernel.grpckit import COMMANDERS, READERS
-from services.kernel.store import AppendResult, EventStore
+from services.kernel.protos import ack, fields
+from services.kernel.store import EventStore
 from services.logistics import handlers
 from services.logistics import projections as views
 from services.logistics.domain import BookFlight, CancelFlight, ChangeFlight, JoinTeam, LeaveTeam
@@ -35,32 +34,6 @@ ACCESS = {
     **{f"/{SERVICE_NAME}/{name}": COMMANDERS for name in COMMANDS},
     **{f"/{SERVICE_NAME}/{name}": READERS for name in QUERIES},
 }
-
-
-def ack(r: AppendResult) -> common_pb2.CommandAck:
-    return common_pb2.CommandAck(
-        stream_id=r.stream_id,
-        first_version=r.first_version,
-        last_version=r.last_version,
-        position=r.last_position or 0,
-        duplicate=r.duplicate,
-    )
-
-
-DATE = "mieux.common.v1.Date"
-
-
-def fields(msg: Message) -> dict[str, Any]:
-    """A message as a plain dict for the pydantic models: unset fields are left out (so defaults and
-    `required` apply), dates become "YYYY-MM-DD" (an empty Date ""), nested messages nested dicts."""
-    out: dict[str, Any] = {}
-    for fd, value in msg.ListFields():
-        if fd.message_type is None:
-            out[fd.name] = list(value) if fd.is_repeated else value
-            continue
-        conv = (lambda m: m.iso) if fd.message_type.full_name == DATE else fields
-        out[fd.name] = [conv(v) for v in value] if fd.is_repeated else conv(value)
-    return out
 
 
 def pdate(d: date | None) -> common_pb2.Date | None:

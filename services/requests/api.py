@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 from mieux.common.v1 import common_pb2
 from mieux.requests.v1 import requests_pb2, requests_pb2_grpc
 
@@ -13,7 +12,8 @@ from services.kernel import paging, reference
 from services.kernel.application import load
 from services.kernel.errors import NotFound
 from services.kernel.grpckit import COMMANDERS, READERS
-from services.kernel.store import AppendResult, EventStore
+from services.kernel.protos import ack, fields
+from services.kernel.store import EventStore
 from services.requests import handlers
 from services.requests.domain import (
     ApproveRequest,
@@ -32,22 +32,6 @@ ACCESS = {
     **{f"/{SERVICE_NAME}/{m}": COMMANDERS for m in COMMANDS},
     **{f"/{SERVICE_NAME}/{m}": READERS for m in QUERIES},
 }
-
-
-def ack(r: AppendResult) -> common_pb2.CommandAck:
-    return common_pb2.CommandAck(
-        stream_id=r.stream_id,
-        first_version=r.first_version,
-        last_version=r.last_version,
-        position=r.last_position or 0,
-        duplicate=r.duplicate,
-    )
-
-
-def fields(msg: Any) -> dict[str, Any]:
-    """A command message as a plain dict, dates flattened (Date {iso} -> "YYYY-MM-DD")."""
-    d = MessageToDict(msg, preserving_proto_field_name=True)
-    return {k: (v.get("iso", "") if isinstance(v, dict) and set(v) <= {"iso"} else v) for k, v in d.items()}
 
 
 def date_pb(d: Any) -> common_pb2.Date:

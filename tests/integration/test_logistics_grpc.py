@@ -677,14 +677,18 @@ async def test_team_list_itineraries_miles_and_air_miles_per_team_member(ops: Ca
 
 # --- rebuild --------------------------------------------------------------------------------------------
 
+# Only rows from this store's events: other modules' tests (carbon's) publish logistics-shaped envelopes
+# straight to the topic, which the live projections see and a rebuild from ReadAll rightly does not.
+OURS = "(SELECT DISTINCT stream_id FROM logistics.events)"
+MEMBERS = "(SELECT data->>'member_id' FROM logistics.events WHERE stream_id = 'team')"
 SNAPSHOTS = {
     "logistics_bookings": (
-        "SELECT * FROM logistics_views.bookings ORDER BY booking_id",
-        "SELECT * FROM logistics_views.booking_legs ORDER BY booking_id, leg",
+        f"SELECT * FROM logistics_views.bookings WHERE booking_id IN {OURS} ORDER BY booking_id",
+        f"SELECT * FROM logistics_views.booking_legs WHERE booking_id IN {OURS} ORDER BY booking_id, leg",
     ),
     "logistics_team": (
-        "SELECT * FROM logistics_views.team_members ORDER BY member_id",
-        "SELECT * FROM logistics_views.team_stints ORDER BY member_id, joined_on",
+        f"SELECT * FROM logistics_views.team_members WHERE member_id IN {MEMBERS} ORDER BY member_id",
+        f"SELECT * FROM logistics_views.team_stints WHERE member_id IN {MEMBERS} ORDER BY member_id, joined_on",
     ),
 }
 
@@ -697,10 +701,13 @@ async def test_a_rebuild_gives_the_live_read_models(
     await ops("JoinTeam", join_cmd(uid("member")))
 
     async def caught_up() -> bool:
-        total = await event_count(pool)
         for name in SNAPSHOTS:
-            n = await pool.fetchval("SELECT count(*) FROM projections.tracking WHERE projection = $1", name)
-            if n != total:
+            missing = await pool.fetchval(
+                "SELECT count(*) FROM logistics.events e WHERE NOT EXISTS (SELECT 1 FROM projections.tracking t "
+                "WHERE t.projection = $1 AND t.event_id = e.event_id)",
+                name,
+            )
+            if missing:
                 return False
         return True
 
