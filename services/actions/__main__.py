@@ -12,7 +12,6 @@ def build() -> Service:
 
     def registrars(svc: Service) -> list:
         assert svc.store is not None
-        opener.bind(svc.store)  # the policy starts after the store exists and before it consumes
         return [api.registrar(svc.store, view)]
 
     return Service(

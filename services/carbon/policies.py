@@ -17,13 +17,9 @@ from services.carbon.domain import CalculateFlightEmissions, RecalculateFlightEm
 from services.carbon.settings import CarbonSettings
 from services.kernel.envelope import Envelope, Event, topic_for
 from services.kernel.errors import from_validation_error
-from services.kernel.grpckit import correlation_var, principal_var
 from services.kernel.runner import Policy
-from services.kernel.settings import Principal
 from services.kernel.store import EventStore
 from services.logistics.events import FlightBooked, FlightCancelled, FlightChanged
-
-ACTOR = Principal(name="carbon.flight_emissions", roles=frozenset({"service"}))
 
 
 def _legs(e: FlightBooked | FlightChanged) -> list[dict[str, Any]]:
@@ -86,8 +82,6 @@ class FlightEmissionsPolicy(Policy):
         store = self._store()
         if store is None:
             raise RuntimeError("the event store is not open yet")
-        principal_var.set(ACTOR)
-        correlation_var.set(env.correlation_id or str(env.event_id))
         cause = str(env.event_id)
         if isinstance(cmd, CalculateFlightEmissions):
             await handlers.calculate_flight_emissions(store, cmd, cause)

@@ -26,11 +26,14 @@ from typing import ClassVar
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
+from pydantic import ValidationError
 
 from services.kernel import bus
 from services.kernel.envelope import DecodeError, Envelope, Event, UnknownEvent, parse_message, registry
+from services.kernel.grpckit import correlation_var, principal_var
 from services.kernel.projection import Projection, apply_batch
-from services.kernel.settings import Settings
+from services.kernel.settings import Principal, Settings
+from services.kernel.store import EventStore
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +156,15 @@ def command_id_for(policy: str, env: Envelope) -> str:
 
 
 class Policy:
-    """A process manager: reacts to other contexts' events by issuing its own commands."""
+    """A process manager: reacts to other contexts' events by issuing its own commands.
+
+    `handle` runs as the principal `policy:<name>` (role `service`), with the event's correlation id, so
+    the events it causes record who acted and why; `store` is the owning service's event store, bound
+    by the service before the policy starts."""
 
     name: ClassVar[str]
     topics: ClassVar[tuple[str, ...]]
+    store: EventStore | None = None
 
     async def handle(self, env: Envelope, event: Event, command_id: str) -> None:
         raise NotImplementedError
@@ -240,6 +248,8 @@ class PolicyRunner:
             return
         if isinstance(event, UnknownEvent):
             return
+        principal_var.set(Principal(name=f"policy:{self.policy.name}", roles=frozenset({"service"})))
+        correlation_var.set(env.correlation_id or str(env.event_id))
         backoff = 0.2
         while True:
             try:
@@ -252,7 +262,7 @@ class PolicyRunner:
                 # a refused command is a decision, not a failure: it goes to the DLQ for a person to see
                 from services.kernel.errors import InvalidArgument, NotFound, RuleBroken
 
-                if isinstance(e, RuleBroken | InvalidArgument | NotFound) or _is_final_grpc_error(e):
+                if isinstance(e, RuleBroken | InvalidArgument | NotFound | ValidationError) or _is_final_grpc_error(e):
                     await send_dead(self._producer, self.group, raw, f"refused: {e}", ",".join(self.policy.topics))  # type: ignore[arg-type]
                     return
                 log.warning("policy %s: %s; retrying in %.1fs", self.group, e, backoff)

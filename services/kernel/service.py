@@ -71,6 +71,7 @@ class Service:
             self.runners.append(runner)
             await runner.start()
         for pol in self.policies:
+            pol.store = self.store
             prunner = PolicyRunner(pol, self.settings, group=f"mieux.{self.name}.{pol.name}")
             self.runners.append(prunner)
             await prunner.start()
