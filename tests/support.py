@@ -124,11 +124,11 @@ class ServiceProcess(Child):
         raise TimeoutError(f"{self.name} not SERVING after {timeout:.0f}s:\n{self.output()[-3000:]}")
 
 
-def start_service(name: str, stack_env: dict[str, str], **extra: str) -> ServiceProcess:
+def start_service(name: str, stack_env: dict[str, str], port: int | None = None, **extra: str) -> ServiceProcess:
     """Start a service as a child OS process and wait until it serves; the caller stops it."""
     from services.kernel.devstack import free_port
 
-    port = free_port()
+    port = port or free_port()
     env = {**stack_env, f"MIEUX_{name.upper()}_PORT": str(port), "MIEUX_LOG_LEVEL": "WARNING", **extra}
     svc = ServiceProcess(name, env, port)
     try:
