@@ -209,37 +209,6 @@ def read_all_source(service: str, settings: Settings):  # type: ignore[no-untype
     return source
 
 
-# --- requests --------------------------------------------------------------------------------------
-
-
-def cmd_requests(args: argparse.Namespace) -> int:
-    from services.requests.client import RequestsClient
-
-    async def go() -> int:
-        async with RequestsClient.connect(Settings()) as client:
-            if args.action == "submit":
-                ack = await client.submit(
-                    command_id=args.command_id,
-                    partner=args.partner,
-                    institution=args.institution,
-                    institution_type=args.institution_type,
-                    received_on=args.received_on,
-                    title=args.title,
-                    themes=args.theme or [],
-                )
-                console.print(
-                    f"request [bold]{ack.stream_id}[/] {'(already submitted)' if ack.duplicate else 'received'}"
-                )
-            else:
-                table = Table("year", "requests received")
-                for y in (await client.per_year()).years:
-                    table.add_row(str(y.year), str(y.count))
-                console.print(table)
-        return 0
-
-    return asyncio.run(go())
-
-
 def cmd_up(args: argparse.Namespace) -> int:
     """The whole stack in the foreground: the dev stack and every service on its fixed port."""
     import importlib.util
@@ -335,18 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--all", action="store_true")
     pr.set_defaults(fn=cmd_projections)
 
-    rq = sub.add_parser("requests", help="requests for assistance")
-    rqs = rq.add_subparsers(dest="action", required=True)
-    s = rqs.add_parser("submit")
-    s.add_argument("--command-id", required=True)
-    s.add_argument("--partner", required=True, help="ISO 3166-1 alpha-2 code or regional organisation")
-    s.add_argument("--institution", required=True)
-    s.add_argument("--institution-type", required=True)
-    s.add_argument("--received-on", required=True, help="YYYY-MM-DD")
-    s.add_argument("--title", required=True)
-    s.add_argument("--theme", action="append")
-    rqs.add_parser("per-year")
-    rq.set_defaults(fn=cmd_requests)
+    from services.kernel import cli_ops
+
+    cli_ops.register(sub, cli_ops.runner)
 
     up = sub.add_parser("up", help="the dev stack and every service in the foreground (Ctrl-C stops all)")
     up.set_defaults(fn=cmd_up)

@@ -238,3 +238,83 @@ async def test_the_whole_flow_across_processes_and_again_changes_nothing(service
     assert again["request_id"] == first["request_id"] and again["bookings"] == first["bookings"]
     assert again["action_code"] == code and again["activities"] == first["activities"]
     assert await store_counts(pool) == before
+
+
+def mieux(args: list[str], env: dict[str, str]) -> str:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "services.kernel.cli", *args],
+        env={**env, "COLUMNS": "300"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+async def test_the_cli_shows_an_action_with_its_activities_and_experts(services, stack_env) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    flow = await run_flow(Settings())  # the same command ids: reads what the first test wrote, or writes it
+    env = {**stack_env, **{k: v for k, v in os.environ.items() if k.endswith("_ADDR")}}
+    code = str(flow["action_code"])
+    a1, a2, _ = flow["activities"]  # type: ignore[misc]
+    e1, e2 = flow["experts"]  # type: ignore[misc]
+    shown = mieux(["actions", "show", code], env)
+    assert code in shown and a1 in shown and a2 in shown
+    assert e1 in shown and e2 in shown and "14/11/0" in shown
+    listed = mieux(["requests", "list", "--year", "2019", "--partner", "KE"], env)
+    assert str(flow["request_id"]) in listed
+    planned = mieux(
+        [
+            "actions",
+            "plan",
+            code,
+            "--title",
+            "Study visit",
+            "--type",
+            "study_visit",
+            "--starts-on",
+            "2019-09-01",
+            "--ends-on",
+            "2019-09-03",
+            "--country",
+            "ES",
+            "--city",
+            "Madrid",
+            "--airport",
+            "MAD",
+            "--command-id",
+            cid("cli-plan"),
+        ],
+        env,
+    )
+    assert "planned" in planned and cid("cli-plan") in planned
+    again = mieux(
+        [
+            "actions",
+            "plan",
+            code,
+            "--title",
+            "Study visit",
+            "--type",
+            "study_visit",
+            "--starts-on",
+            "2019-09-01",
+            "--ends-on",
+            "2019-09-03",
+            "--country",
+            "ES",
+            "--city",
+            "Madrid",
+            "--airport",
+            "MAD",
+            "--command-id",
+            cid("cli-plan"),
+        ],
+        env,
+    )
+    assert "already done" in again
