@@ -9,6 +9,7 @@ import os
 import platform
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,8 +28,17 @@ from services.kernel.settings import Settings
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
+def git_state() -> str:
+    """The commit measured, with `+dirty` when the working tree has changes."""
+    root = Path(__file__).resolve().parent.parent
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "services"], cwd=root, capture_output=True, text=True)
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def machine(server_version: str) -> dict[str, Any]:
     return {
+        "commit": git_state(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),

@@ -3,7 +3,7 @@
 Every command creates a new stream (expected version 0) holding one RequestReceived-shaped event:
 
 * mieux: `EventStore.append` with a command id and hash, on a pool from `create_pool` sized to the
-  client count (one round trip to `append_events`, plus what the pool does on release);
+  client count (one round trip to its `append_events` function per command);
 * eventsourcing 9.5.6: `Application.save` of a newly created aggregate, PostgreSQL recorder with its
   database function (`POSTGRES_ENABLE_DB_FUNCTIONS`), psycopg binary; one application shared by the
   client threads, its pool sized to the client count;

@@ -23,7 +23,7 @@ SAMPLE: dict[str, Any] = {
     "institution_type": "agency",
     "received_on": "2024-03-01",
     "title": "Support to the reception of asylum seekers at the border",
-    "themes": ["asylum", "reception"],
+    "themes": ["international_protection_and_asylum", "migration_data_management"],
 }
 
 
