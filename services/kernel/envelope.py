@@ -6,7 +6,6 @@ as subclasses of `Event` in its `events.py`; `mieux events schema` prints the ca
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -132,16 +131,14 @@ def topic_for(service: str) -> str:
 
 
 def parse_message(raw: bytes | None) -> Envelope:
-    """Bytes from the bus -> envelope, or DecodeError with the reason."""
+    """Bytes from the bus -> envelope, or DecodeError with the reason (parsed once, by pydantic)."""
     if raw is None:
         raise DecodeError("empty message")
     try:
-        json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise DecodeError(f"not JSON: {e}") from e
-    try:
         return Envelope.from_bytes(raw)
     except ValidationError as e:
+        if any(err["type"] == "json_invalid" for err in e.errors()):
+            raise DecodeError(f"not JSON: {e.errors()[0]['msg']}") from e
         raise DecodeError(f"not an envelope: {e}") from e
 
 

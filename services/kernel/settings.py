@@ -49,8 +49,12 @@ class StackFileSource(PydanticBaseSettingsSource):
     def get_field_value(self, field, field_name):  # type: ignore[no-untyped-def]  # pragma: no cover
         return None, field_name, False
 
+    def __init__(self, settings_cls, home: str | None = None):  # type: ignore[no-untyped-def]
+        super().__init__(settings_cls)
+        self.home = home
+
     def __call__(self) -> dict:
-        home = Path(os.environ.get("MIEUX_HOME", ".mieux"))
+        home = Path(self.home or os.environ.get("MIEUX_HOME", ".mieux"))
         path = home / "stack.json"
         if not path.exists():
             return {}
@@ -64,7 +68,8 @@ class Settings(BaseSettings):
     def settings_customise_sources(  # type: ignore[override]
         cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
     ):
-        return (init_settings, env_settings, StackFileSource(settings_cls), file_secret_settings)
+        home = getattr(init_settings, "init_kwargs", {}).get("MIEUX_HOME")
+        return (init_settings, env_settings, StackFileSource(settings_cls, home), file_secret_settings)
 
     mieux_home: Path = Field(default=Path(".mieux"), alias="MIEUX_HOME")
     database_url: str | None = Field(default=None, alias="DATABASE_URL")

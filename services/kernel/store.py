@@ -71,29 +71,38 @@ CREATE TABLE IF NOT EXISTS {s}.events (
     actor           text NOT NULL,
     CONSTRAINT events_stream_version_key UNIQUE (stream_id, stream_version)
 );
-CREATE TABLE IF NOT EXISTS {s}.commands (
-    command_id      text PRIMARY KEY,
-    command_hash    text,
-    stream_id       text NOT NULL,
-    first_version   integer NOT NULL,
-    last_version    integer NOT NULL,
-    first_position  bigint,
-    last_position   bigint
-);
+-- a command's id, payload hash and event count sit on the first event it appended: no second table
+ALTER TABLE {s}.events ADD COLUMN IF NOT EXISTS command_id text;
+ALTER TABLE {s}.events ADD COLUMN IF NOT EXISTS command_hash text;
+ALTER TABLE {s}.events ADD COLUMN IF NOT EXISTS command_events integer;
+CREATE UNIQUE INDEX IF NOT EXISTS events_command_id_key ON {s}.events (command_id) WHERE command_id IS NOT NULL;
+DO $do$ BEGIN
+    IF EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = '{s}' AND c.relname = 'commands' AND c.relkind = 'r') THEN
+        DROP TABLE {s}.commands;  -- an early layout kept commands in a table of their own
+    END IF;
+END $do$;
+CREATE OR REPLACE VIEW {s}.commands AS
+    SELECT e.command_id, e.command_hash, e.stream_id, e.stream_version AS first_version,
+           e.stream_version + e.command_events - 1 AS last_version, e.position AS first_position,
+           (SELECT max(x.position) FROM {s}.events x WHERE x.stream_id = e.stream_id
+              AND x.stream_version BETWEEN e.stream_version AND e.stream_version + e.command_events - 1)
+             AS last_position
+    FROM {s}.events e WHERE e.command_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {s}.relay_state (
     topic           text PRIMARY KEY,
     position        bigint NOT NULL
 );
+DROP FUNCTION IF EXISTS {s}.append_events(text, integer, text, text, uuid[], text[], integer[], jsonb[],
+                                         timestamptz, text, text, text);
 CREATE OR REPLACE FUNCTION {s}.append_events(
-    p_stream text, p_expected integer, p_command_id text, p_command_hash text,
-    p_event_ids uuid[], p_types text[], p_schema_versions integer[], p_data jsonb[],
+    p_stream text, p_expected integer, p_command_id text, p_command_hash text, p_events jsonb,
     p_occurred_at timestamptz, p_correlation_id text, p_causation_id text, p_actor text)
 RETURNS TABLE(stream_id text, first_version integer, last_version integer,
               first_position bigint, last_position bigint, duplicate boolean, command_hash text)
 LANGUAGE plpgsql AS $fn$
 DECLARE
-    v_current integer;
-    v_n integer := coalesce(array_length(p_event_ids, 1), 0);
+    v_n integer := jsonb_array_length(p_events);
     v_first bigint;
     v_last bigint;
 BEGIN
@@ -106,24 +115,25 @@ BEGIN
                      FROM {s}.commands c WHERE c.command_id = p_command_id;
         IF FOUND THEN RETURN; END IF;
     END IF;
-    SELECT coalesce(max(e.stream_version), 0) INTO v_current FROM {s}.events e WHERE e.stream_id = p_stream;
-    IF v_current <> p_expected THEN
-        RAISE EXCEPTION 'stream % is at version %, not the expected %', p_stream, v_current, p_expected
-            USING ERRCODE = 'MX409';
+    -- the stream must be at p_expected: version p_expected exists (checked here) and version
+    -- p_expected + 1 does not (the unique (stream_id, stream_version) refuses the insert otherwise)
+    IF p_expected > 0 AND NOT EXISTS (
+        SELECT 1 FROM {s}.events e WHERE e.stream_id = p_stream AND e.stream_version = p_expected) THEN
+        RAISE EXCEPTION 'stream % is not at the expected version %', p_stream, p_expected USING ERRCODE = 'MX409';
     END IF;
     IF v_n > 0 THEN
         WITH ins AS (
-            INSERT INTO {s}.events (position, event_id, stream_id, stream_version, event_type,
-                                   schema_version, data, occurred_at, correlation_id, causation_id, actor)
-            SELECT nextval('{s}.events_position_seq'), u.id, p_stream, p_expected + u.ord::integer, u.typ,
-                   u.ver, u.dat, p_occurred_at, p_correlation_id, p_causation_id, p_actor
-            FROM unnest(p_event_ids, p_types, p_schema_versions, p_data) WITH ORDINALITY AS u(id, typ, ver, dat, ord)
+            INSERT INTO {s}.events (position, event_id, stream_id, stream_version, event_type, schema_version,
+                                   data, occurred_at, correlation_id, causation_id, actor, command_id,
+                                   command_hash, command_events)
+            SELECT nextval('{s}.events_position_seq'), (u.e->>'id')::uuid, p_stream, p_expected + u.ord::integer,
+                   u.e->>'type', (u.e->>'version')::integer, u.e->'data', p_occurred_at, p_correlation_id,
+                   p_causation_id, p_actor,
+                   CASE WHEN u.ord = 1 THEN p_command_id END, CASE WHEN u.ord = 1 THEN p_command_hash END,
+                   CASE WHEN u.ord = 1 AND p_command_id IS NOT NULL THEN v_n END
+            FROM jsonb_array_elements(p_events) WITH ORDINALITY AS u(e, ord)
             RETURNING position)
         SELECT min(position), max(position) INTO v_first, v_last FROM ins;
-    END IF;
-    IF p_command_id IS NOT NULL THEN
-        INSERT INTO {s}.commands VALUES (p_command_id, p_command_hash, p_stream, p_expected + 1,
-                                        p_expected + v_n, v_first, v_last);
     END IF;
     RETURN QUERY SELECT p_stream, p_expected + 1, p_expected + v_n, v_first, v_last, false, p_command_hash;
 END
@@ -249,16 +259,21 @@ class EventStore:
             expected_version,
             command_id,
             command_hash,
-            [uuid.uuid4() for _ in events],
-            [e.event_type for e in events],
-            [e.schema_version for e in events],
-            [e.model_dump(mode="json") for e in events],
+            [
+                {
+                    "id": str(uuid.uuid4()),
+                    "type": e.event_type,
+                    "version": e.schema_version,
+                    "data": e.model_dump(mode="json"),
+                }
+                for e in events
+            ],
             occurred_at or utcnow(),
             meta.correlation_id,
             meta.causation_id,
             meta.actor,
         )
-        sql = f"SELECT * FROM {self.schema}.append_events($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)"
+        sql = f"SELECT * FROM {self.schema}.append_events($1,$2,$3,$4,$5,$6,$7,$8,$9)"
         try:
             row = await self.pool.fetchrow(sql, *args)
         except asyncpg.UniqueViolationError as e:
