@@ -2,7 +2,7 @@
 
 from services.carbon import api
 from services.carbon.policies import FlightEmissionsPolicy
-from services.carbon.projections import FlightEmissionsView, FootprintView, OffsetLotsView
+from services.carbon.projections import ActionRegions, FlightEmissionsView, FootprintView, OffsetLotsView
 from services.kernel.service import Service
 
 
@@ -19,7 +19,7 @@ def build() -> Service:
         grpc_services=[api.SERVICE_NAME],
         access=api.ACCESS,
         registrars=registrars,
-        projections=[flights, lots, FootprintView()],
+        projections=[flights, lots, FootprintView(), ActionRegions()],
     )
     # the policy writes through the service's event store, which exists once the service has started
     service.policies = [FlightEmissionsPolicy(lambda: service.store)]

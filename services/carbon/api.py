@@ -12,13 +12,15 @@ from mieux.common.v1 import common_pb2
 
 from services.carbon import handlers
 from services.carbon.domain import PurchaseOffsets, RetireOffsets
-from services.carbon.projections import FlightEmissionsView, OffsetLotsView
+from services.carbon.projections import ActionRegions, FlightEmissionsView, OffsetLotsView
 from services.kernel.errors import FieldViolation, InvalidArgument, NotFound
 from services.kernel.grpckit import COMMANDERS, READERS
 from services.kernel.protos import ack, fields
+from services.kernel.settings import Role
 from services.kernel.store import EventStore
 
 SERVICE_NAME = "mieux.carbon.v1.Carbon"
+FINANCE: frozenset[Role] = frozenset({"finance", "admin"})
 ACCESS = {
     f"/{SERVICE_NAME}/PurchaseOffsets": COMMANDERS,
     f"/{SERVICE_NAME}/RetireOffsets": COMMANDERS,
@@ -26,6 +28,8 @@ ACCESS = {
     f"/{SERVICE_NAME}/ListFlightEmissions": READERS,
     f"/{SERVICE_NAME}/GetOffsetLot": READERS,
     f"/{SERVICE_NAME}/ListOffsetLots": READERS,
+    f"/{SERVICE_NAME}/GetFootprint": FINANCE,
+    f"/{SERVICE_NAME}/GetOffsetLedger": FINANCE,
 }
 TRAVELLER_KINDS = ("expert", "team_member")
 EMISSION_STATUSES = ("recorded", "reversed", "cancelled")
@@ -114,7 +118,68 @@ def offset_lot(r: asyncpg.Record, retirements: list[asyncpg.Record]) -> carbon_p
     )
 
 
-class CarbonServicer(carbon_pb2_grpc.CarbonServicer):
+def check_year(year: int) -> int:
+    if not 1990 <= year <= 2100:
+        raise InvalidArgument(FieldViolation("year", "must be between 1990 and 2100"))
+    return year
+
+
+class FinanceServicer:
+    """GetFootprint and GetOffsetLedger: figures computed from the read models, decimals as strings."""
+
+    store: EventStore
+    lots: OffsetLotsView
+
+    async def GetFootprint(self, request, context):  # type: ignore[no-untyped-def]
+        year = check_year(request.year)
+        rows = await ActionRegions.footprint(self.store.pool, year)
+        by_kind: dict[str, Decimal] = {}
+        by_region: dict[str, Decimal] = {}
+        by_action: dict[str, Decimal] = {}
+        for r in rows:
+            by_kind[r["traveller_kind"]] = by_kind.get(r["traveller_kind"], Decimal(0)) + r["kg_co2e"]
+            by_region[r["region"]] = by_region.get(r["region"], Decimal(0)) + r["kg_co2e"]
+            by_action[r["action_code"]] = by_action.get(r["action_code"], Decimal(0)) + r["kg_co2e"]
+        return carbon_pb2.Footprint(
+            year=year,
+            kg_co2e=dec(sum((r["kg_co2e"] for r in rows), Decimal(0))),
+            rows=[
+                carbon_pb2.FootprintRow(
+                    traveller_kind=r["traveller_kind"],
+                    action_code=r["action_code"],
+                    region=r["region"],
+                    flights=r["flights"],
+                    distance_km=dec(r["distance_km"]),
+                    distance_miles=dec(r["distance_miles"]),
+                    kg_co2e=dec(r["kg_co2e"]),
+                )
+                for r in rows
+            ],
+            kg_co2e_by_traveller_kind={k: dec(v) for k, v in by_kind.items()},
+            kg_co2e_by_region={k: dec(v) for k, v in by_region.items()},
+            kg_co2e_by_action={k: dec(v) for k, v in by_action.items()},
+        )
+
+    async def GetOffsetLedger(self, request, context):  # type: ignore[no-untyped-def]
+        year = check_year(request.year)
+        ledger = await self.lots.ledger(self.store.pool, year)
+        footprint = sum((r["kg_co2e"] for r in await ActionRegions.footprint(self.store.pool, year)), Decimal(0))
+        coverage = ledger.coverage(footprint)
+        page = await self.lots.list(self.store.pool, year=year, registry="", status="", size=500, token="")
+        retirements = await self.lots.retirements(self.store.pool, [r["lot_id"] for r in page.rows])
+        return carbon_pb2.OffsetLedger(
+            year=year,
+            vers_purchased=ledger.purchased,
+            vers_retired=ledger.retired_against,
+            balance=ledger.balance,
+            cost=[common_pb2.Money(amount=dec(v), currency=c) for c, v in ledger.cost.items()],
+            footprint_kg_co2e=dec(footprint),
+            coverage="" if coverage is None else dec(coverage),
+            lots=[offset_lot(r, retirements[r["lot_id"]]) for r in page.rows],
+        )
+
+
+class CarbonServicer(FinanceServicer, carbon_pb2_grpc.CarbonServicer):
     def __init__(self, store: EventStore, flights: FlightEmissionsView, lots: OffsetLotsView) -> None:
         self.store = store
         self.flights = flights

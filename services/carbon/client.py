@@ -113,3 +113,15 @@ class CarbonClient:
             metadata=self._md(),
             timeout=self.deadline,
         )
+
+    async def footprint(self, year: int) -> carbon_pb2.Footprint:
+        """For finance: kg CO2e of the year's flights by traveller kind, action and region."""
+        return await self.stub.GetFootprint(
+            carbon_pb2.GetFootprintQuery(year=year), metadata=self._md(), timeout=self.deadline
+        )
+
+    async def ledger(self, year: int) -> carbon_pb2.OffsetLedger:
+        """For finance: VERs purchased, retired against the year, balance, cost, coverage."""
+        return await self.stub.GetOffsetLedger(
+            carbon_pb2.GetOffsetLedgerQuery(year=year), metadata=self._md(), timeout=self.deadline
+        )

@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from services.actions.events import ActionOpened
 from services.carbon.events import (
     FlightEmissionsCalculated,
     FlightEmissionsReversed,
@@ -374,4 +375,36 @@ class FootprintView(Projection):
     async def query(self, pool: asyncpg.Pool, year: int) -> list[asyncpg.Record]:
         return await pool.fetch(
             "SELECT * FROM carbon_views.footprint WHERE year = $1 ORDER BY traveller_kind, action_code", year
+        )
+
+
+class ActionRegions(Projection):
+    """Each action's region, from the actions service's ActionOpened: the footprint by region."""
+
+    name = "carbon_action_regions"
+    topics = (topic_for("actions"),)
+    tables = ("carbon_views.action_regions",)
+    setup_sql = """
+    CREATE SCHEMA IF NOT EXISTS carbon_views;
+    CREATE TABLE IF NOT EXISTS carbon_views.action_regions (
+        action_code  text PRIMARY KEY,
+        region       text NOT NULL
+    );
+    """
+
+    async def apply(self, conn: asyncpg.Connection, env: Envelope, event: Event) -> None:
+        if isinstance(event, ActionOpened):
+            await conn.execute(
+                "INSERT INTO carbon_views.action_regions VALUES ($1, $2) ON CONFLICT (action_code) DO NOTHING",
+                event.action_code,
+                event.region,
+            )
+
+    @staticmethod
+    async def footprint(pool: asyncpg.Pool, year: int) -> list[asyncpg.Record]:
+        return await pool.fetch(
+            "SELECT f.*, coalesce(r.region, '') AS region FROM carbon_views.footprint f "
+            "LEFT JOIN carbon_views.action_regions r ON r.action_code = f.action_code "
+            "WHERE f.year = $1 AND f.flights <> 0 ORDER BY f.traveller_kind, f.action_code",
+            year,
         )

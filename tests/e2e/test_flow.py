@@ -318,3 +318,24 @@ async def test_the_cli_shows_an_action_with_its_activities_and_experts(services,
         env,
     )
     assert "already done" in again
+
+
+async def test_finance_reads_the_carbon_report_and_its_csv(services, stack_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import csv
+    import os
+
+    flow = await run_flow(Settings())
+    env = {**stack_env, **{k: v for k, v in os.environ.items() if k.endswith("_ADDR")}}
+    code = str(flow["action_code"])
+    out = tmp_path / "carbon-2019.csv"
+
+    async def reported() -> bool:
+        mieux(["carbon", "report", "--year", "2019", "--csv", str(out)], env)
+        rows = list(csv.DictReader(out.open()))
+        return any(
+            r["section"] == "footprint" and r["action_code"] == code and r["region"] == "africa_ces" for r in rows
+        )
+
+    await eventually(reported, 60, "the footprint of the flow's flights, with the action's region, in the CSV")
+    shown = mieux(["carbon", "report", "--year", "2019"], env)
+    assert "Footprint 2019" in shown and "Offset ledger 2019" in shown

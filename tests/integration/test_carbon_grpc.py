@@ -586,3 +586,81 @@ async def test_footprint_and_offset_ledger_of_a_year(stub, pool, tokens) -> None
     assert (ledger.purchased, ledger.retired_against, ledger.balance - before.balance) == (5, 2, 3)
     assert ledger.cost == {"EUR": Decimal("50.00")}
     assert ledger.coverage(expected) == (Decimal(2000) / expected).quantize(Decimal("0.0001"))
+
+
+# --- finance: footprint and offset ledger -----------------------------------------------------------------
+
+
+async def test_finance_reads_the_footprint_by_kind_action_and_region_and_the_ledger(stub, pool, tokens) -> None:
+    from services.actions.events import ActionOpened
+
+    year, code = 2029, "2029-07"
+    opened = ActionOpened(
+        action_code=code,
+        request_id="req-x",
+        partner="KE",
+        partner_kind="country",
+        partner_name="Kenya",
+        region="africa_ces",
+        title="Kenya",
+        follow_up=1,
+        year=year,
+        opened_on=date(year, 2, 1),
+    )
+    action_env = envelope(opened, code, 1).model_copy(update={"source": "actions"})
+    settings = Settings()
+    producer = bus.producer(settings)
+    await producer.start()
+    try:
+        await producer.send_and_wait("mieux.actions.events", action_env.to_bytes(), key=code.encode())
+    finally:
+        await producer.stop()
+    b1, b2, b3 = new_booking(), new_booking(), new_booking()
+    await publish(
+        envelope(flight_booked(b1, [("LHR", "NBO", f"{year}-03-01")], action_code=code), b1, 1),
+        envelope(flight_booked(b2, [("BRU", "NBO", f"{year}-03-02")], kind="team_member", action_code=code), b2, 1),
+        envelope(flight_booked(b3, [("BRU", "MAD", f"{year}-05-02")], kind="team_member", action_code=None), b3, 1),
+    )
+    flights = [await wait_flight(stub, tokens["finance"], b, 1) for b in (b1, b2, b3)]
+    expected_total = sum(Decimal(f.kg_co2e) for f in flights)
+    md = call_metadata(tokens["finance"])
+
+    async def regional() -> bool:
+        fp = await stub.GetFootprint(carbon_pb2.GetFootprintQuery(year=year), metadata=md, timeout=RPC_TIMEOUT)
+        return Decimal(fp.kg_co2e) == expected_total and "africa_ces" in fp.kg_co2e_by_region
+
+    await eventually(regional, 60, "the footprint with its region")
+    fp = await stub.GetFootprint(carbon_pb2.GetFootprintQuery(year=year), metadata=md, timeout=RPC_TIMEOUT)
+    assert Decimal(fp.kg_co2e_by_region["africa_ces"]) == Decimal(flights[0].kg_co2e) + Decimal(flights[1].kg_co2e)
+    assert Decimal(fp.kg_co2e_by_traveller_kind["team_member"]) == Decimal(flights[1].kg_co2e) + Decimal(
+        flights[2].kg_co2e
+    )
+    assert Decimal(fp.kg_co2e_by_action[""]) == Decimal(flights[2].kg_co2e)
+
+    lot = await purchase(
+        stub, tokens["ops"], purchase_command(quantity=2, purchased_on=common_pb2.Date(iso=f"{year}-12-01"))
+    )
+    await retire(
+        stub,
+        tokens["ops"],
+        lot_id=lot.stream_id,
+        quantity=1,
+        against_year=year,
+        retired_on=common_pb2.Date(iso=f"{year}-12-05"),
+    )
+    await wait_lot(stub, tokens["finance"], lot.stream_id, 2)
+    ledger = await stub.GetOffsetLedger(carbon_pb2.GetOffsetLedgerQuery(year=year), metadata=md, timeout=RPC_TIMEOUT)
+    assert (ledger.vers_purchased, ledger.vers_retired, ledger.balance) == (2, 1, 1)
+    assert [(m.amount, m.currency) for m in ledger.cost] == [("9.00", "EUR")]
+    assert Decimal(ledger.footprint_kg_co2e) == expected_total
+    assert Decimal(ledger.coverage) == (Decimal(1000) / expected_total).quantize(Decimal("0.0001"))
+
+    for role in ("ops", "service"):
+        e = await refused(
+            stub.GetOffsetLedger(
+                carbon_pb2.GetOffsetLedgerQuery(year=year), metadata=call_metadata(tokens[role]), timeout=RPC_TIMEOUT
+            )
+        )
+        assert e.code() == grpc.StatusCode.PERMISSION_DENIED
+    e = await refused(stub.PurchaseOffsets(purchase_command(), metadata=md, timeout=RPC_TIMEOUT))
+    assert e.code() == grpc.StatusCode.PERMISSION_DENIED
