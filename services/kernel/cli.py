@@ -308,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
 
     cli_ops.register(sub, cli_ops.runner)
 
+    from services.kernel import scenario
+
+    scenario.register(sub)
+
     up = sub.add_parser("up", help="the dev stack and every service in the foreground (Ctrl-C stops all)")
     up.set_defaults(fn=cmd_up)
 
