@@ -164,7 +164,7 @@ async def test_a_reused_command_id_with_another_payload_is_already_exists(stub, 
 
 
 async def test_list_requests_filters_and_pages(stub, md) -> None:  # type: ignore[no-untyped-def]
-    year = 2011
+    year = 2043
     ids = {
         await submit(stub, md, partner=p, on=f"{year}-0{i + 1}-01", themes=t)
         for i, (p, t) in enumerate(
