@@ -27,15 +27,15 @@ demo: proto
 	$(BIN)/mieux demo
 
 test: proto
-	$(BIN)/ruff check services tests bench
+	$(BIN)/ruff check services tests bench deploy
 	$(BIN)/pytest -q
 
 unit: proto
 	$(BIN)/pytest -q tests/unit
 
 lint: proto
-	$(BIN)/ruff check services tests bench
-	$(BIN)/ruff format --check services tests bench
+	$(BIN)/ruff check services tests bench deploy
+	$(BIN)/ruff format --check services tests bench deploy
 
 up: proto
 	$(BIN)/mieux up

@@ -312,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
 
     scenario.register(sub)
 
+    from services.stats import cli as stats_cli
+
+    stats_cli.register(sub)
+
     up = sub.add_parser("up", help="the dev stack and every service in the foreground (Ctrl-C stops all)")
     up.set_defaults(fn=cmd_up)
 

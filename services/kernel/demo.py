@@ -1,33 +1,34 @@
-"""`make demo`: the product end to end on a fresh embedded stack, printing what happened and what it measured.
+"""`make demo`: the year 2017 replayed through the running services, and the annual report rebuilt from it.
 
-It starts a new dev stack under `.mieux/demo/`, runs each service as its own OS process, sends the
-scenario through the gRPC APIs only, waits until every projection has caught up (by lag, not by
-sleeping), prints the read models and the figures it measured, writes them to `.mieux/demo/`, and
-stops every process it started, whatever happens.
+On a fresh embedded stack under `.mieux/demo/`: every service as its own OS process, the scenario
+`scenarios/2017.yaml` sent through the gRPC APIs only (twice: the second time appends nothing), a wait until
+every relay has published everything and every consumer group's lag is 0 (measured, not slept), then the
+year at a glance, the regional table and the carbon ledger, computed by the projections from the events.
+Writes `stats-2017.json` (as `mieux stats year 2017 --json`) and the finance CSV `carbon-2017.csv` beside
+it, and stops every process it started, whatever happens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import shutil
-import statistics
 import time
 from pathlib import Path
 
-import grpc
-import yaml
 from rich.console import Console
-from rich.table import Table
 
+from services.kernel.catalog import CONTEXTS
 from services.kernel.devstack import DevStack, free_port
 from services.kernel.processes import Processes, serving
 from services.kernel.runner import group_lag
 from services.kernel.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIO = ROOT / "scenarios" / "requests-2017.yaml"
+SCENARIO = ROOT / "scenarios" / "2017.yaml"
+YEAR = 2017
 
 
 async def wait_until(check, timeout: float, what: str) -> float:  # type: ignore[no-untyped-def]
@@ -35,12 +36,51 @@ async def wait_until(check, timeout: float, what: str) -> float:  # type: ignore
     while time.monotonic() - start < timeout:
         if await check():
             return time.monotonic() - start
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def consumer_groups() -> list[tuple[str, tuple[str, ...]]]:
+    """Every projection's and policy's consumer group with its topics, as the services build them."""
+    groups = []
+    for ctx in CONTEXTS:
+        svc = importlib.import_module(f"services.{ctx}.__main__").build()
+        groups += [(f"mieux.{ctx}.{p.name}", tuple(p.topics)) for p in [*svc.projections, *svc.policies]]
+    return groups
+
+
+async def unpublished(settings: Settings) -> int:
+    """Events stored but not yet published by the relays (from each service's store and relay checkpoint)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(settings.dsn())
+    try:
+        behind = 0
+        for ctx in CONTEXTS:
+            if await conn.fetchval("SELECT to_regclass($1)", f"{ctx}.events") is None:
+                continue
+            last = await conn.fetchval(f"SELECT coalesce(max(position), 0) FROM {ctx}.events")
+            done = await conn.fetchval(f"SELECT coalesce(max(position), 0) FROM {ctx}.relay_state")
+            behind += max(last - done, 0)
+        return behind
+    finally:
+        await conn.close()
+
+
+async def caught_up(settings: Settings, groups: list[tuple[str, tuple[str, ...]]]) -> bool:
+    if await unpublished(settings):
+        return False
+    for group, topics in groups:
+        if await group_lag(settings, group, topics):
+            return False
+    return True
+
+
 async def run_demo(console: Console) -> int:
-    from services.requests.client import RequestsClient
+    from services.kernel import cli_ops
+    from services.kernel.scenario import replay
+    from services.stats.cli import regions_table, year_json, year_table
+    from services.stats.client import StatsClient
 
     out = Path(os.environ.get("MIEUX_HOME", ".mieux")).resolve() / "demo"
     shutil.rmtree(out, ignore_errors=True)
@@ -53,84 +93,48 @@ async def run_demo(console: Console) -> int:
         with console.status("starting PostgreSQL and the broker (embedded)"):
             state = stack.up()
         console.print(f"[green]✓[/] PostgreSQL {state['database_url']}  broker {state['kafka_bootstrap_servers']}")
-        port = free_port()
-        env = {
-            **os.environ,
-            "MIEUX_HOME": str(stack_home),
-            "MIEUX_REQUESTS_PORT": str(port),
-            "MIEUX_REQUESTS_ADDR": f"127.0.0.1:{port}",
-            "MIEUX_LOG_LEVEL": "WARNING",
-        }
-        os.environ.update({k: env[k] for k in ("MIEUX_HOME", "MIEUX_REQUESTS_PORT", "MIEUX_REQUESTS_ADDR")})
+        ports = {ctx: free_port() for ctx in CONTEXTS}
+        addrs = {f"MIEUX_{c.upper()}_ADDR": f"127.0.0.1:{p}" for c, p in ports.items()}
+        os.environ.update({"MIEUX_HOME": str(stack_home), **addrs})
+        env = {**os.environ, "MIEUX_LOG_LEVEL": "WARNING"}
+        for ctx in CONTEXTS:
+            await procs.start(ctx, {**env, f"MIEUX_{ctx.upper()}_PORT": str(ports[ctx])})
+        for ctx in CONTEXTS:
+            await wait_until(lambda c=ctx: serving(addrs[f"MIEUX_{c.upper()}_ADDR"]), 90, f"the {ctx} service")
+        console.print(
+            f"[green]✓[/] {len(CONTEXTS)} services serving gRPC, each in its own process: "
+            + ", ".join(f"{c} :{p}" for c, p in ports.items())
+        )
         settings = Settings()
-        await procs.start("requests", env)
-        t = await wait_until(lambda: serving(f"127.0.0.1:{port}"), 60, "the requests service")
-        console.print(f"[green]✓[/] requests service serving gRPC on 127.0.0.1:{port} (health SERVING after {t:.1f}s)")
 
-        scenario = yaml.safe_load(SCENARIO.read_text())
-        requests = scenario["requests"]
-        acks, latencies = [], []
-        async with RequestsClient.connect(settings) as client:
-            for r in requests:
-                t0 = time.perf_counter()
-                acks.append(await client.submit(**{**r, "received_on": str(r["received_on"])}))
-                latencies.append((time.perf_counter() - t0) * 1000)
-            console.print(
-                f"[green]✓[/] {len(acks)} requests submitted over gRPC (SubmitRequest): ack p50 "
-                f"{statistics.median(latencies):.1f} ms, max {max(latencies):.1f} ms"
-            )
-            retried = [await client.submit(**{**r, "received_on": str(r["received_on"])}) for r in requests]
-            same = all(a.stream_id == b.stream_id and b.duplicate for a, b in zip(acks, retried, strict=True))
-            console.print(
-                f"[green]✓[/] the same {len(retried)} commands sent again: all answered with their first "
-                f"result, nothing appended: {same}"
-            )
-            try:
-                await client.submit(
-                    command_id="demo-bad",
-                    partner="XX",
-                    institution="?",
-                    institution_type="ministry",
-                    received_on="2017-13-01",
-                    title="",
-                )
-                refused = "accepted (a defect)"
-            except grpc.aio.AioRpcError as e:
-                from services.kernel.grpckit import field_violations
+        first = await replay(SCENARIO, settings, progress=True, console=console)
+        console.print(
+            f"[green]✓[/] {SCENARIO.name} replayed through the gRPC APIs: {first.commands} commands, "
+            f"{first.appended} appended, in {first.seconds:.1f} s"
+        )
+        again = await replay(SCENARIO, settings, progress=False, console=console)
+        console.print(
+            f"[green]✓[/] replayed again with the same command ids: {again.appended} appended, "
+            f"{again.duplicates} answered with their first result"
+        )
 
-                refused = f"{e.code().name} on {', '.join(f for f, _ in field_violations(e))}"
-            console.print(f"[green]✓[/] a malformed request: {refused}")
+        groups = consumer_groups()
+        t = await wait_until(lambda: caught_up(settings, groups), 300, "every relay and consumer group to catch up")
+        console.print(
+            f"[green]✓[/] every relay published everything and all {len(groups)} consumer groups "
+            f"are at lag 0 ({t:.1f} s after the replay)"
+        )
 
-            group, topics = "mieux.requests.requests_per_year", ("mieux.requests.events",)
-            total = len(requests)
-
-            async def caught_up() -> bool:
-                per_year = await client.per_year()
-                return sum(y.count for y in per_year.years) >= total and await group_lag(settings, group, topics) == 0
-
-            t = await wait_until(caught_up, 60, "the requests_per_year projection to catch up")
-            console.print(
-                f"[green]✓[/] relay -> Kafka -> projection caught up (lag 0) {t * 1000:.0f} ms after the last ack"
-            )
-            per_year = await client.per_year()
-
-        table = Table(title="Requests received per year")
-        table.add_column("year")
-        table.add_column("requests", justify="right")
-        for y in per_year.years:
-            table.add_row(str(y.year), str(y.count))
-        console.print(table)
-        console.print("[dim](the requests_per_year read model, computed from the RequestReceived events)[/]")
-        figures = {
-            "requests_per_year": {str(y.year): y.count for y in per_year.years},
-            "commands": len(acks),
-            "retries_appended_nothing": same,
-            "ack_latency_ms": {"p50": round(statistics.median(latencies), 2), "max": round(max(latencies), 2)},
-            "catch_up_ms_after_last_ack": round(t * 1000, 1),
-            "malformed_request": refused,
-        }
-        (out / "figures.json").write_text(json.dumps(figures, indent=2))
-        console.print(f"figures written to {out / 'figures.json'}")
+        async with StatsClient.connect(settings) as stats:
+            year = await stats.year_at_a_glance(YEAR)
+            regions = await stats.region_report(YEAR)
+        console.print(year_table(year))
+        console.print(regions_table(regions))
+        figures = year_json(year)
+        (out / f"stats-{YEAR}.json").write_text(json.dumps(figures, indent=2))
+        csv_path = out / f"carbon-{YEAR}.csv"
+        await cli_ops.carbon_cmd(type("Args", (), {"year": YEAR, "csv": str(csv_path)})())  # type: ignore[arg-type]
+        console.print(f"[green]✓[/] wrote {out / f'stats-{YEAR}.json'} and {csv_path}")
         return 0
     finally:
         with console.status("stopping everything the demo started"):
