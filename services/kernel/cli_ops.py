@@ -237,6 +237,18 @@ async def logistics_cmd(args: argparse.Namespace) -> None:
                 ),
                 cid,
             )
+        elif args.action == "miles":
+            rows = (await c.traveller_miles(year=args.year)).rows
+            _table(
+                f"Statute miles per traveller, {args.year}",
+                ["traveller", "kind", "flights", "statute miles"],
+                [[r.traveller_id, r.traveller_kind, r.flights, r.statute_miles] for r in rows],
+            )
+            per = await c.air_miles_per_team_member(args.year)
+            console.print(
+                f"air miles per team member in {args.year}: [bold]{per.miles_per_member}[/] "
+                f"({per.team_statute_miles} statute miles / {per.team_members} team members)"
+            )
         else:
             page = await c.list_bookings(year=args.year or 0, page_size=500)
             _table(
@@ -482,6 +494,8 @@ def register(sub: argparse._SubParsersAction, run: Any) -> None:  # type: ignore
     p.add_argument("--activity-id")
     ls = lgs.add_parser("list")
     ls.add_argument("--year", type=int)
+    mi = lgs.add_parser("miles", help="statute miles per traveller and air miles per team member in a year")
+    mi.add_argument("--year", type=int, required=True)
     lg.set_defaults(fn=run(logistics_cmd))
 
     cb = sub.add_parser("carbon", help="carbon accounting for finance")

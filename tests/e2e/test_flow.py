@@ -339,3 +339,16 @@ async def test_finance_reads_the_carbon_report_and_its_csv(services, stack_env, 
     await eventually(reported, 60, "the footprint of the flow's flights, with the action's region, in the CSV")
     shown = mieux(["carbon", "report", "--year", "2019"], env)
     assert "Footprint 2019" in shown and "Offset ledger 2019" in shown
+
+
+async def test_the_cli_shows_miles_per_traveller_and_per_team_member(services, stack_env) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    await run_flow(Settings())
+    env = {**stack_env, **{k: v for k, v in os.environ.items() if k.endswith("_ADDR")}}
+
+    async def shown() -> bool:
+        return f"member-{RUN}" in mieux(["logistics", "miles", "--year", "2019"], env)
+
+    await eventually(shown, 60, "the team member's miles in the logistics read model")
+    assert "air miles per team member in 2019" in mieux(["logistics", "miles", "--year", "2019"], env)
