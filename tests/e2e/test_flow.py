@@ -193,6 +193,8 @@ async def run_flow(settings: Settings) -> dict[str, object]:
             )
         ).stream_id
         out["bookings"] = (b1, b2)
+        # leaves at the end of the year, so that the team of later years (other tests') is not this one's
+        await logistics.leave_team(command_id=cid("leave"), member_id=f"member-{RUN}", left_on="2019-12-31")
         await actions.record_held(command_id=cid("held-1"), activity_id=a1, male=14, female=11)
         out["experts"] = (e1, e2)
     return out
