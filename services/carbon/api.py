@@ -50,11 +50,6 @@ def check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
         raise InvalidArgument(FieldViolation(field, f"must be one of {', '.join(allowed)} (or empty for any)"))
 
 
-def check_paging(page_size: int) -> None:
-    if page_size < 0:
-        raise InvalidArgument(FieldViolation("page_size", "must not be negative"))
-
-
 def flight_emissions(r: asyncpg.Record) -> carbon_pb2.FlightEmissions:
     return carbon_pb2.FlightEmissions(
         booking_id=r["booking_id"],
@@ -204,7 +199,6 @@ class CarbonServicer(FinanceServicer, carbon_pb2_grpc.CarbonServicer):
     async def ListFlightEmissions(self, request, context: grpc.aio.ServicerContext) -> carbon_pb2.FlightEmissionsPage:
         check_choice("traveller_kind", request.traveller_kind, TRAVELLER_KINDS)
         check_choice("status", request.status, EMISSION_STATUSES)
-        check_paging(request.page_size)
         page = await self.flights.list(
             self.store.pool,
             year=request.year,
@@ -228,7 +222,6 @@ class CarbonServicer(FinanceServicer, carbon_pb2_grpc.CarbonServicer):
 
     async def ListOffsetLots(self, request, context: grpc.aio.ServicerContext) -> carbon_pb2.OffsetLotsPage:
         check_choice("status", request.status, LOT_STATUSES)
-        check_paging(request.page_size)
         page = await self.lots.list(
             self.store.pool,
             year=request.year,

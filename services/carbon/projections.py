@@ -20,12 +20,12 @@ from services.carbon.events import (
     OffsetsPurchased,
     OffsetsRetired,
 )
+from services.kernel import paging
 from services.kernel.envelope import Envelope, Event, topic_for
+from services.kernel.errors import FieldViolation, InvalidArgument
 from services.kernel.projection import Projection
 
 TOPIC = topic_for("carbon")
-MAX_PAGE = 500
-DEFAULT_PAGE = 50
 
 
 @dataclass(frozen=True)
@@ -34,27 +34,27 @@ class Page:
     next_page_token: str
 
 
-def page_size(n: int) -> int:
-    return DEFAULT_PAGE if n <= 0 else min(n, MAX_PAGE)
-
-
 async def keyset_page(
     pool: asyncpg.Pool, table: str, key: str, where: list[str], args: list[Any], size: int, token: str
 ) -> Page:
-    """Rows ordered by `key`, after the page token (the last key of the previous page)."""
+    """Rows ordered by `key`, after the page token (the last key of the previous page, opaque)."""
     conds, params = list(where), list(args)
+    n = paging.page_size(size)
     if token:
-        params.append(token)
+        try:
+            [after] = paging.decode_key(token, 1)
+        except paging.BadPageToken as e:
+            raise InvalidArgument(FieldViolation("page_token", str(e))) from e
+        params.append(str(after))
         conds.append(f"{key} > ${len(params)}")
-    params.append(page_size(size) + 1)
+    params.append(n + 1)
     sql = f"SELECT * FROM {table}"
     if conds:
         sql += " WHERE " + " AND ".join(conds)
     sql += f" ORDER BY {key} LIMIT ${len(params)}"
     rows = await pool.fetch(sql, *params)
-    n = page_size(size)
     if len(rows) > n:
-        return Page(rows[:n], rows[n - 1][key])
+        return Page(rows[:n], paging.encode_key([rows[n - 1][key]]))
     return Page(rows, "")
 
 

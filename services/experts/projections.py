@@ -9,9 +9,7 @@ clients. Page sizes are the kernel's (paging.DEFAULT_PAGE_SIZE, paging.MAX_PAGE_
 
 from __future__ import annotations
 
-import base64
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import date
 from typing import Annotated, Any, Literal
 
@@ -37,19 +35,17 @@ from services.kernel.envelope import Envelope, Event, topic_for
 from services.kernel.errors import FieldViolation, InvalidArgument
 from services.kernel.projection import Projection
 
-
-def encode_token(key: Sequence[Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+encode_token = paging.encode_key
 
 
 def decode_token(token: str, n: int) -> list[str] | None:
     if not token:
         return None
     try:
-        key = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InvalidArgument(FieldViolation("page_token", "not a page token this service gave")) from e
-    if not (isinstance(key, list) and len(key) == n and all(isinstance(k, str) for k in key)):
+        key = paging.decode_key(token, n)
+    except paging.BadPageToken as e:
+        raise InvalidArgument(FieldViolation("page_token", str(e))) from e
+    if not all(isinstance(k, str) for k in key):
         raise InvalidArgument(FieldViolation("page_token", "not a page token this service gave"))
     try:
         date.fromisoformat(key[0])

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import Sequence
+from typing import Any
 
 from services.kernel.errors import FieldViolation, InvalidArgument
 
@@ -31,3 +34,23 @@ def offset_of(token: str) -> int:
 def next_token(offset: int, size: int, total: int) -> str:
     nxt = offset + size
     return base64.urlsafe_b64encode(f"o:{nxt}".encode()).decode() if nxt < total else ""
+
+
+class BadPageToken(ValueError):
+    """A page token this service did not give (a ValueError, so pydantic validators name the field)."""
+
+
+def encode_key(key: Sequence[Any]) -> str:
+    """An opaque page token for keyset paging: the last row's sort key."""
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+
+
+def decode_key(token: str, arity: int) -> list[Any]:
+    """The sort key inside a token from `encode_key`, checked for its shape."""
+    try:
+        key = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadPageToken("not a page token this service gave") from e
+    if not isinstance(key, list) or len(key) != arity or not all(isinstance(k, str | int) for k in key):
+        raise BadPageToken("not a page token this service gave")
+    return key

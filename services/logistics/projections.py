@@ -12,8 +12,6 @@ gives the same tables.
 
 from __future__ import annotations
 
-import base64
-import json
 from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
@@ -22,6 +20,7 @@ from typing import Any, Literal
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from services.kernel import paging
 from services.kernel.envelope import Envelope, Event, topic_for
 from services.kernel.projection import Projection
 from services.logistics.domain import statute_miles
@@ -203,22 +202,9 @@ class TeamView(Projection):
 # --- queries ----------------------------------------------------------------------------------------
 
 
-class BadPageToken(ValueError):
-    pass
-
-
-def encode_token(key: list[Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
-
-
-def decode_token(token: str, arity: int) -> list[Any]:
-    try:
-        key = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, json.JSONDecodeError) as e:
-        raise BadPageToken("not a page token of this query") from e
-    if not isinstance(key, list) or len(key) != arity or not all(isinstance(k, str | int) for k in key):
-        raise BadPageToken("not a page token of this query")
-    return key
+BadPageToken = paging.BadPageToken
+encode_token = paging.encode_key
+decode_token = paging.decode_key
 
 
 class _Paged(BaseModel):
