@@ -27,8 +27,9 @@ from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate
 
 from bench.common import Window, drive_tasks, drive_threads, new_id, sample_data, sample_event
+from services.kernel.db import create_pool
 from services.kernel.envelope import utcnow
-from services.kernel.store import EventStore, Metadata, create_pool
+from services.kernel.store import EventStore, Metadata
 
 MIEUX_SCHEMA = "bench_mieux"
 ES_SCHEMA = "bench_es"

@@ -27,10 +27,10 @@ import asyncpg
 
 from bench.common import new_id, sample_data
 from services.kernel import bus
+from services.kernel.db import create_pool
 from services.kernel.envelope import Envelope, utcnow
 from services.kernel.runner import ProjectionRunner
 from services.kernel.settings import Settings
-from services.kernel.store import create_pool
 from services.requests.projections import RequestsPerYear
 
 RAW_VIEW_SQL = """

@@ -8,11 +8,10 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
+from services.kernel.db import Pool, create_pool
 from services.kernel.devstack import DevStack
-from services.kernel.store import create_pool
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +34,7 @@ def stack_env(stack: DevStack) -> dict[str, str]:
 
 
 @pytest.fixture
-async def pool(stack: DevStack) -> AsyncIterator[asyncpg.Pool]:
+async def pool(stack: DevStack) -> AsyncIterator[Pool]:
     p = await create_pool(stack.database_url, max_size=20)
     try:
         yield p

@@ -18,6 +18,7 @@ from services.actions.events import (
     ActivityHeld,
     ActivityPlanned,
 )
+from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, topic_for
 from services.kernel.paging import DEFAULT_PAGE_SIZE, next_token
 from services.kernel.projection import Projection
@@ -145,7 +146,7 @@ class ActionsView(Projection):
 
     # --- queries ---
 
-    async def list_actions(self, pool: asyncpg.Pool, f: ActionFilter) -> tuple[list[asyncpg.Record], str]:
+    async def list_actions(self, pool: Pool, f: ActionFilter) -> tuple[list[asyncpg.Record], str]:
         where, args = ["true"], []
         for column, value in (("year", f.year), ("region", f.region), ("partner", f.partner), ("status", f.status)):
             if value:
@@ -169,7 +170,7 @@ class ActionsView(Projection):
         )
         return rows[: f.size], next_token(f.offset, f.size, f.offset + len(rows))
 
-    async def list_activities(self, pool: asyncpg.Pool, f: ActivityFilter) -> tuple[list[asyncpg.Record], str]:
+    async def list_activities(self, pool: Pool, f: ActivityFilter) -> tuple[list[asyncpg.Record], str]:
         where, args = ["true"], []
         for column, value in (
             ("region", f.region),

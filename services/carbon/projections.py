@@ -21,6 +21,7 @@ from services.carbon.events import (
     OffsetsRetired,
 )
 from services.kernel import paging
+from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, topic_for
 from services.kernel.errors import FieldViolation, InvalidArgument
 from services.kernel.projection import Projection
@@ -35,7 +36,7 @@ class Page:
 
 
 async def keyset_page(
-    pool: asyncpg.Pool, table: str, key: str, where: list[str], args: list[Any], size: int, token: str
+    pool: Pool, table: str, key: str, where: list[str], args: list[Any], size: int, token: str
 ) -> Page:
     """Rows ordered by `key`, after the page token (the last key of the previous page, opaque)."""
     conds, params = list(where), list(args)
@@ -158,12 +159,12 @@ class FlightEmissionsView(Projection):
                 "cancelled" if event.cause == "cancelled" else "reversed",
             )
 
-    async def get(self, pool: asyncpg.Pool, booking_id: str) -> asyncpg.Record | None:
+    async def get(self, pool: Pool, booking_id: str) -> asyncpg.Record | None:
         return await pool.fetchrow("SELECT * FROM carbon_views.flight_emissions WHERE booking_id = $1", booking_id)
 
     async def list(
         self,
-        pool: asyncpg.Pool,
+        pool: Pool,
         *,
         year: int = 0,
         traveller_kind: str = "",
@@ -257,7 +258,7 @@ class OffsetLotsView(Projection):
                     env.stream_version,
                 )
 
-    async def get(self, pool: asyncpg.Pool, lot_id: str) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
+    async def get(self, pool: Pool, lot_id: str) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
         lot = await pool.fetchrow("SELECT * FROM carbon_views.offset_lots WHERE lot_id = $1", lot_id)
         if lot is None:
             return None
@@ -268,7 +269,7 @@ class OffsetLotsView(Projection):
 
     async def list(
         self,
-        pool: asyncpg.Pool,
+        pool: Pool,
         *,
         year: int = 0,
         registry: str = "",
@@ -290,7 +291,7 @@ class OffsetLotsView(Projection):
             where.append("remaining = 0")
         return await keyset_page(pool, "carbon_views.offset_lots", "lot_id", where, args, size, token)
 
-    async def ledger(self, pool: asyncpg.Pool, year: int) -> Ledger:
+    async def ledger(self, pool: Pool, year: int) -> Ledger:
         """VERs purchased in `year` (and their cost, by currency), retired against it, and the balance
         held at its end (purchased up to then, less retired up to then)."""
         row = await pool.fetchrow(
@@ -318,7 +319,7 @@ class OffsetLotsView(Projection):
             cost={r["currency"]: r["cost"] for r in costs},
         )
 
-    async def retirements(self, pool: asyncpg.Pool, lot_ids: list[str]) -> dict[str, list[asyncpg.Record]]:
+    async def retirements(self, pool: Pool, lot_ids: list[str]) -> dict[str, list[asyncpg.Record]]:
         out: dict[str, list[asyncpg.Record]] = {i: [] for i in lot_ids}
         for r in await pool.fetch(
             "SELECT * FROM carbon_views.offset_retirements WHERE lot_id = ANY($1::text[]) ORDER BY lot_id, version",
@@ -369,10 +370,10 @@ class FootprintView(Projection):
                 sign * event.kg_co2e,
             )
 
-    async def total_kg(self, pool: asyncpg.Pool, year: int) -> Decimal:
+    async def total_kg(self, pool: Pool, year: int) -> Decimal:
         return await pool.fetchval("SELECT coalesce(sum(kg_co2e), 0) FROM carbon_views.footprint WHERE year = $1", year)
 
-    async def query(self, pool: asyncpg.Pool, year: int) -> list[asyncpg.Record]:
+    async def query(self, pool: Pool, year: int) -> list[asyncpg.Record]:
         return await pool.fetch(
             "SELECT * FROM carbon_views.footprint WHERE year = $1 ORDER BY traveller_kind, action_code", year
         )
@@ -401,7 +402,7 @@ class ActionRegions(Projection):
             )
 
     @staticmethod
-    async def footprint(pool: asyncpg.Pool, year: int) -> list[asyncpg.Record]:
+    async def footprint(pool: Pool, year: int) -> list[asyncpg.Record]:
         return await pool.fetch(
             "SELECT f.*, coalesce(r.region, '') AS region FROM carbon_views.footprint f "
             "LEFT JOIN carbon_views.action_regions r ON r.action_code = f.action_code "

@@ -31,6 +31,7 @@ from services.experts.events import (
     ExpertRegistered,
 )
 from services.kernel import paging
+from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, topic_for
 from services.kernel.errors import FieldViolation, InvalidArgument
 from services.kernel.projection import Projection
@@ -178,7 +179,7 @@ class Roster(Projection):
                     "UPDATE experts_views.deployments SET evaluated = true WHERE deployment_id = $1", e.deployment_id
                 )
 
-    async def list_experts(self, pool: asyncpg.Pool, q: ListExpertsQuery) -> tuple[list[asyncpg.Record], str]:
+    async def list_experts(self, pool: Pool, q: ListExpertsQuery) -> tuple[list[asyncpg.Record], str]:
         where, args = ["true"], []
 
         def arg(v: Any) -> str:
@@ -207,7 +208,7 @@ class Roster(Projection):
         token = encode_token([page[-1]["registered_on"].isoformat(), page[-1]["expert_id"]]) if more else ""
         return list(page), token
 
-    async def list_deployments(self, pool: asyncpg.Pool, q: ListDeploymentsQuery) -> tuple[list[asyncpg.Record], str]:
+    async def list_deployments(self, pool: Pool, q: ListDeploymentsQuery) -> tuple[list[asyncpg.Record], str]:
         where, args = ["true"], []
 
         def arg(v: Any) -> str:

@@ -136,8 +136,9 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from services.kernel.db import create_pool
     from services.kernel.relay import request_replay
-    from services.kernel.store import EventStore, create_pool
+    from services.kernel.store import EventStore
 
     async def go() -> str:
         settings = Settings()
@@ -153,9 +154,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_projections(args: argparse.Namespace) -> int:
+    from services.kernel.db import create_pool
     from services.kernel.projection import rebuild
     from services.kernel.runner import group_lag
-    from services.kernel.store import create_pool
 
     catalog.load_events()
     known = catalog.projections()

@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import asyncpg
 
+from services.kernel.db import Pool
 from services.kernel.envelope import DecodeError, Envelope, Event, UnknownEvent, parse_message, registry
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ async def _apply_items(
     return len(known), len(items) - len(todo), len(todo) - len(known)
 
 
-async def apply_batch(pool: asyncpg.Pool, projection: Projection, raws: Sequence[bytes | None]) -> BatchResult:
+async def apply_batch(pool: Pool, projection: Projection, raws: Sequence[bytes | None]) -> BatchResult:
     """Decode and apply a batch; a batch that fails is retried one event at a time to isolate poison."""
     good, dead = decode(raws)
     result = BatchResult(dead=dead)
@@ -155,7 +156,7 @@ def lock_key(projection: Projection) -> str:
     return f"mieux-projection:{projection.name}"
 
 
-async def rebuild(pool: asyncpg.Pool, projection: Projection, sources: Sequence[AsyncSource], batch: int = 2000) -> int:
+async def rebuild(pool: Pool, projection: Projection, sources: Sequence[AsyncSource], batch: int = 2000) -> int:
     """Empty the read model and refill it from the sources' event logs, in ONE transaction.
 
     The live runner takes the same advisory lock for each batch, so it waits while the rebuild runs

@@ -25,9 +25,10 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from services.kernel import bus
+from services.kernel.db import init_connection
 from services.kernel.envelope import Envelope, topic_for
 from services.kernel.settings import Settings
-from services.kernel.store import EventStore, HighWaterMark, init_connection
+from services.kernel.store import EventStore, HighWaterMark
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,8 @@ async def request_replay(store: EventStore, settings: Settings, from_position: i
 
 
 async def _main(service: str) -> None:
+    from services.kernel.db import create_pool
     from services.kernel.grpckit import run_until_signalled
-    from services.kernel.store import create_pool
 
     settings = Settings()
     pool = await create_pool(settings.dsn(), max_size=4)

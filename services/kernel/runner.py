@@ -23,12 +23,12 @@ import uuid
 from collections.abc import Sequence
 from typing import ClassVar
 
-import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 from pydantic import ValidationError
 
 from services.kernel import bus
+from services.kernel.db import Pool
 from services.kernel.envelope import DecodeError, Envelope, Event, UnknownEvent, parse_message, registry
 from services.kernel.grpckit import correlation_var, principal_var
 from services.kernel.projection import Projection, apply_batch
@@ -51,7 +51,7 @@ async def send_dead(producer: AIOKafkaProducer, group: str, raw: bytes | None, r
 
 
 class ProjectionRunner:
-    def __init__(self, projection: Projection, pool: asyncpg.Pool, settings: Settings, group: str) -> None:
+    def __init__(self, projection: Projection, pool: Pool, settings: Settings, group: str) -> None:
         self.projection = projection
         self.pool = pool
         self.settings = settings

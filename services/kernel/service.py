@@ -13,15 +13,14 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import asyncpg
-
 from services.kernel import eventlog
+from services.kernel.db import Pool, create_pool
 from services.kernel.grpckit import READERS, Access, GrpcServer, Registrar, run_until_signalled
 from services.kernel.projection import Projection
 from services.kernel.relay import Relay
 from services.kernel.runner import Policy, PolicyRunner, ProjectionRunner
 from services.kernel.settings import Role, Settings, service_port
-from services.kernel.store import EventStore, create_pool
+from services.kernel.store import EventStore
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ class Service:
     policies: Sequence[Policy] = ()
     settings: Settings = field(default_factory=Settings)
     store: EventStore | None = None
-    pool: asyncpg.Pool | None = None
+    pool: Pool | None = None
     server: GrpcServer | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
     runners: list = field(default_factory=list)

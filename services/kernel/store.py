@@ -1,7 +1,8 @@
 """The event store: PostgreSQL (asyncpg), one schema per service.
 
-* `append` is one round trip: a PL/pgSQL function checks the command id and the expected version and
-  inserts the events in one transaction. The events table is the outbox: the relay reads it through
+* `append` is one round trip: one INSERT statement (an autocommit transaction) checks the expected
+  version and inserts the events; the unique indexes refuse a command id stored before, and only then
+  is the command's first result looked up. The events table is the outbox: the relay reads it through
   `read_all`, and keeps its published position in `relay_state` (no second copy of every event).
 * Writers are never serialised. Positions come from a sequence, so a writer may commit a higher
   position before another commits a lower one. `read_all` never skips a position all the same: it
@@ -23,6 +24,7 @@ from typing import Any
 
 import asyncpg
 
+from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, utcnow
 
 
@@ -93,51 +95,10 @@ CREATE TABLE IF NOT EXISTS {s}.relay_state (
     topic           text PRIMARY KEY,
     position        bigint NOT NULL
 );
+-- appends are one plain INSERT statement now (see EventStore.append): the functions of earlier layouts go
 DROP FUNCTION IF EXISTS {s}.append_events(text, integer, text, text, uuid[], text[], integer[], jsonb[],
                                          timestamptz, text, text, text);
-CREATE OR REPLACE FUNCTION {s}.append_events(
-    p_stream text, p_expected integer, p_command_id text, p_command_hash text, p_events jsonb,
-    p_occurred_at timestamptz, p_correlation_id text, p_causation_id text, p_actor text)
-RETURNS TABLE(stream_id text, first_version integer, last_version integer,
-              first_position bigint, last_position bigint, duplicate boolean, command_hash text)
-LANGUAGE plpgsql AS $fn$
-DECLARE
-    v_n integer := jsonb_array_length(p_events);
-    v_first bigint;
-    v_last bigint;
-BEGIN
-    -- announce this writer before it takes any position: read_all's high-water mark waits for every
-    -- transaction holding this lock (shared: writers never wait for each other)
-    PERFORM pg_advisory_xact_lock_shared(1297630293, hashtext('{s}.events'));
-    IF p_command_id IS NOT NULL THEN
-        RETURN QUERY SELECT c.stream_id, c.first_version, c.last_version, c.first_position,
-                            c.last_position, true, c.command_hash
-                     FROM {s}.commands c WHERE c.command_id = p_command_id;
-        IF FOUND THEN RETURN; END IF;
-    END IF;
-    -- the stream must be at p_expected: version p_expected exists (checked here) and version
-    -- p_expected + 1 does not (the unique (stream_id, stream_version) refuses the insert otherwise)
-    IF p_expected > 0 AND NOT EXISTS (
-        SELECT 1 FROM {s}.events e WHERE e.stream_id = p_stream AND e.stream_version = p_expected) THEN
-        RAISE EXCEPTION 'stream % is not at the expected version %', p_stream, p_expected USING ERRCODE = 'MX409';
-    END IF;
-    IF v_n > 0 THEN
-        WITH ins AS (
-            INSERT INTO {s}.events (position, event_id, stream_id, stream_version, event_type, schema_version,
-                                   data, occurred_at, correlation_id, causation_id, actor, command_id,
-                                   command_hash, command_events)
-            SELECT nextval('{s}.events_position_seq'), (u.e->>'id')::uuid, p_stream, p_expected + u.ord::integer,
-                   u.e->>'type', (u.e->>'version')::integer, u.e->'data', p_occurred_at, p_correlation_id,
-                   p_causation_id, p_actor,
-                   CASE WHEN u.ord = 1 THEN p_command_id END, CASE WHEN u.ord = 1 THEN p_command_hash END,
-                   CASE WHEN u.ord = 1 AND p_command_id IS NOT NULL THEN v_n END
-            FROM jsonb_array_elements(p_events) WITH ORDINALITY AS u(e, ord)
-            RETURNING position)
-        SELECT min(position), max(position) INTO v_first, v_last FROM ins;
-    END IF;
-    RETURN QUERY SELECT p_stream, p_expected + 1, p_expected + v_n, v_first, v_last, false, p_command_hash;
-END
-$fn$;
+DROP FUNCTION IF EXISTS {s}.append_events(text, integer, text, text, jsonb, timestamptz, text, text, text);
 DROP FUNCTION IF EXISTS {s}.position_horizon();
 CREATE FUNCTION {s}.position_horizon(OUT handed_out bigint, OUT writers text[])
 LANGUAGE plpgsql AS $fn$
@@ -147,7 +108,7 @@ BEGIN
     -- writer listed here or to one that has ended (committed and visible, or rolled back).
     SELECT CASE WHEN is_called THEN last_value ELSE 0 END INTO handed_out FROM {s}.events_position_seq;
     -- the cheap answer first: nobody holds the writers' lock (held here only until this statement ends)
-    IF pg_try_advisory_xact_lock(1297630293, hashtext('{s}.events')) THEN
+    IF pg_try_advisory_xact_lock({WRITERS_LOCK}, hashtext('{s}.events')) THEN
         writers := '{{}}';
         RETURN;
     END IF;
@@ -155,31 +116,48 @@ BEGIN
     FROM pg_locks l
     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
       AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
-      AND l.classid = 1297630293::oid AND l.objid = hashtext('{s}.events')::oid;
+      AND l.classid = {WRITERS_LOCK}::oid AND l.objid = hashtext('{s}.events')::oid;
 END
 $fn$;
 """
+
+
+WRITERS_LOCK = 1297630293  # with hashtext('<schema>.events'): the advisory lock every writer holds shared
+
+
+def append_sql(schema: str) -> str:
+    """One append as one statement (one round trip, no PL/pgSQL): $1 stream, $2 expected version,
+    $3 command id, $4 command hash, $5 the events as a JSON array, $6 occurred at, $7 correlation id,
+    $8 causation id, $9 actor. It returns the positions taken, or no row when the stream is not at the
+    expected version. A command id stored before, or a concurrent writer of the same version, makes
+    the unique indexes refuse it; `append` then answers with the command's first result or a
+    ConcurrencyError. Checking the command id first would cost every append a lookup for the sake of
+    the rare retry."""
+    s = schema
+    return f"""
+WITH writer AS (
+    -- announce this writer before it takes any position: read_all's high-water mark waits for every
+    -- transaction holding this lock (shared: writers never wait for each other)
+    SELECT pg_advisory_xact_lock_shared({WRITERS_LOCK}, hashtext('{s}.events'))
+), at_expected AS (
+    -- version $2 exists (checked here) and version $2 + 1 does not (the unique key refuses it otherwise)
+    SELECT FROM writer WHERE $2::integer = 0 OR EXISTS (
+        SELECT FROM {s}.events e WHERE e.stream_id = $1::text AND e.stream_version = $2::integer)
+)
+INSERT INTO {s}.events (position, event_id, stream_id, stream_version, event_type, schema_version, data,
+                       occurred_at, correlation_id, causation_id, actor, command_id, command_hash, command_events)
+SELECT nextval('{s}.events_position_seq'), (u.e->>'id')::uuid, $1::text, $2::integer + u.ord::integer,
+       u.e->>'type', (u.e->>'version')::integer, u.e->'data', $6::timestamptz, $7::text, $8::text, $9::text,
+       CASE WHEN u.ord = 1 THEN $3::text END, CASE WHEN u.ord = 1 THEN $4::text END,
+       CASE WHEN u.ord = 1 AND $3::text IS NOT NULL THEN jsonb_array_length($5::jsonb) END
+FROM at_expected, jsonb_array_elements($5::jsonb) WITH ORDINALITY AS u(e, ord)
+RETURNING position"""
 
 
 EVENT_COLUMNS = (
     "position, event_id, stream_id, stream_version, event_type, schema_version, data, occurred_at, "
     "recorded_at, correlation_id, causation_id, actor"
 )
-
-
-async def init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-
-
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """No reset query on release: the kernel leaves no session state on pooled connections, and
-    asyncpg's default reset (UNLISTEN, RESET ALL ...) would add a round trip to every statement."""
-
-
-async def create_pool(dsn: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=init_connection, reset=_keep_session
-    )
 
 
 def payload_hash(payload: Any) -> str:
@@ -229,13 +207,14 @@ def _envelope(row: asyncpg.Record, source: str) -> Envelope:
 
 
 class EventStore:
-    def __init__(self, pool: asyncpg.Pool, service: str) -> None:
+    def __init__(self, pool: Pool, service: str) -> None:
         self.pool = pool
         self.service = service
         self.schema = service
         # called after every append that stored events: the relay in this process wakes at once
         # (a NOTIFY in the append would serialise all writers' commits on PostgreSQL's notify queue lock)
         self.on_append: list[Callable[[], None]] = []
+        self._append_sql = append_sql(self.schema)
 
     async def setup(self) -> None:
         async with self.pool.acquire() as conn:
@@ -259,49 +238,64 @@ class EventStore:
         A command id seen before appends nothing and returns the first result; with a different
         `command_hash` it raises CommandReused.
         """
-        args = (
+        if not events:
+            return await self._append_nothing(stream_id, expected_version, command_id, command_hash)
+        n = len(events)
+        payload = [
+            {
+                "id": str(uuid.uuid4()),
+                "type": e.event_type,
+                "version": e.schema_version,
+                "data": e.model_dump(mode="json"),
+            }
+            for e in events
+        ]
+        try:
+            rows = await self.pool.fetch(
+                self._append_sql,
+                stream_id,
+                expected_version,
+                command_id,
+                command_hash,
+                payload,
+                occurred_at or utcnow(),
+                meta.correlation_id,
+                meta.causation_id,
+                meta.actor,
+            )
+        except asyncpg.UniqueViolationError as e:
+            # the same command id stored before (return its first result), or a concurrent writer took
+            # the version first
+            first = await self._command(command_id) if command_id is not None else None
+            if first is not None:
+                return self._checked(first, command_hash)
+            raise ConcurrencyError(f"stream {stream_id} was changed concurrently") from e
+        if not rows:
+            # the stream is not at the expected version; a retried command answers with its first result
+            first = await self._command(command_id) if command_id is not None else None
+            if first is not None:
+                return self._checked(first, command_hash)
+            raise ConcurrencyError(f"stream {stream_id} is not at the expected version {expected_version}")
+        for wake in self.on_append:
+            wake()
+        positions = [r[0] for r in rows]
+        return AppendResult(stream_id, expected_version + 1, expected_version + n, min(positions), max(positions))
+
+    async def _append_nothing(
+        self, stream_id: str, expected_version: int, command_id: str | None, command_hash: str | None
+    ) -> AppendResult:
+        """A command that decided on no events: nothing is stored, but it still answers a retry and
+        still checks the expected version."""
+        first = await self._command(command_id) if command_id is not None else None
+        if first is not None:
+            return self._checked(first, command_hash)
+        if expected_version > 0 and not await self.pool.fetchval(
+            f"SELECT EXISTS (SELECT FROM {self.schema}.events WHERE stream_id = $1 AND stream_version = $2)",
             stream_id,
             expected_version,
-            command_id,
-            command_hash,
-            [
-                {
-                    "id": str(uuid.uuid4()),
-                    "type": e.event_type,
-                    "version": e.schema_version,
-                    "data": e.model_dump(mode="json"),
-                }
-                for e in events
-            ],
-            occurred_at or utcnow(),
-            meta.correlation_id,
-            meta.causation_id,
-            meta.actor,
-        )
-        sql = f"SELECT * FROM {self.schema}.append_events($1,$2,$3,$4,$5,$6,$7,$8,$9)"
-        try:
-            row = await self.pool.fetchrow(sql, *args)
-        except asyncpg.UniqueViolationError as e:
-            # a concurrent writer won: either the same command (return its result) or the same version
-            if command_id is not None:
-                first = await self._command(command_id)
-                if first is not None:
-                    return self._checked(first, command_hash)
-            raise ConcurrencyError(f"stream {stream_id} was changed concurrently") from e
-        except asyncpg.PostgresError as e:
-            if getattr(e, "sqlstate", None) == "MX409":
-                # the same command may have won meanwhile: its retry answers with the first result
-                if command_id is not None:
-                    first = await self._command(command_id)
-                    if first is not None:
-                        return self._checked(first, command_hash)
-                raise ConcurrencyError(str(e)) from e
-            raise
-        result = self._checked(row, command_hash)
-        if not result.duplicate:
-            for wake in self.on_append:
-                wake()
-        return result
+        ):
+            raise ConcurrencyError(f"stream {stream_id} is not at the expected version {expected_version}")
+        return AppendResult(stream_id, expected_version + 1, expected_version, None, None)
 
     @staticmethod
     def _checked(row: asyncpg.Record, command_hash: str | None) -> AppendResult:

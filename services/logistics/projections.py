@@ -21,6 +21,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.kernel import paging
+from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, topic_for
 from services.kernel.projection import Projection
 from services.logistics.domain import statute_miles
@@ -305,7 +306,7 @@ class BookingRow:
     legs: list[asyncpg.Record]
 
 
-async def get_booking(pool: asyncpg.Pool, booking_id: str) -> BookingRow | None:
+async def get_booking(pool: Pool, booking_id: str) -> BookingRow | None:
     row = await pool.fetchrow(f"SELECT * FROM {SCHEMA}.bookings WHERE booking_id = $1", booking_id)
     if row is None:
         return None
@@ -313,7 +314,7 @@ async def get_booking(pool: asyncpg.Pool, booking_id: str) -> BookingRow | None:
     return BookingRow(row, list(legs))
 
 
-async def list_bookings(pool: asyncpg.Pool, q: ListBookings) -> tuple[list[BookingRow], str]:
+async def list_bookings(pool: Pool, q: ListBookings) -> tuple[list[BookingRow], str]:
     w = _Where()
     if q.year:
         w.add("year = ?", q.year)
@@ -344,7 +345,7 @@ class MemberRow:
         return "on_team" if self.stints and self.stints[-1]["left_on"] is None else "left"
 
 
-async def _stints(pool: asyncpg.Pool, ids: list[str]) -> dict[str, list[asyncpg.Record]]:
+async def _stints(pool: Pool, ids: list[str]) -> dict[str, list[asyncpg.Record]]:
     out: dict[str, list[asyncpg.Record]] = {i: [] for i in ids}
     if ids:
         for s in await pool.fetch(
@@ -355,7 +356,7 @@ async def _stints(pool: asyncpg.Pool, ids: list[str]) -> dict[str, list[asyncpg.
     return out
 
 
-async def get_team_member(pool: asyncpg.Pool, member_id: str) -> MemberRow | None:
+async def get_team_member(pool: Pool, member_id: str) -> MemberRow | None:
     row = await pool.fetchrow(f"SELECT * FROM {SCHEMA}.team_members WHERE member_id = $1", member_id)
     if row is None:
         return None
@@ -370,7 +371,7 @@ def _on_team_in_year(alias: str, param: str) -> str:
     )
 
 
-async def list_team(pool: asyncpg.Pool, q: ListTeam) -> tuple[list[MemberRow], str]:
+async def list_team(pool: Pool, q: ListTeam) -> tuple[list[MemberRow], str]:
     w = _Where()
     if q.year:
         stint_in_year = _on_team_in_year("s", "?::int")
@@ -394,7 +395,7 @@ async def list_team(pool: asyncpg.Pool, q: ListTeam) -> tuple[list[MemberRow], s
     return [MemberRow(r, stints[r["member_id"]]) for r in page], token
 
 
-async def list_itineraries(pool: asyncpg.Pool, q: ListItineraries) -> tuple[list[asyncpg.Record], str]:
+async def list_itineraries(pool: Pool, q: ListItineraries) -> tuple[list[asyncpg.Record], str]:
     w = _Where()
     for col in ("activity_id", "action_code", "traveller_id"):
         if getattr(q, col):
@@ -416,7 +417,7 @@ async def list_itineraries(pool: asyncpg.Pool, q: ListItineraries) -> tuple[list
     return _next_token(list(rows), q.limit, lambda r: [r["departs_on"].isoformat(), r["booking_id"], r["leg"]])
 
 
-async def list_traveller_miles(pool: asyncpg.Pool, q: ListTravellerMiles) -> list[asyncpg.Record]:
+async def list_traveller_miles(pool: Pool, q: ListTravellerMiles) -> list[asyncpg.Record]:
     """Statute miles of non-cancelled flights per traveller and year of departure."""
     w = _Where()
     w.add("b.status <> 'cancelled'")
@@ -450,7 +451,7 @@ class AirMiles:
         return (self.team_statute_miles / self.team_members).quantize(Decimal(1), ROUND_HALF_UP)
 
 
-async def air_miles_per_team_member(pool: asyncpg.Pool, year: int) -> AirMiles:
+async def air_miles_per_team_member(pool: Pool, year: int) -> AirMiles:
     """DESIGN.md section 6: statute miles of non-cancelled flights flown by team members departing in Y,
     divided by the team members on the team at any time in Y."""
     miles = await pool.fetchval(

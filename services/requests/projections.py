@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from services.kernel import reference
+from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, topic_for
 from services.kernel.projection import Projection
 from services.requests.events import (
@@ -43,7 +44,7 @@ class RequestsPerYear(Projection):
                 sorted(years.items()),
             )
 
-    async def query(self, pool: asyncpg.Pool) -> list[tuple[int, int]]:
+    async def query(self, pool: Pool) -> list[tuple[int, int]]:
         rows = await pool.fetch("SELECT year, count FROM requests_views.requests_per_year ORDER BY year")
         return [(r["year"], r["count"]) for r in rows]
 
@@ -110,7 +111,7 @@ class RequestRegister(Projection):
                 )
 
     async def page(
-        self, pool: asyncpg.Pool, filters: dict[str, Any], offset: int, limit: int
+        self, pool: Pool, filters: dict[str, Any], offset: int, limit: int
     ) -> tuple[list[asyncpg.Record], int]:
         where, args = [], []
         for column, value in filters.items():

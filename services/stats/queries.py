@@ -14,6 +14,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.kernel import reference
+from services.kernel.db import Pool
 from services.stats.base import SCHEMA
 
 ONE_DECIMAL = Decimal("0.1")
@@ -119,7 +120,7 @@ def regions_in_order(seen: set[str] | dict[str, int]) -> list[str]:
 class StatsQueries:
     """The queries over the facts in `schema`."""
 
-    def __init__(self, pool: asyncpg.Pool, schema: str = SCHEMA) -> None:
+    def __init__(self, pool: Pool, schema: str = SCHEMA) -> None:
         self.pool = pool
         self.s = schema
 

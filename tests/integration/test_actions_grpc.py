@@ -22,6 +22,7 @@ from support import ServiceProcess, eventually, read_topic, start_service
 
 from services.actions.client import ActionsClient
 from services.kernel import bus
+from services.kernel.db import Pool
 from services.kernel.devstack import DevStack
 from services.kernel.envelope import Envelope, topic_for, utcnow
 from services.kernel.grpckit import call_metadata, field_violations
@@ -108,7 +109,7 @@ async def publish(producer: AIOKafkaProducer, env: Envelope, key: str | None = N
     await producer.send_and_wait(REQUESTS_TOPIC, env.to_bytes(), key=(key or env.stream_id).encode())
 
 
-async def opened_for(pool: asyncpg.Pool, request_id: str) -> list[asyncpg.Record]:
+async def opened_for(pool: Pool, request_id: str) -> list[asyncpg.Record]:
     return await pool.fetch(
         "SELECT stream_id, data, causation_id, correlation_id, actor FROM actions.events "
         "WHERE event_type = 'ActionOpened' AND data->>'request_id' = $1",
@@ -116,7 +117,7 @@ async def opened_for(pool: asyncpg.Pool, request_id: str) -> list[asyncpg.Record
     )
 
 
-async def approve(pool: asyncpg.Pool, producer: AIOKafkaProducer, *args: Any, **kw: Any) -> asyncpg.Record:
+async def approve(pool: Pool, producer: AIOKafkaProducer, *args: Any, **kw: Any) -> asyncpg.Record:
     """Publish an approval and wait for its action; returns the ActionOpened row."""
     env = approval(*args, **kw)
     await publish(producer, env)
@@ -129,7 +130,7 @@ async def approve(pool: asyncpg.Pool, producer: AIOKafkaProducer, *args: Any, **
     return row
 
 
-async def count_events(pool: asyncpg.Pool, stream_id: str | None = None) -> int:
+async def count_events(pool: Pool, stream_id: str | None = None) -> int:
     if stream_id is None:
         return await pool.fetchval("SELECT count(*) FROM actions.events")
     return await pool.fetchval("SELECT count(*) FROM actions.events WHERE stream_id = $1", stream_id)
@@ -490,7 +491,7 @@ async def test_an_approval_that_cannot_open_an_action_goes_to_the_dead_letter_qu
     assert b"partner" in dict(record.headers)["reason"]
 
 
-async def snapshot(pool: asyncpg.Pool) -> tuple[list[tuple], list[tuple]]:
+async def snapshot(pool: Pool) -> tuple[list[tuple], list[tuple]]:
     actions = await pool.fetch("SELECT * FROM actions_views.actions ORDER BY action_code")
     activities = await pool.fetch("SELECT * FROM actions_views.activities ORDER BY activity_id")
     return [tuple(r) for r in actions], [tuple(r) for r in activities]

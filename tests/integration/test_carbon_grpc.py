@@ -21,6 +21,7 @@ from support import Child, eventually
 
 from services.carbon.domain import PurchaseOffsets
 from services.kernel import bus
+from services.kernel.db import Pool
 from services.kernel.devstack import DevStack, free_port
 from services.kernel.envelope import Envelope, topic_for, utcnow
 from services.kernel.grpckit import call_metadata, field_violations
@@ -78,11 +79,11 @@ async def refused(coro: Any) -> grpc.aio.AioRpcError:
     return info.value
 
 
-async def events_of(pool: asyncpg.Pool, stream_id: str) -> list[asyncpg.Record]:
+async def events_of(pool: Pool, stream_id: str) -> list[asyncpg.Record]:
     return await pool.fetch("SELECT * FROM carbon.events WHERE stream_id = $1 ORDER BY stream_version", stream_id)
 
 
-async def event_count(pool: asyncpg.Pool) -> int:
+async def event_count(pool: Pool) -> int:
     return await pool.fetchval("SELECT count(*) FROM carbon.events")
 
 
@@ -144,7 +145,7 @@ def new_booking() -> str:
     return f"booking-{uuid.uuid4()}"
 
 
-async def wait_events(pool: asyncpg.Pool, stream_id: str, n: int) -> list[asyncpg.Record]:
+async def wait_events(pool: Pool, stream_id: str, n: int) -> list[asyncpg.Record]:
     async def enough() -> bool:
         return len(await events_of(pool, stream_id)) >= n
 

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import asyncpg
 import grpc
 import pytest
 from mieux.actions.v1 import actions_pb2, actions_pb2_grpc
@@ -23,6 +22,7 @@ from mieux.common.v1 import common_pb2
 from mieux.experts.v1 import experts_pb2, experts_pb2_grpc
 from support import eventually, start_service
 
+from services.kernel.db import Pool
 from services.kernel.devstack import DevStack
 from services.kernel.grpckit import call_metadata, field_violations
 
@@ -184,13 +184,13 @@ async def refused(coro: Any) -> grpc.aio.AioRpcError:
     return info.value
 
 
-async def event_count(pool: asyncpg.Pool, stream_id: str | None = None) -> int:
+async def event_count(pool: Pool, stream_id: str | None = None) -> int:
     if stream_id is None:
         return await pool.fetchval("SELECT count(*) FROM experts.events")
     return await pool.fetchval("SELECT count(*) FROM experts.events WHERE stream_id = $1", stream_id)
 
 
-async def command_rows(pool: asyncpg.Pool, command_id: str) -> int:
+async def command_rows(pool: Pool, command_id: str) -> int:
     return await pool.fetchval("SELECT count(*) FROM experts.commands WHERE command_id = $1", command_id)
 
 
@@ -667,7 +667,7 @@ async def test_list_deployments_filters_by_year_action_expert_and_status_and_pag
 # --- rebuild -----------------------------------------------------------------------------------------
 
 
-async def roster_tables(pool: asyncpg.Pool) -> tuple[list[tuple], list[tuple]]:
+async def roster_tables(pool: Pool) -> tuple[list[tuple], list[tuple]]:
     experts = await pool.fetch("SELECT * FROM experts_views.experts ORDER BY expert_id")
     deployments = await pool.fetch("SELECT * FROM experts_views.deployments ORDER BY deployment_id")
     return [tuple(r) for r in experts], [tuple(r) for r in deployments]

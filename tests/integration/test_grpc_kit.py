@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from mieux.common.v1 import common_pb2, eventlog_pb2, eventlog_pb2_grpc
 from mieux.requests.v1 import requests_pb2, requests_pb2_grpc
 
+from services.kernel.db import Pool
 from services.kernel.devstack import DevStack, free_port
 from services.kernel.grpckit import call_metadata, field_violations
 from services.requests.domain import SubmitRequest
@@ -170,11 +171,11 @@ def stream_of(command_id: str) -> str:
     return SubmitRequest.model_validate(command_fields(command_id)).request_id
 
 
-async def stored(pool: asyncpg.Pool, stream_id: str) -> list[asyncpg.Record]:
+async def stored(pool: Pool, stream_id: str) -> list[asyncpg.Record]:
     return await pool.fetch("SELECT * FROM requests.events WHERE stream_id = $1 ORDER BY position", stream_id)
 
 
-async def command_rows(pool: asyncpg.Pool, command_id: str) -> int:
+async def command_rows(pool: Pool, command_id: str) -> int:
     return await pool.fetchval("SELECT count(*) FROM requests.commands WHERE command_id = $1", command_id)
 
 
@@ -196,7 +197,7 @@ async def refused(coro: Any) -> grpc.aio.AioRpcError:
 
 
 async def test_submit_request_needs_a_known_token_and_a_commanding_role(
-    requests_stub: requests_pb2_grpc.RequestsStub, tokens: dict[str, str], pool: asyncpg.Pool
+    requests_stub: requests_pb2_grpc.RequestsStub, tokens: dict[str, str], pool: Pool
 ) -> None:
     fields = command_fields()
     stream = stream_of(fields["command_id"])
@@ -233,7 +234,7 @@ async def test_submit_request_needs_a_known_token_and_a_commanding_role(
 
 @pytest.mark.parametrize("role", ["service", "admin"])
 async def test_other_commanding_roles_may_submit(
-    requests_stub: requests_pb2_grpc.RequestsStub, tokens: dict[str, str], pool: asyncpg.Pool, role: str
+    requests_stub: requests_pb2_grpc.RequestsStub, tokens: dict[str, str], pool: Pool, role: str
 ) -> None:
     fields = command_fields()
     ack = await submit(requests_stub, fields, tokens[role])
@@ -290,7 +291,7 @@ async def test_a_submitted_request_reaches_the_per_year_read_model(
 async def test_invalid_input_is_invalid_argument_naming_the_field_and_stores_nothing(
     requests_stub: requests_pb2_grpc.RequestsStub,
     tokens: dict[str, str],
-    pool: asyncpg.Pool,
+    pool: Pool,
     over: dict[str, Any],
     field: str,
 ) -> None:
@@ -305,7 +306,7 @@ async def test_invalid_input_is_invalid_argument_naming_the_field_and_stores_not
 
 
 async def test_several_invalid_fields_are_all_reported(
-    requests_stub: requests_pb2_grpc.RequestsStub, tokens: dict[str, str], pool: asyncpg.Pool
+    requests_stub: requests_pb2_grpc.RequestsStub, tokens: dict[str, str], pool: Pool
 ) -> None:
     fields = command_fields(partner="XX", title="", received_on="2017-13-01")
     e = await refused(submit(requests_stub, fields, tokens["ops"]))
@@ -326,7 +327,7 @@ async def test_invalid_input_without_a_token_is_unauthenticated_first(
 
 
 async def test_the_same_command_id_twice_is_answered_with_the_first_result(
-    requests_stub: requests_pb2_grpc.RequestsStub, tokens: dict[str, str], pool: asyncpg.Pool
+    requests_stub: requests_pb2_grpc.RequestsStub, tokens: dict[str, str], pool: Pool
 ) -> None:
     fields = command_fields()
     first = await submit(requests_stub, fields, tokens["ops"])
@@ -342,7 +343,7 @@ async def test_the_same_command_id_twice_is_answered_with_the_first_result(
 
 
 async def test_a_reused_command_id_with_another_payload_is_already_exists(
-    requests_stub: requests_pb2_grpc.RequestsStub, tokens: dict[str, str], pool: asyncpg.Pool
+    requests_stub: requests_pb2_grpc.RequestsStub, tokens: dict[str, str], pool: Pool
 ) -> None:
     fields = command_fields()
     first = await submit(requests_stub, fields, tokens["ops"])
@@ -357,7 +358,7 @@ async def test_a_reused_command_id_with_another_payload_is_already_exists(
 
 
 async def test_the_actor_and_correlation_id_are_recorded_on_the_event(
-    requests_stub: requests_pb2_grpc.RequestsStub, tokens: dict[str, str], pool: asyncpg.Pool
+    requests_stub: requests_pb2_grpc.RequestsStub, tokens: dict[str, str], pool: Pool
 ) -> None:
     correlation_id = f"corr-{uuid.uuid4()}"
     fields = command_fields()
@@ -374,7 +375,7 @@ async def test_the_actor_and_correlation_id_are_recorded_on_the_event(
 
 
 async def test_a_call_without_a_correlation_id_gets_a_fresh_one(
-    requests_stub: requests_pb2_grpc.RequestsStub, tokens: dict[str, str], pool: asyncpg.Pool
+    requests_stub: requests_pb2_grpc.RequestsStub, tokens: dict[str, str], pool: Pool
 ) -> None:
     fields = command_fields()
     ack = await requests_stub.SubmitRequest(
@@ -425,7 +426,7 @@ async def test_read_all_streams_the_stored_events_in_position_order(
     requests_stub: requests_pb2_grpc.RequestsStub,
     eventlog_stub: eventlog_pb2_grpc.EventLogStub,
     tokens: dict[str, str],
-    pool: asyncpg.Pool,
+    pool: Pool,
 ) -> None:
     for i in range(5):
         await submit(requests_stub, command_fields(title=f"Read all {i}"), tokens["ops"])

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,6 +24,7 @@ from mieux.experts.v1 import experts_pb2, experts_pb2_grpc
 from mieux.logistics.v1 import logistics_pb2, logistics_pb2_grpc
 from support import Child, eventually
 
+from services.kernel.db import Pool
 from services.kernel.devstack import DevStack, free_port
 from services.kernel.grpckit import call_metadata, field_violations
 from services.logistics.domain import booking_id_for, statute_miles
@@ -193,18 +193,18 @@ async def refused(coro: Awaitable[Any]) -> grpc.aio.AioRpcError:
     return info.value
 
 
-async def event_count(pool: asyncpg.Pool) -> int:
+async def event_count(pool: Pool) -> int:
     return await pool.fetchval("SELECT count(*) FROM logistics.events")
 
 
-async def stream_events(pool: asyncpg.Pool, stream_id: str) -> list[str]:
+async def stream_events(pool: Pool, stream_id: str) -> list[str]:
     rows = await pool.fetch(
         "SELECT event_type FROM logistics.events WHERE stream_id = $1 ORDER BY stream_version", stream_id
     )
     return [r["event_type"] for r in rows]
 
 
-async def command_rows(pool: asyncpg.Pool, command_id: str) -> int:
+async def command_rows(pool: Pool, command_id: str) -> int:
     return await pool.fetchval("SELECT count(*) FROM logistics.commands WHERE command_id = $1", command_id)
 
 
@@ -229,7 +229,7 @@ async def until(fetch: Callable[[], Awaitable[Any]], ok: Callable[[Any], bool], 
 
 
 async def test_finance_may_read_but_not_command_and_an_anonymous_caller_neither(
-    stub: logistics_pb2_grpc.LogisticsStub, finance: Caller, pool: asyncpg.Pool
+    stub: logistics_pb2_grpc.LogisticsStub, finance: Caller, pool: Pool
 ) -> None:
     before = await event_count(pool)
     cmd = join_cmd(uid("tm"))
@@ -272,7 +272,7 @@ async def test_finance_may_read_but_not_command_and_an_anonymous_caller_neither(
     ],
 )
 async def test_invalid_booking_input_is_invalid_argument_naming_the_field_and_stores_nothing(
-    ops: Caller, pool: asyncpg.Pool, experts: tuple[ExpertsDouble, int], over: dict[str, Any], field: str
+    ops: Caller, pool: Pool, experts: tuple[ExpertsDouble, int], over: dict[str, Any], field: str
 ) -> None:
     before, asked = await event_count(pool), len(experts[0].calls)
     cmd = book_cmd(**over)
@@ -313,7 +313,7 @@ async def test_invalid_team_and_query_input_names_the_fields(ops: Caller) -> Non
     ],
 )
 async def test_a_traveller_who_is_neither_an_active_expert_nor_on_the_team_is_failed_precondition(
-    ops: Caller, pool: asyncpg.Pool, traveller_id: str, kind: str, words: str
+    ops: Caller, pool: Pool, traveller_id: str, kind: str, words: str
 ) -> None:
     before = await event_count(pool)
     cmd = book_cmd(traveller_id=traveller_id, traveller_kind=kind)
@@ -332,7 +332,7 @@ async def test_the_experts_service_is_asked_with_the_service_token(
     assert experts[0].calls[-1] == ("exp-active", f"Bearer {tokens['service']}")
 
 
-async def test_the_experts_service_failing_is_unavailable_and_stores_nothing(ops: Caller, pool: asyncpg.Pool) -> None:
+async def test_the_experts_service_failing_is_unavailable_and_stores_nothing(ops: Caller, pool: Pool) -> None:
     before = await event_count(pool)
     e = await refused(ops("BookFlight", book_cmd(traveller_id=FLAKY_EXPERT)))
     assert e.code() == grpc.StatusCode.UNAVAILABLE
@@ -340,7 +340,7 @@ async def test_the_experts_service_failing_is_unavailable_and_stores_nothing(ops
     assert await event_count(pool) == before
 
 
-async def test_team_rules_are_failed_precondition_in_words(ops: Caller, pool: asyncpg.Pool) -> None:
+async def test_team_rules_are_failed_precondition_in_words(ops: Caller, pool: Pool) -> None:
     member = uid("tm")
     await ops("JoinTeam", join_cmd(member, "2016-03-01"))
     before = await event_count(pool)
@@ -360,7 +360,7 @@ async def test_team_rules_are_failed_precondition_in_words(ops: Caller, pool: as
     assert await stream_events(pool, "team") != []
 
 
-async def test_a_cancelled_booking_is_final(ops: Caller, pool: asyncpg.Pool) -> None:
+async def test_a_cancelled_booking_is_final(ops: Caller, pool: Pool) -> None:
     ack = await ops("BookFlight", book_cmd())
     cancel = logistics_pb2.CancelFlightCommand(
         command_id=uid("c"), booking_id=ack.stream_id, reason="activity postponed", cancelled_on=d("2017-03-01")
@@ -389,7 +389,7 @@ async def test_a_cancelled_booking_is_final(ops: Caller, pool: asyncpg.Pool) -> 
 # --- not found, reuse, duplicates, concurrency ------------------------------------------------------------
 
 
-async def test_unknown_ids_are_not_found(ops: Caller, pool: asyncpg.Pool) -> None:
+async def test_unknown_ids_are_not_found(ops: Caller, pool: Pool) -> None:
     before = await event_count(pool)
     unknown = booking_id_for(uid("never-booked"))
     e = await refused(
@@ -423,7 +423,7 @@ async def test_unknown_ids_are_not_found(ops: Caller, pool: asyncpg.Pool) -> Non
 
 
 async def test_the_same_command_twice_is_one_booking_and_the_experts_are_asked_once(
-    ops: Caller, pool: asyncpg.Pool, experts: tuple[ExpertsDouble, int]
+    ops: Caller, pool: Pool, experts: tuple[ExpertsDouble, int]
 ) -> None:
     cmd = book_cmd()
     first = await ops("BookFlight", cmd)
@@ -436,7 +436,7 @@ async def test_the_same_command_twice_is_one_booking_and_the_experts_are_asked_o
     assert len(experts[0].calls) == asked
 
 
-async def test_a_reused_command_id_with_another_payload_is_already_exists(ops: Caller, pool: asyncpg.Pool) -> None:
+async def test_a_reused_command_id_with_another_payload_is_already_exists(ops: Caller, pool: Pool) -> None:
     cmd = book_cmd()
     ack = await ops("BookFlight", cmd)
     other = book_cmd(command_id=cmd.command_id, cabin_class="business")
@@ -446,9 +446,7 @@ async def test_a_reused_command_id_with_another_payload_is_already_exists(ops: C
     assert [r["data"]["cabin_class"] for r in rows] == ["economy"]
 
 
-async def test_concurrent_joins_on_the_team_stream_are_aborted_never_overwritten(
-    ops: Caller, pool: asyncpg.Pool
-) -> None:
+async def test_concurrent_joins_on_the_team_stream_are_aborted_never_overwritten(ops: Caller, pool: Pool) -> None:
     members = [uid("tm") for _ in range(8)]
     results = await asyncio.gather(
         *(ops("JoinTeam", join_cmd(m, "2015-01-05")) for m in members), return_exceptions=True
@@ -694,7 +692,7 @@ SNAPSHOTS = {
 
 
 async def test_a_rebuild_gives_the_live_read_models(
-    ops: Caller, pool: asyncpg.Pool, stack_env: dict[str, str], service: int
+    ops: Caller, pool: Pool, stack_env: dict[str, str], service: int
 ) -> None:
     """Runs last: every read model, rebuilt from the service's ReadAll, equals the live one."""
     await ops("BookFlight", book_cmd())  # at least one booking and one member even when run alone

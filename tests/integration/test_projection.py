@@ -11,6 +11,7 @@ import pytest
 from support import eventually, read_topic
 
 from services.kernel import bus
+from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, registry, topic_for, utcnow
 from services.kernel.projection import Projection
 from services.kernel.runner import ProjectionRunner, dlq_topic
@@ -79,7 +80,7 @@ async def produce(settings: Settings, topic: str, values: list[bytes], keys: lis
         await p.stop()
 
 
-async def counts(pool: asyncpg.Pool, schema: str) -> dict[str, tuple[int, int]]:
+async def counts(pool: Pool, schema: str) -> dict[str, tuple[int, int]]:
     rows = await pool.fetch(f"SELECT stream_id, events, total FROM {schema}_views.counts")
     return {r["stream_id"]: (r["events"], r["total"]) for r in rows}
 

@@ -19,7 +19,6 @@ from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-import asyncpg
 import pytest
 
 from services.actions.events import ActionOpened, ActivityCancelled, ActivityHeld, ActivityPlanned
@@ -40,6 +39,7 @@ from services.experts.events import (
     ExpertRegistered,
 )
 from services.kernel import reference
+from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, topic_for, utcnow
 from services.kernel.projection import apply_batch, rebuild
 from services.logistics.domain import statute_miles as logistics_statute_miles
@@ -541,7 +541,7 @@ def expected(year: int) -> dict[str, Any]:
 
 @dataclass
 class Stats:
-    pool: asyncpg.Pool
+    pool: Pool
     projections: list[StatsProjection]
     queries: StatsQueries
 
@@ -577,7 +577,7 @@ class Stats:
 
 
 @pytest.fixture
-async def stats(pool: asyncpg.Pool, schema: str) -> AsyncIterator[Stats]:
+async def stats(pool: Pool, schema: str) -> AsyncIterator[Stats]:
     views = f"{schema}_stats"
     projections = all_projections(views)
     async with pool.acquire() as conn:
@@ -717,7 +717,7 @@ async def test_requests_per_year_and_years(stats: Stats, history: History) -> No
 
 
 async def test_any_order_of_arrival_gives_the_same_figures(
-    stats: Stats, history: History, pool: asyncpg.Pool, schema: str
+    stats: Stats, history: History, pool: Pool, schema: str
 ) -> None:
     """Reversed (activities held before their action is opened, a change before its booking ...) and
     shuffled orders give the same tables and figures as the order of the stores."""
