@@ -76,16 +76,23 @@ async def execute(
     must_exist: bool = True,
     causation_id: str = "",
 ) -> AppendResult:
-    """Run one command: a retried command id answers with its first result, appending nothing."""
-    first = await first_result(store, command_id, payload)
-    if first is not None:
-        return first
+    """Run one command: a retried command id answers with its first result, appending nothing.
+
+    Two round trips, load and append: the command id is looked up only when the command is refused
+    (a retry may be refused by the state its first run made: it answers with its first result) or when
+    the append finds the id stored (the store answers with the first result then)."""
     body = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
     digest = payload_hash(body)
     agg = await load(store, cls, stream_id)
-    if must_exist and not agg.exists:
-        raise NotFound(f"{cls.__name__.lower()} {stream_id} does not exist")
-    events = decide(agg)
+    try:
+        if must_exist and not agg.exists:
+            raise NotFound(f"{cls.__name__.lower()} {stream_id} does not exist")
+        events = decide(agg)
+    except Exception:
+        first = await store.command_result(command_id, digest)
+        if first is not None:
+            return first
+        raise
     return await store.append(
         stream_id, agg.version, events, metadata(causation_id), command_id=command_id, command_hash=digest
     )

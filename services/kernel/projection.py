@@ -94,10 +94,24 @@ AsyncSource = Callable[[], AsyncIterator[Envelope]]
 async def _apply_in_tx(
     conn: asyncpg.Connection, projection: Projection, items: Sequence[tuple[Envelope, Event]]
 ) -> tuple[int, int, int]:
-    """One transaction: track, drop duplicates, apply. Returns (applied, duplicates, skipped)."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock_shared(hashtext($1))", lock_key(projection))
-        return await _apply_items(conn, projection, items)
+    """One transaction: track, drop duplicates, apply. Returns (applied, duplicates, skipped).
+
+    BEGIN and the rebuild lock go in one round trip (a simple query), so a batch costs BEGIN, the
+    tracking insert, the projection's statements and COMMIT. A failed or cancelled batch leaves the
+    connection in its transaction only if ROLLBACK cannot be sent, and the pool then closes it."""
+    await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock_shared(hashtext({literal(lock_key(projection))}))")
+    try:
+        counts = await _apply_items(conn, projection, items)
+    except Exception:
+        await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
+    return counts
+
+
+def literal(text: str) -> str:
+    """A SQL string literal (standard_conforming_strings is on since PostgreSQL 9.1)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 async def _apply_items(

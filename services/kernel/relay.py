@@ -9,7 +9,9 @@
 * Per-stream order: key = stream id, so one stream is one partition; aiokafka keeps one request in flight
   per broker, and the relay only moves its checkpoint after the broker acknowledged (acks=all) the
   whole batch. After a failure it backs off and publishes again from the checkpoint: at-least-once,
-  never a later event of a stream before an earlier one has been sent.
+  never a later event of a stream before an earlier one has been sent. The checkpoint is saved at most
+  every 50 ms and when the relay stops, with synchronous_commit off (it is a hint: a relay that dies
+  republishes up to the last 50 ms, which consumers drop as seen).
 * Replay: `mieux replay <service> --from N` moves the checkpoint back and wakes the relay; when no
   relay is running the replay command publishes by itself, under the same lock.
 """
@@ -19,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import zlib
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -32,6 +36,8 @@ from services.kernel.store import EventStore, HighWaterMark
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_EVERY_S = 0.05
+
 
 def lock_key(service: str) -> int:
     return zlib.crc32(f"mieux-relay:{service}".encode()) - 2**31
@@ -41,6 +47,32 @@ async def publish(producer: AIOKafkaProducer, topic: str, events: list[Envelope]
     """Send a batch and wait until the broker has acknowledged every message of it."""
     futures = [await producer.send(topic, value=e.to_bytes(), key=e.stream_id.encode()) for e in events]
     await asyncio.gather(*futures)
+
+
+class Checkpoint:
+    """The relay's published position, saved at most every CHECKPOINT_EVERY_S (checked after each
+    publish and each empty read) and when it stops: not one more write per batch. A relay that dies republishes what it
+    published since the last save, which consumers absorb (they drop events they have seen)."""
+
+    def __init__(self, save: Callable[[int], Awaitable[None]], saved: int) -> None:
+        self.save = save
+        self.saved = saved
+        self.pending: int | None = None
+        self.at = time.monotonic()
+
+    async def published(self, position: int | None = None) -> None:
+        """After each publish (with its position) and each empty read (without)."""
+        if position is not None:
+            self.pending = position
+        if self.pending is not None and time.monotonic() - self.at >= CHECKPOINT_EVERY_S:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self.pending is not None and self.pending != self.saved:
+            await self.save(self.pending)
+            self.saved = self.pending
+        self.pending = None
+        self.at = time.monotonic()
 
 
 class Relay:
@@ -74,6 +106,8 @@ class Relay:
         """Hold the lock and publish for ever (or, for `replay`, until the store's end at start)."""
         conn = await asyncpg.connect(self.settings.dsn())
         await init_connection(conn)
+        # the checkpoint is a hint (a lost one means republishing, which consumers absorb): no fsync for it
+        await conn.execute("SET synchronous_commit TO off")
         try:
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(self.store.service)):
                 if until_caught_up:
@@ -96,6 +130,7 @@ class Relay:
         backoff = 0.1
         while True:
             producer = bus.producer(self.settings)
+            checkpoint: Checkpoint | None = None
             try:
                 # a fresh producer and explicit topics at each (re)start: a restarted broker may have lost
                 # the topic, and a produce to a topic it does not know is not to be trusted (Tansu)
@@ -107,12 +142,14 @@ class Relay:
                     await self._save(conn, self.published)
                 else:
                     self.published = await self._checkpoint(conn)
+                checkpoint = Checkpoint(lambda position: self._save(conn, position), self.published)
                 while end is None or self.published < end:
                     if self._replay_from is not None:
                         break  # start over from the replay position, with a fresh producer
                     self._wake.clear()
                     events = await self.store.read_all(self.published, self.settings.relay_batch_size, hwm, conn=conn)
                     if not events:
+                        await checkpoint.published()
                         if hwm.pending is not None:
                             await asyncio.sleep(0.001)  # a writer is committing: look again very soon
                             continue
@@ -121,7 +158,7 @@ class Relay:
                         continue
                     await publish(producer, self.topic, events)
                     self.published = events[-1].position
-                    await self._save(conn, self.published)
+                    await checkpoint.published(self.published)
                     backoff = 0.1
                 else:
                     return
@@ -136,6 +173,9 @@ class Relay:
             finally:
                 with contextlib.suppress(Exception):
                     await producer.stop()
+                if checkpoint is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(checkpoint.flush())
 
 
 async def request_replay(store: EventStore, settings: Settings, from_position: int) -> str:
