@@ -24,7 +24,7 @@ from services.actions.domain import (
 from services.actions.projections import ActionFilter, ActionsView, ActivityFilter
 from services.kernel.errors import FieldViolation, InvalidArgument
 from services.kernel.grpckit import COMMANDERS, READERS
-from services.kernel.paging import offset_of, page_size
+from services.kernel.paging import page_size
 from services.kernel.protos import ack, fields
 from services.kernel.store import EventStore
 
@@ -191,7 +191,7 @@ class ActionsServicer(actions_pb2_grpc.ActionsServicer):
             status=request.status,
             theme=request.theme,
             size=page_size(request.page_size),
-            offset=offset_of(request.page_token),
+            page_token=request.page_token,
         )
         rows, token = await self.view.list_actions(self.store.pool, f)
         return actions_pb2.ListActionsReply(actions=[action_row_pb(r) for r in rows], next_page_token=token)
@@ -206,7 +206,7 @@ class ActionsServicer(actions_pb2_grpc.ActionsServicer):
             activity_type=request.activity_type,
             country=request.country,
             size=page_size(request.page_size),
-            offset=offset_of(request.page_token),
+            page_token=request.page_token,
         )
         rows, token = await self.view.list_activities(self.store.pool, f)
         return actions_pb2.ListActivitiesReply(activities=[activity_row_pb(r) for r in rows], next_page_token=token)

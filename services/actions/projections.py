@@ -2,11 +2,16 @@
 
 Every statement is an idempotent upsert or update keyed by code / activity id, and the projection runner
 records each event id in the same transaction, so a redelivered event changes nothing.
+
+Both lists page by keyset on an immutable total order (year, seq, action code; then activity number,
+activity id): the page token is the last row's key (paging.encode_key, opaque to clients), so a page
+never repeats or skips a row when rows are added or changed between pages.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -20,7 +25,8 @@ from services.actions.events import (
 )
 from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, topic_for
-from services.kernel.paging import DEFAULT_PAGE_SIZE, next_token
+from services.kernel.errors import FieldViolation, InvalidArgument
+from services.kernel.paging import DEFAULT_PAGE_SIZE, BadPageToken, decode_key, encode_key
 from services.kernel.projection import Projection
 
 
@@ -155,7 +161,11 @@ class ActionsView(Projection):
         if f.theme:
             args.append(f.theme)
             where.append(f"${len(args)} = ANY(a.themes)")
-        args.extend([f.size + 1, f.offset])
+        after = key_after(f.page_token, int, int, str)
+        if after:
+            args.extend(after)
+            where.append(f"(a.year, a.seq, a.action_code) > (${len(args) - 2}, ${len(args) - 1}, ${len(args)})")
+        args.append(f.size + 1)
         rows = await pool.fetch(
             "SELECT a.*, "
             "(SELECT count(*) FROM actions_views.activities t WHERE t.action_code = a.action_code "
@@ -164,11 +174,14 @@ class ActionsView(Projection):
             " AND t.status = 'held') AS activities_held, "
             "(SELECT count(*) FROM actions_views.activities t WHERE t.action_code = a.action_code "
             " AND t.status = 'cancelled') AS activities_cancelled "
-            f"FROM actions_views.actions a WHERE {' AND '.join(where)} ORDER BY a.year, a.seq "
-            f"LIMIT ${len(args) - 1} OFFSET ${len(args)}",
+            f"FROM actions_views.actions a WHERE {' AND '.join(where)} ORDER BY a.year, a.seq, a.action_code "
+            f"LIMIT ${len(args)}",
             *args,
         )
-        return rows[: f.size], next_token(f.offset, f.size, f.offset + len(rows))
+        page, token = rows[: f.size], ""
+        if len(rows) > f.size:
+            token = encode_key([page[-1]["year"], page[-1]["seq"], page[-1]["action_code"]])
+        return page, token
 
     async def list_activities(self, pool: Pool, f: ActivityFilter) -> tuple[list[asyncpg.Record], str]:
         where, args = ["true"], []
@@ -186,14 +199,40 @@ class ActionsView(Projection):
         if f.year:
             args.append(f.year)
             where.append(f"extract(year FROM t.starts_on)::int = ${len(args)}")
-        args.extend([f.size + 1, f.offset])
+        after = key_after(f.page_token, int, int, int, str)
+        if after:
+            args.extend(after)
+            n = len(args)
+            where.append(f"(a.year, a.seq, t.number, t.activity_id) > (${n - 3}, ${n - 2}, ${n - 1}, ${n})")
+        args.append(f.size + 1)
         rows = await pool.fetch(
-            "SELECT t.* FROM actions_views.activities t JOIN actions_views.actions a USING (action_code) "
-            f"WHERE {' AND '.join(where)} ORDER BY a.year, a.seq, t.number "
-            f"LIMIT ${len(args) - 1} OFFSET ${len(args)}",
+            "SELECT t.*, a.year AS action_year, a.seq AS action_seq "
+            "FROM actions_views.activities t JOIN actions_views.actions a USING (action_code) "
+            f"WHERE {' AND '.join(where)} ORDER BY a.year, a.seq, t.number, t.activity_id "
+            f"LIMIT ${len(args)}",
             *args,
         )
-        return rows[: f.size], next_token(f.offset, f.size, f.offset + len(rows))
+        page, token = rows[: f.size], ""
+        if len(rows) > f.size:
+            last = page[-1]
+            token = encode_key([last["action_year"], last["action_seq"], last["number"], last["activity_id"]])
+        return page, token
+
+
+def key_after(token: str, *types: type[int] | type[str]) -> list[Any] | None:
+    """The sort key a page token carries (None for the first page), each part of the type given (ints
+    within the columns' `integer` range); INVALID_ARGUMENT naming `page_token` for anything this service
+    did not give."""
+    if not token:
+        return None
+    try:
+        key = decode_key(token, len(types))
+    except BadPageToken as e:
+        raise InvalidArgument(FieldViolation("page_token", str(e))) from e
+    # `type(k) is t`, not isinstance: a JSON true is a Python bool, which is an int
+    if not all(type(k) is t and (t is str or -(2**31) <= k < 2**31) for k, t in zip(key, types, strict=True)):
+        raise InvalidArgument(FieldViolation("page_token", "not a page token this service gave"))
+    return key
 
 
 # --- filters ---------------------------------------------------------------------
@@ -207,7 +246,7 @@ class ActionFilter:
     status: str = ""
     theme: str = ""
     size: int = DEFAULT_PAGE_SIZE
-    offset: int = 0
+    page_token: str = ""
 
 
 @dataclass(frozen=True)
@@ -220,4 +259,4 @@ class ActivityFilter:
     activity_type: str = ""
     country: str = ""
     size: int = DEFAULT_PAGE_SIZE
-    offset: int = 0
+    page_token: str = ""

@@ -84,7 +84,7 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
         )
 
     async def ListRequests(self, request, context):  # type: ignore[no-untyped-def]
-        size, offset = paging.page_size(request.page_size), paging.offset_of(request.page_token)
+        size = paging.page_size(request.page_size)
         filters = {
             "year": request.year,
             "region": request.region,
@@ -92,7 +92,7 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
             "status": request.status,
             "theme": request.theme,
         }
-        rows, total = await self.register.page(self.store.pool, filters, offset, size)
+        rows, token, total = await self.register.page(self.store.pool, filters, request.page_token, size)
         return requests_pb2.RequestPage(
             requests=[
                 requests_pb2.Request(
@@ -113,7 +113,7 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
                 )
                 for x in rows
             ],
-            next_page_token=paging.next_token(offset, size, total),
+            next_page_token=token,
             total=total,
         )
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from datetime import date
 from typing import Any
 
 import asyncpg
 
-from services.kernel import reference
+from services.kernel import paging, reference
 from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, topic_for
+from services.kernel.errors import FieldViolation, InvalidArgument
 from services.kernel.projection import Projection
 from services.requests.events import (
     RequestApproved,
@@ -50,7 +52,11 @@ class RequestsPerYear(Projection):
 
 
 class RequestRegister(Projection):
-    """One row per request with its current status: ListRequests filters and pages over it."""
+    """One row per request with its current status: ListRequests filters and pages over it.
+
+    Pages are keyset pages on an immutable total order (received_on, request_id): the page token is the
+    last row's key (paging.encode_key, opaque to clients), so a request added or changed between two pages
+    never makes a page repeat or skip a row."""
 
     name = "request_register"
     topics = (topic_for("requests"),)
@@ -111,9 +117,12 @@ class RequestRegister(Projection):
                 )
 
     async def page(
-        self, pool: Pool, filters: dict[str, Any], offset: int, limit: int
-    ) -> tuple[list[asyncpg.Record], int]:
-        where, args = [], []
+        self, pool: Pool, filters: dict[str, Any], token: str, limit: int
+    ) -> tuple[list[asyncpg.Record], str, int]:
+        """A page of at most `limit` rows after `token`, the token of the next page ("" at the end), and
+        how many rows match the filters in all."""
+        after = _key_after(token)
+        where, args = ["true"], []
         for column, value in filters.items():
             if value in (None, "", 0):
                 continue
@@ -124,13 +133,35 @@ class RequestRegister(Projection):
                 where.append(f"${len(args)} = ANY(themes)")
             else:
                 where.append(f"{column} = ${len(args)}")
-        cond = f"WHERE {' AND '.join(where)}" if where else ""
-        total = await pool.fetchval(f"SELECT count(*) FROM requests_views.requests {cond}", *args)
+        total = await pool.fetchval(f"SELECT count(*) FROM requests_views.requests WHERE {' AND '.join(where)}", *args)
+        if after:
+            args.extend(after)
+            where.append(f"(received_on, request_id) > (${len(args) - 1}, ${len(args)})")
+        args.append(limit + 1)
         rows = await pool.fetch(
-            f"SELECT * FROM requests_views.requests {cond} ORDER BY received_on, request_id "
-            f"OFFSET ${len(args) + 1} LIMIT ${len(args) + 2}",
+            f"SELECT * FROM requests_views.requests WHERE {' AND '.join(where)} "
+            f"ORDER BY received_on, request_id LIMIT ${len(args)}",
             *args,
-            offset,
-            limit,
         )
-        return rows, total
+        page, nxt = rows[:limit], ""
+        if len(rows) > limit:
+            nxt = paging.encode_key([page[-1]["received_on"].isoformat(), page[-1]["request_id"]])
+        return page, nxt, total
+
+
+def _key_after(token: str) -> tuple[date, str] | None:
+    """The (received_on, request_id) a page token carries, None for the first page; INVALID_ARGUMENT
+    naming `page_token` for anything this service did not give."""
+    if not token:
+        return None
+    bad = InvalidArgument(FieldViolation("page_token", "not a page token this service gave"))
+    try:
+        received_on, request_id = paging.decode_key(token, 2)
+    except paging.BadPageToken as e:
+        raise bad from e
+    if not isinstance(received_on, str) or not isinstance(request_id, str):
+        raise bad
+    try:
+        return date.fromisoformat(received_on), request_id
+    except ValueError as e:
+        raise bad from e

@@ -26,6 +26,7 @@ from services.kernel.db import Pool
 from services.kernel.devstack import DevStack
 from services.kernel.envelope import Envelope, topic_for, utcnow
 from services.kernel.grpckit import call_metadata, field_violations
+from services.kernel.paging import encode_key
 from services.kernel.settings import Settings
 from services.requests.events import RequestApproved
 
@@ -326,6 +327,15 @@ async def test_other_malformed_input_names_the_field(agreed: str, stub, tokens, 
         (stub.GetAction(actions_pb2.GetActionQuery(action_code="x"), **md(tokens)), "action_code"),
         (stub.ListActions(actions_pb2.ListActionsQuery(page_size=-1), **md(tokens)), "page_size"),
         (stub.ListActions(actions_pb2.ListActionsQuery(page_token="!!"), **md(tokens)), "page_token"),
+        (stub.ListActions(actions_pb2.ListActionsQuery(page_token=encode_key([2017, "1", "x"])), **md(tokens)),
+         "page_token"),
+        (stub.ListActions(actions_pb2.ListActionsQuery(page_token=encode_key([True, 1, "x"])), **md(tokens)),
+         "page_token"),
+        (stub.ListActions(actions_pb2.ListActionsQuery(page_token=encode_key([2**40, 1, "x"])), **md(tokens)),
+         "page_token"),
+        (stub.ListActivities(actions_pb2.ListActivitiesQuery(page_token="!!"), **md(tokens)), "page_token"),
+        (stub.ListActivities(actions_pb2.ListActivitiesQuery(page_token=encode_key([2017, 1, "x"])), **md(tokens)),
+         "page_token"),
         (stub.CancelActivity(no_reason, **md(tokens)), "reason"),
     ]  # fmt: skip
     for call, field in cases:
@@ -461,6 +471,63 @@ async def test_list_actions_filters_and_pages(pool, producer, stub, tokens) -> N
     assert [(a.activity_id, a.status, a.airport) for a in acts.activities] == [(f"{codes[1]}/A1", "planned", "DYU")]
     none = await stub.ListActivities(actions_pb2.ListActivitiesQuery(year=year, status="held"), **md(tokens))
     assert list(none.activities) == []
+
+
+async def test_lists_page_by_key_so_rows_added_meanwhile_repeat_or_skip_nothing(pool, producer, stub, tokens) -> None:
+    """A row added between two pages, sorting before the first page's last row, shifts no later page
+    (paging by offset would show a row of the first page again)."""
+    codes = [
+        (await approve(pool, producer, "UG", "Uganda", f"{y}-03-01"))["stream_id"] for y in (2038, 2039, 2040, 2041)
+    ]
+    for code in codes:
+        await stub.AgreeActionFiche(fiche_cmd(code), **md(tokens))
+    for code in codes[1:]:
+        await stub.PlanActivity(plan_cmd(code), **md(tokens))
+
+    async def codes_listed() -> list[str]:
+        reply = await stub.ListActions(actions_pb2.ListActionsQuery(partner="UG"), **md(tokens))
+        return [a.action_code for a in reply.actions]
+
+    async def activities_listed() -> list[str]:
+        reply = await stub.ListActivities(actions_pb2.ListActivitiesQuery(partner="UG"), **md(tokens))
+        return [a.activity_id for a in reply.activities]
+
+    async def projected(n_actions: int, n_activities: int) -> bool:
+        return len(await codes_listed()) == n_actions and len(await activities_listed()) == n_activities
+
+    await eventually(lambda: projected(4, 3), 60, "the projection to show the four actions and three activities")
+    activities = [f"{code}/A1" for code in codes[1:]]
+    assert (await codes_listed(), await activities_listed()) == (codes, activities)
+
+    first_actions = await stub.ListActions(actions_pb2.ListActionsQuery(partner="UG", page_size=2), **md(tokens))
+    first_activities = await stub.ListActivities(
+        actions_pb2.ListActivitiesQuery(partner="UG", page_size=2), **md(tokens)
+    )
+    assert [a.action_code for a in first_actions.actions] == codes[:2]
+    assert [a.activity_id for a in first_activities.activities] == activities[:2]
+
+    # meanwhile: an action of an earlier year, and an activity of the first action, both before the pages' ends
+    earlier = (await approve(pool, producer, "UG", "Uganda", "2036-03-01"))["stream_id"]
+    await stub.PlanActivity(plan_cmd(codes[0]), **md(tokens))
+    await eventually(lambda: projected(5, 4), 60, "the projection to show the action and activity added meanwhile")
+    assert (await codes_listed())[0] == earlier and (await activities_listed())[0] == f"{codes[0]}/A1"
+
+    rest_actions, token = [], first_actions.next_page_token
+    while token:
+        reply = await stub.ListActions(
+            actions_pb2.ListActionsQuery(partner="UG", page_size=2, page_token=token), **md(tokens)
+        )
+        rest_actions.extend(a.action_code for a in reply.actions)
+        token = reply.next_page_token
+    rest_activities, token = [], first_activities.next_page_token
+    while token:
+        reply = await stub.ListActivities(
+            actions_pb2.ListActivitiesQuery(partner="UG", page_size=2, page_token=token), **md(tokens)
+        )
+        rest_activities.extend(a.activity_id for a in reply.activities)
+        token = reply.next_page_token
+    assert rest_actions == codes[2:]
+    assert rest_activities == activities[2:]
 
 
 async def test_get_activity_reads_its_own_writes(agreed: str, stub, tokens) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -12,6 +13,7 @@ from mieux.common.v1 import common_pb2
 from mieux.requests.v1 import requests_pb2, requests_pb2_grpc
 from support import ServiceProcess, eventually, start_service
 
+from services.kernel import paging
 from services.kernel.grpckit import call_metadata, field_violations
 
 pytestmark = pytest.mark.integration
@@ -192,6 +194,33 @@ async def test_list_requests_filters_and_pages(stub, md) -> None:  # type: ignor
     assert sorted(r.partner for r in lac.requests) == ["CR", "MX"]
     thb = await stub.ListRequests(requests_pb2.ListRequestsQuery(year=year, theme="thb_and_som"), metadata=md)
     assert sorted(r.partner for r in thb.requests) == ["JO", "MX", "SN"]
-    with pytest.raises(grpc.aio.AioRpcError) as e:
-        await stub.ListRequests(requests_pb2.ListRequestsQuery(page_token="garbage!"), metadata=md)
-    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    offset_token = base64.urlsafe_b64encode(b"o:3").decode()  # what this service gave before keyset paging
+    for bad in ("garbage!", offset_token, paging.encode_key(["2043-02-30", "req-x"]), paging.encode_key([1, 2])):
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await stub.ListRequests(requests_pb2.ListRequestsQuery(page_token=bad), metadata=md)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+        assert "page_token" in [f for f, _ in field_violations(e.value)], bad
+
+
+async def test_list_requests_pages_by_key_so_a_request_added_meanwhile_repeats_or_skips_nothing(stub, md) -> None:  # type: ignore[no-untyped-def]
+    year = 2044
+    ids = [await submit(stub, md, on=f"{year}-0{m}-01") for m in (2, 3, 4, 5)]  # listed in this order
+
+    async def total_is(n: int) -> bool:
+        page = await stub.ListRequests(requests_pb2.ListRequestsQuery(year=year), metadata=md)
+        return page.total == n
+
+    await eventually(lambda: total_is(4), 30, "the register to show the four requests")
+    first = await stub.ListRequests(requests_pb2.ListRequestsQuery(year=year, page_size=2), metadata=md)
+    assert [r.request_id for r in first.requests] == ids[:2] and first.next_page_token
+    earlier = await submit(stub, md, on=f"{year}-01-01")  # sorts before the first page's last row
+    await eventually(lambda: total_is(5), 30, "the register to show the request added between pages")
+    rest, token = [], first.next_page_token
+    while token:
+        page = await stub.ListRequests(
+            requests_pb2.ListRequestsQuery(year=year, page_size=2, page_token=token), metadata=md
+        )
+        rest.extend(r.request_id for r in page.requests)
+        token = page.next_page_token
+    assert rest == ids[2:]  # offset paging would give ids[1] again (the new request shifts every row by one)
+    assert earlier not in rest
