@@ -19,23 +19,6 @@ def page_size(requested: int) -> int:
     return requested or DEFAULT_PAGE_SIZE
 
 
-def offset_of(token: str) -> int:
-    if not token:
-        return 0
-    try:
-        value = int(base64.urlsafe_b64decode(token.encode()).decode().removeprefix("o:"))
-    except ValueError:
-        raise InvalidArgument(FieldViolation("page_token", "not a page token this service gave")) from None
-    if value < 0:
-        raise InvalidArgument(FieldViolation("page_token", "not a page token this service gave"))
-    return value
-
-
-def next_token(offset: int, size: int, total: int) -> str:
-    nxt = offset + size
-    return base64.urlsafe_b64encode(f"o:{nxt}".encode()).decode() if nxt < total else ""
-
-
 class BadPageToken(ValueError):
     """A page token this service did not give (a ValueError, so pydantic validators name the field)."""
 
