@@ -60,7 +60,7 @@ async def run_all(stack: DevStack, quick: bool) -> dict[str, Any]:
     server_version = await conn.fetchval("SHOW server_version")
     await conn.close()
 
-    window, rounds = (Window(warmup=0.5, duration=1.5), 2) if quick else (Window(warmup=0.5, duration=3.0), 3)
+    window, rounds = (Window(warmup=0.5, duration=1.5), 2) if quick else (Window(warmup=0.5, duration=3.0), 5)
     n_events = 20_000 if quick else 100_000
     rate, seconds = (200, 5.0) if quick else (200, 30.0)
 
