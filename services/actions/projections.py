@@ -11,7 +11,6 @@ never repeats or skips a row when rows are added or changed between pages.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 
@@ -25,8 +24,7 @@ from services.actions.events import (
 )
 from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, topic_for
-from services.kernel.errors import FieldViolation, InvalidArgument
-from services.kernel.paging import DEFAULT_PAGE_SIZE, BadPageToken, decode_key, encode_key
+from services.kernel.paging import DEFAULT_PAGE_SIZE, encode_key, key_after
 from services.kernel.projection import Projection
 
 
@@ -217,22 +215,6 @@ class ActionsView(Projection):
             last = page[-1]
             token = encode_key([last["action_year"], last["action_seq"], last["number"], last["activity_id"]])
         return page, token
-
-
-def key_after(token: str, *types: type[int] | type[str]) -> list[Any] | None:
-    """The sort key a page token carries (None for the first page), each part of the type given (ints
-    within the columns' `integer` range); INVALID_ARGUMENT naming `page_token` for anything this service
-    did not give."""
-    if not token:
-        return None
-    try:
-        key = decode_key(token, len(types))
-    except BadPageToken as e:
-        raise InvalidArgument(FieldViolation("page_token", str(e))) from e
-    # `type(k) is t`, not isinstance: a JSON true is a Python bool, which is an int
-    if not all(type(k) is t and (t is str or -(2**31) <= k < 2**31) for k, t in zip(key, types, strict=True)):
-        raise InvalidArgument(FieldViolation("page_token", "not a page token this service gave"))
-    return key
 
 
 # --- filters ---------------------------------------------------------------------

@@ -23,7 +23,6 @@ from services.carbon.events import (
 from services.kernel import paging
 from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, topic_for
-from services.kernel.errors import FieldViolation, InvalidArgument
 from services.kernel.projection import Projection
 
 TOPIC = topic_for("carbon")
@@ -41,12 +40,9 @@ async def keyset_page(
     """Rows ordered by `key`, after the page token (the last key of the previous page, opaque)."""
     conds, params = list(where), list(args)
     n = paging.page_size(size)
-    if token:
-        try:
-            [after] = paging.decode_key(token, 1)
-        except paging.BadPageToken as e:
-            raise InvalidArgument(FieldViolation("page_token", str(e))) from e
-        params.append(str(after))
+    after = paging.key_after(token, str)
+    if after:
+        params.extend(after)
         conds.append(f"{key} > ${len(params)}")
     params.append(n + 1)
     sql = f"SELECT * FROM {table}"

@@ -3,8 +3,8 @@
 `experts_views.experts`: one row per expert (profile, active or not). `experts_views.deployments`: one
 row per deployment (deployed or cancelled, evaluated or not). Paging is keyset paging on an immutable
 order (registration date, id; start date, id), so a page never repeats or skips a row when rows change
-meanwhile (the kernel's paging.py pages by offset, which can); the page token is that key, opaque to
-clients. Page sizes are the kernel's (paging.DEFAULT_PAGE_SIZE, paging.MAX_PAGE_SIZE).
+meanwhile (offset paging can); the page token is that key, opaque to clients. Page sizes are the
+kernel's (paging.DEFAULT_PAGE_SIZE, paging.MAX_PAGE_SIZE).
 """
 
 from __future__ import annotations
@@ -33,26 +33,9 @@ from services.experts.events import (
 from services.kernel import paging
 from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, topic_for
-from services.kernel.errors import FieldViolation, InvalidArgument
 from services.kernel.projection import Projection
 
 encode_token = paging.encode_key
-
-
-def decode_token(token: str, n: int) -> list[str] | None:
-    if not token:
-        return None
-    try:
-        key = paging.decode_key(token, n)
-    except paging.BadPageToken as e:
-        raise InvalidArgument(FieldViolation("page_token", str(e))) from e
-    if not all(isinstance(k, str) for k in key):
-        raise InvalidArgument(FieldViolation("page_token", "not a page token this service gave"))
-    try:
-        date.fromisoformat(key[0])
-    except ValueError as e:
-        raise InvalidArgument(FieldViolation("page_token", "not a page token this service gave")) from e
-    return key
 
 
 def _unless_empty(check: Callable[[str], str]) -> AfterValidator:
@@ -196,9 +179,9 @@ class Roster(Projection):
             where.append(f"{arg(q.theme)} = ANY(themes)")
         if q.active is not None:
             where.append("deactivated_on IS NULL" if q.active else "deactivated_on IS NOT NULL")
-        after = decode_token(q.page_token, 2)
+        after = paging.key_after(q.page_token, date, str)
         if after:
-            where.append(f"(registered_on, expert_id) > ({arg(date.fromisoformat(after[0]))}::date, {arg(after[1])})")
+            where.append(f"(registered_on, expert_id) > ({arg(after[0])}::date, {arg(after[1])})")
         rows = await pool.fetch(
             f"SELECT * FROM experts_views.experts WHERE {' AND '.join(where)} "
             f"ORDER BY registered_on, expert_id LIMIT {arg(q.size + 1)}",
@@ -223,9 +206,9 @@ class Roster(Projection):
             where.append(f"expert_id = {arg(q.expert_id)}")
         if q.status:
             where.append("cancelled_on IS NULL" if q.status == "deployed" else "cancelled_on IS NOT NULL")
-        after = decode_token(q.page_token, 2)
+        after = paging.key_after(q.page_token, date, str)
         if after:
-            where.append(f"(starts_on, deployment_id) > ({arg(date.fromisoformat(after[0]))}::date, {arg(after[1])})")
+            where.append(f"(starts_on, deployment_id) > ({arg(after[0])}::date, {arg(after[1])})")
         rows = await pool.fetch(
             f"SELECT * FROM experts_views.deployments WHERE {' AND '.join(where)} "
             f"ORDER BY starts_on, deployment_id LIMIT {arg(q.size + 1)}",

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Sequence
+from datetime import date
 from typing import Any
 
 from services.kernel.errors import FieldViolation, InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1  # PostgreSQL `integer`, the type of every int key column
 
 
 def page_size(requested: int) -> int:
@@ -23,17 +25,54 @@ class BadPageToken(ValueError):
     """A page token this service did not give (a ValueError, so pydantic validators name the field)."""
 
 
+NOT_OURS = "not a page token this service gave"
+
+
 def encode_key(key: Sequence[Any]) -> str:
     """An opaque page token for keyset paging: the last row's sort key."""
     return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
 
 
-def decode_key(token: str, arity: int) -> list[Any]:
-    """The sort key inside a token from `encode_key`, checked for its shape."""
+def decode_key(token: str, *types: type) -> list[Any]:
+    """The sort key inside a token from `encode_key`, one part per type given, each checked for it:
+    `str` (text PostgreSQL can hold), `int` (an int, not a JSON true, within PostgreSQL `integer`) or
+    `date` (its ISO string in the token, returned as a `date`). BadPageToken for anything else."""
     try:
         key = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadPageToken("not a page token this service gave") from e
-    if not isinstance(key, list) or len(key) != arity or not all(isinstance(k, str | int) for k in key):
-        raise BadPageToken("not a page token this service gave")
-    return key
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError; RecursionError: deep nesting
+        raise BadPageToken(NOT_OURS) from e
+    if not isinstance(key, list) or len(key) != len(types):
+        raise BadPageToken(NOT_OURS)
+    return [_part(k, t) for k, t in zip(key, types, strict=True)]
+
+
+def _part(k: Any, t: type) -> Any:
+    # `type(k) is`, not isinstance: a JSON true is a Python bool, which is an int
+    if t is int and type(k) is int and INT_MIN <= k <= INT_MAX:
+        return k
+    if t in (str, date) and type(k) is str and _pg_text(k):
+        try:
+            return k if t is str else date.fromisoformat(k)
+        except ValueError:
+            pass
+    raise BadPageToken(NOT_OURS)
+
+
+def _pg_text(s: str) -> bool:
+    """Text PostgreSQL can hold: encodable as UTF-8 (a JSON escape can give a lone surrogate), no NUL."""
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in s
+
+
+def key_after(token: str, *types: type) -> list[Any] | None:
+    """`decode_key` for a List query: None for the first page (no token), INVALID_ARGUMENT naming
+    `page_token` for a token this service did not give."""
+    if not token:
+        return None
+    try:
+        return decode_key(token, *types)
+    except BadPageToken as e:
+        raise InvalidArgument(FieldViolation("page_token", str(e))) from e

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -203,19 +203,30 @@ class TeamView(Projection):
 # --- queries ----------------------------------------------------------------------------------------
 
 
-BadPageToken = paging.BadPageToken
 encode_token = paging.encode_key
-decode_token = paging.decode_key
 
 
 class _Paged(BaseModel):
     model_config = ConfigDict(frozen=True, str_strip_whitespace=True, extra="forbid")
+    key_types: ClassVar[tuple[type, ...]] = (str,)  # of the sort key a page token carries
     page_size: int = Field(default=0, ge=0, le=MAX_PAGE_SIZE)
     page_token: str = ""
+
+    @field_validator("page_token")
+    @classmethod
+    def token(cls, v: str) -> str:
+        if v:
+            paging.decode_key(v, *cls.key_types)
+        return v
 
     @property
     def limit(self) -> int:
         return self.page_size or DEFAULT_PAGE_SIZE
+
+    @property
+    def after(self) -> list[Any] | None:
+        """The sort key the page token carries (checked by the validator), None for the first page."""
+        return paging.decode_key(self.page_token, *self.key_types) if self.page_token else None
 
 
 YEAR = Field(default=0, ge=0, le=9999)
@@ -229,39 +240,19 @@ class ListBookings(_Paged):
     activity_id: str = ""
     traveller_kind: Literal["", "expert", "team_member"] = ""
 
-    @field_validator("page_token")
-    @classmethod
-    def token(cls, v: str) -> str:
-        if v:
-            decode_token(v, 1)
-        return v
-
 
 class ListTeam(_Paged):
     year: int = YEAR
     status: Literal["", "on_team", "left"] = ""
 
-    @field_validator("page_token")
-    @classmethod
-    def token(cls, v: str) -> str:
-        if v:
-            decode_token(v, 1)
-        return v
-
 
 class ListItineraries(_Paged):
+    key_types = (date, str, int)  # departs_on, booking_id, leg
     activity_id: str = ""
     action_code: str = ""
     traveller_id: str = ""
     year: int = YEAR
     include_cancelled: bool = False
-
-    @field_validator("page_token")
-    @classmethod
-    def token(cls, v: str) -> str:
-        if v:
-            decode_token(v, 3)
-        return v
 
 
 class ListTravellerMiles(BaseModel):
@@ -321,8 +312,8 @@ async def list_bookings(pool: Pool, q: ListBookings) -> tuple[list[BookingRow], 
     for col in ("traveller_id", "action_code", "status", "activity_id", "traveller_kind"):
         if getattr(q, col):
             w.add(f"{col} = ?", getattr(q, col))
-    if q.page_token:
-        w.add("booking_id > ?", decode_token(q.page_token, 1)[0])
+    if after := q.after:
+        w.add("booking_id > ?", *after)
     rows = await pool.fetch(f"SELECT * FROM {SCHEMA}.bookings {w} ORDER BY booking_id LIMIT {q.limit + 1}", *w.args)
     page, token = _next_token(list(rows), q.limit, lambda r: [r["booking_id"]])
     legs: dict[str, list[asyncpg.Record]] = {r["booking_id"]: [] for r in page}
@@ -385,8 +376,8 @@ async def list_team(pool: Pool, q: ListTeam) -> tuple[list[MemberRow], str]:
         w.add(on_team)
     elif q.status == "left":
         w.add("NOT " + on_team)
-    if q.page_token:
-        w.add("m.member_id > ?", decode_token(q.page_token, 1)[0])
+    if after := q.after:
+        w.add("m.member_id > ?", *after)
     rows = await pool.fetch(
         f"SELECT m.* FROM {SCHEMA}.team_members m {w} ORDER BY m.member_id LIMIT {q.limit + 1}", *w.args
     )
@@ -404,9 +395,8 @@ async def list_itineraries(pool: Pool, q: ListItineraries) -> tuple[list[asyncpg
         w.add("extract(year FROM l.departs_on)::int = ?", q.year)
     if not q.include_cancelled:
         w.add("b.status <> 'cancelled'")
-    if q.page_token:
-        d, bid, leg = decode_token(q.page_token, 3)
-        w.add("(l.departs_on, l.booking_id, l.leg) > (?::date, ?, ?::int)", date.fromisoformat(str(d)), bid, leg)
+    if after := q.after:
+        w.add("(l.departs_on, l.booking_id, l.leg) > (?::date, ?, ?::int)", *after)
     rows = await pool.fetch(
         f"""SELECT l.*, b.traveller_id, b.traveller_kind, b.action_code, b.activity_id, b.cabin_class,
             b.status = 'cancelled' AS cancelled

@@ -12,7 +12,6 @@ import asyncpg
 from services.kernel import paging, reference
 from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, topic_for
-from services.kernel.errors import FieldViolation, InvalidArgument
 from services.kernel.projection import Projection
 from services.requests.events import (
     RequestApproved,
@@ -121,7 +120,7 @@ class RequestRegister(Projection):
     ) -> tuple[list[asyncpg.Record], str, int]:
         """A page of at most `limit` rows after `token`, the token of the next page ("" at the end), and
         how many rows match the filters in all."""
-        after = _key_after(token)
+        after = paging.key_after(token, date, str)
         where, args = ["true"], []
         for column, value in filters.items():
             if value in (None, "", 0):
@@ -147,21 +146,3 @@ class RequestRegister(Projection):
         if len(rows) > limit:
             nxt = paging.encode_key([page[-1]["received_on"].isoformat(), page[-1]["request_id"]])
         return page, nxt, total
-
-
-def _key_after(token: str) -> tuple[date, str] | None:
-    """The (received_on, request_id) a page token carries, None for the first page; INVALID_ARGUMENT
-    naming `page_token` for anything this service did not give."""
-    if not token:
-        return None
-    bad = InvalidArgument(FieldViolation("page_token", "not a page token this service gave"))
-    try:
-        received_on, request_id = paging.decode_key(token, 2)
-    except paging.BadPageToken as e:
-        raise bad from e
-    if not isinstance(received_on, str) or not isinstance(request_id, str):
-        raise bad
-    try:
-        return date.fromisoformat(received_on), request_id
-    except ValueError as e:
-        raise bad from e
