@@ -25,6 +25,7 @@ from services.kernel.db import Pool
 from services.kernel.devstack import DevStack, free_port
 from services.kernel.envelope import Envelope, topic_for, utcnow
 from services.kernel.grpckit import call_metadata, field_violations
+from services.kernel.paging import encode_key
 from services.kernel.runner import command_id_for
 from services.kernel.settings import Settings
 from services.logistics.events import Fare, FlightBooked, FlightCancelled, FlightChanged, Segment
@@ -516,6 +517,10 @@ async def test_list_offset_lots_filters_and_pages(stub, tokens) -> None:
     assert sorted(lot.lot_id for lot in [*first.lots, *second.lots]) == sorted(ids)
     e = await refused(listing(status="sold"))
     assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and [f for f, _ in field_violations(e)] == ["status"]
+    for bad in ("garbage!", encode_key([7]), encode_key(["a\x00b"]), encode_key([ids[0], ids[1]])):
+        e = await refused(listing(page_token=bad))
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+        assert [f for f, _ in field_violations(e)] == ["page_token"], bad
 
 
 # --- roles -----------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from support import eventually, start_service
 from services.kernel.db import Pool
 from services.kernel.devstack import DevStack
 from services.kernel.grpckit import call_metadata, field_violations
+from services.kernel.paging import encode_key
 
 pytestmark = pytest.mark.integration
 
@@ -301,8 +302,14 @@ async def test_malformed_ids_and_list_filters_are_invalid_argument(stub, tokens)
     assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and [f for f, _ in field_violations(e)] == ["expert_id"]
     e = await refused(stub.ListExperts(experts_pb2.ListExpertsQuery(background="astronaut"), **md(tokens["ops"])))
     assert [f for f, _ in field_violations(e)] == ["background"]
-    e = await refused(stub.ListExperts(experts_pb2.ListExpertsQuery(page_token="garbage!"), **md(tokens["ops"])))
-    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and [f for f, _ in field_violations(e)] == ["page_token"]
+    for token in ("garbage!", encode_key(["x", "y"]), encode_key([1, "y"]), encode_key(["2017-01-01", 2])):
+        for call in (
+            stub.ListExperts(experts_pb2.ListExpertsQuery(page_token=token), **md(tokens["ops"])),
+            stub.ListDeployments(experts_pb2.ListDeploymentsQuery(page_token=token), **md(tokens["ops"])),
+        ):
+            e = await refused(call)
+            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, token
+            assert [f for f, _ in field_violations(e)] == ["page_token"], token
     e = await refused(stub.ListDeployments(experts_pb2.ListDeploymentsQuery(page_size=1000), **md(tokens["ops"])))
     assert [f for f, _ in field_violations(e)] == ["page_size"]
 

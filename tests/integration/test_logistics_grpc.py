@@ -27,6 +27,7 @@ from support import Child, eventually
 from services.kernel.db import Pool
 from services.kernel.devstack import DevStack, free_port
 from services.kernel.grpckit import call_metadata, field_violations
+from services.kernel.paging import encode_key
 from services.logistics.domain import booking_id_for, statute_miles
 
 pytestmark = pytest.mark.integration
@@ -298,6 +299,35 @@ async def test_invalid_team_and_query_input_names_the_fields(ops: Caller) -> Non
     assert [f for f, _ in field_violations(e)] == ["page_token"]
     e = await refused(ops("GetAirMilesPerTeamMember", logistics_pb2.GetAirMilesPerTeamMemberQuery()))
     assert [f for f, _ in field_violations(e)] == ["year"]
+
+
+@pytest.mark.parametrize(
+    ("rpc", "token"),
+    [
+        pytest.param("ListItineraries", "not a token", id="garbage"),
+        pytest.param("ListItineraries", encode_key(["1990-05-02", "b"]), id="itineraries-arity"),
+        pytest.param("ListItineraries", encode_key(["1990-13-01", "b", 1]), id="bad-date"),
+        pytest.param("ListItineraries", encode_key([19900502, "b", 1]), id="date-not-iso"),
+        pytest.param("ListItineraries", encode_key(["1990-05-02", "b", "1"]), id="string-leg"),
+        pytest.param("ListItineraries", encode_key(["1990-05-02", "b", True]), id="bool-leg"),
+        pytest.param("ListItineraries", encode_key(["1990-05-02", "b", 2**31]), id="leg-beyond-integer"),
+        pytest.param("ListItineraries", encode_key(["1990-05-02", 7, 1]), id="int-leg-booking-id"),
+        pytest.param("ListBookings", encode_key([7]), id="int-booking-id"),
+        pytest.param("ListBookings", encode_key(["a\x00b"]), id="nul-in-text"),
+        pytest.param("ListBookings", encode_key(["\ud800"]), id="lone-surrogate"),
+        pytest.param("ListBookings", encode_key(["a", "b"]), id="bookings-arity"),
+        pytest.param("ListTeam", encode_key([7]), id="int-member-id"),
+        pytest.param("ListTeam", encode_key([None]), id="null-member-id"),
+        pytest.param("ListTeam", "e30", id="not-a-list"),  # {} in base64
+    ],
+)
+async def test_a_page_token_this_service_did_not_give_is_invalid_argument_naming_page_token(
+    finance: Caller, rpc: str, token: str
+) -> None:
+    query = getattr(logistics_pb2, f"{rpc}Query")(page_token=token)
+    e = await refused(finance(rpc, query))
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+    assert [f for f, _ in field_violations(e)] == ["page_token"]
 
 
 # --- broken rules ---------------------------------------------------------------------------------------

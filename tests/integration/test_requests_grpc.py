@@ -195,7 +195,13 @@ async def test_list_requests_filters_and_pages(stub, md) -> None:  # type: ignor
     thb = await stub.ListRequests(requests_pb2.ListRequestsQuery(year=year, theme="thb_and_som"), metadata=md)
     assert sorted(r.partner for r in thb.requests) == ["JO", "MX", "SN"]
     offset_token = base64.urlsafe_b64encode(b"o:3").decode()  # what this service gave before keyset paging
-    for bad in ("garbage!", offset_token, paging.encode_key(["2043-02-30", "req-x"]), paging.encode_key([1, 2])):
+    for bad in (
+        "garbage!",
+        offset_token,
+        paging.encode_key(["2043-02-30", "req-x"]),
+        paging.encode_key([1, 2]),
+        paging.encode_key(["2043-02-28", "req-\x00"]),  # text PostgreSQL cannot hold
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await stub.ListRequests(requests_pb2.ListRequestsQuery(page_token=bad), metadata=md)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
