@@ -40,6 +40,7 @@ from services.kernel.store import EventStore
 log = logging.getLogger(__name__)
 
 COMMIT_EVERY_S = 0.1  # Kafka offsets of applied batches (Kafka Streams' default is the same)
+LAG_EVERY_S = 0.5  # lag of every assigned partition; the partitions of each applied batch at once
 
 
 def dlq_topic(group: str) -> str:
@@ -101,17 +102,22 @@ class ProjectionRunner:
         await consumer.start()
         await producer.start()
         offsets = Offsets(consumer, self.settings.kafka_request_timeout_ms / 1000)
+        lag_at = 0.0
         try:
             while True:
                 offsets.tick()
                 batches = await consumer.getmany(
                     timeout_ms=offsets.wait_ms(500), max_records=self.settings.projection_batch_size
                 )
-                for tp in consumer.assignment():
-                    hw = consumer.highwater(tp)
-                    if hw is not None:
-                        self._lag[tp] = max(hw - await consumer.position(tp), 0)
-                self.assigned.set() if consumer.assignment() else self.assigned.clear()
+                assignment = consumer.assignment()
+                self.assigned.set() if assignment else self.assigned.clear()
+                if time.monotonic() - lag_at >= LAG_EVERY_S:  # every partition now and then, not every turn
+                    lag_at = time.monotonic()
+                    self._lag = {}
+                    for tp in assignment:
+                        hw = consumer.highwater(tp)
+                        if hw is not None:
+                            self._lag[tp] = max(hw - await consumer.position(tp), 0)
                 if not batches:
                     continue
                 records = [m for msgs in batches.values() for m in msgs]
