@@ -91,9 +91,11 @@ async def live_per_year(pool) -> dict[int, int]:
 
 
 async def tracked(pool) -> int:
-    """Events of the requests store the requests_per_year projection has applied (0 before the service
-    created its tables). Only this store's events: other tests publish envelopes straight to the topic."""
-    if await pool.fetchval("SELECT to_regclass('projections.tracking')") is None:
+    """Events of the requests store the requests_per_year projection has applied (0 before the store and
+    the projection created their tables, whichever test ran first). Only this store's events: other tests
+    publish envelopes straight to the topic."""
+    tables = await pool.fetchrow("SELECT to_regclass('projections.tracking') AS t, to_regclass('requests.events') AS e")
+    if tables["t"] is None or tables["e"] is None:
         return 0
     return await pool.fetchval(
         "SELECT count(*) FROM requests.events e JOIN projections.tracking t "
