@@ -204,4 +204,17 @@ async def run(dsn: str, clients: int, window: Window, rounds: int) -> dict[str, 
     finally:
         for c in contenders:
             await c.close()
+        await drop_tables(dsn)
     return {**{name: statistics.median(s) for name, s in samples.items()}, "rounds": samples}
+
+
+async def drop_tables(dsn: str) -> None:
+    """The contenders' tables go after each run, so that the next figure starts from empty tables and
+    pays neither for their dirty pages nor for autovacuum passes over them."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for schema in (MIEUX_SCHEMA, ES_SCHEMA, "bench_raw"):
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
