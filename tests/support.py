@@ -111,28 +111,37 @@ class ServiceProcess(Child):
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         deadline = time.monotonic() + timeout
+        last: object = None  # the last health status or error code, for the timeout message
         with grpc.insecure_channel(self.target) as ch:
             stub = health_pb2_grpc.HealthStub(ch)
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
                 try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == 1:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
                         return
-                except grpc.RpcError:
+                    last = reply.status
+                except grpc.RpcError as e:
+                    last = e.code()
                     time.sleep(0.05)  # not listening yet: the call fails at once
-        raise TimeoutError(f"{self.name} not SERVING after {timeout:.0f}s:\n{self.output()[-3000:]}")
+        raise TimeoutError(f"{self.name} not SERVING after {timeout:.0f}s (last: {last}):\n{self.output()[-3000:]}")
 
 
-def start_service(name: str, stack_env: dict[str, str], port: int | None = None, **extra: str) -> ServiceProcess:
-    """Start a service as a child OS process and wait until it serves; the caller stops it."""
+def start_service(
+    name: str, stack_env: dict[str, str], port: int | None = None, *, timeout: float = 60.0, **extra: str
+) -> ServiceProcess:
+    """Start a service as a child OS process and wait up to `timeout` seconds until it serves; the caller
+    stops it. Its environment is `stack_env`, then its port (a free one unless given) and log level WARNING,
+    then `extra` (which may override the log level). Blocking: from async code, run it in a thread
+    (`await asyncio.to_thread(start_service, ...)`) so the event loop keeps serving meanwhile."""
     from services.kernel.devstack import free_port
 
     port = port or free_port()
     env = {**stack_env, f"MIEUX_{name.upper()}_PORT": str(port), "MIEUX_LOG_LEVEL": "WARNING", **extra}
     svc = ServiceProcess(name, env, port)
     try:
-        svc.wait_serving()
+        svc.wait_serving(timeout)
     except BaseException:
         svc.stop()
         raise

@@ -7,10 +7,8 @@ import subprocess
 import sys
 from datetime import date, timedelta
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support import Child, eventually
+from support import Child, eventually, start_service
 
 from services.kernel import bus
 from services.kernel.devstack import free_port
@@ -37,21 +35,6 @@ def service_env(stack_env, port) -> dict[str, str]:
         "MIEUX_REQUESTS_ADDR": f"127.0.0.1:{port}",
         "MIEUX_LOG_LEVEL": "WARNING",
     }
-
-
-async def serving(port: int) -> bool:
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            r = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-            return r.status == health_pb2.HealthCheckResponse.SERVING
-    except grpc.aio.AioRpcError:
-        return False
-
-
-async def start_service(env: dict[str, str], port: int) -> Child:
-    child = Child(["-m", "services.requests"], env)
-    await eventually(lambda: serving(port), 60, "the requests service to serve")
-    return child
 
 
 async def write_requests(pool, n: int, start: date = date(2009, 1, 1)) -> None:
@@ -124,7 +107,7 @@ async def test_service_killed_mid_stream_and_restarted_gives_exact_counts(pool, 
     finally:
         first.stop()
     assert await tracked(pool) < total
-    second = await start_service(service_env, port)
+    second = await asyncio.to_thread(start_service, "requests", service_env, port)
     try:
         await eventually(lambda: caught_up(pool), 120, "the projection to catch up")
         assert await live_per_year(pool) == await expected_per_year(pool)
@@ -134,7 +117,7 @@ async def test_service_killed_mid_stream_and_restarted_gives_exact_counts(pool, 
 
 async def test_rebuild_gives_the_live_read_model(pool, service_env, port) -> None:
     await write_requests(pool, 500, start=date(2012, 6, 1))
-    service = await start_service(service_env, port)
+    service = await asyncio.to_thread(start_service, "requests", service_env, port)
     try:
         await eventually(lambda: caught_up(pool), 60, "the projection to catch up")
         live = await live_per_year(pool)
@@ -155,7 +138,7 @@ async def test_rebuild_gives_the_live_read_model(pool, service_env, port) -> Non
 
 async def test_broker_restart_then_replay_gives_the_same_read_model(stack, pool, service_env, port) -> None:
     await write_requests(pool, 300, start=date(2015, 1, 1))
-    service = await start_service({**service_env, "MIEUX_LOG_LEVEL": "INFO"}, port)
+    service = await asyncio.to_thread(start_service, "requests", service_env, port, MIEUX_LOG_LEVEL="INFO")
     try:
         await eventually(lambda: caught_up(pool), 60, "the projection to catch up")
         before = await live_per_year(pool)

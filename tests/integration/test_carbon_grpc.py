@@ -4,6 +4,7 @@ over gRPC, errors and status codes, idempotency, read models with filters and pa
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -14,15 +15,14 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mieux.carbon.v1 import carbon_pb2, carbon_pb2_grpc
 from mieux.common.v1 import common_pb2
-from support import Child, eventually
+from support import eventually, start_service
 
 from services.carbon.domain import PurchaseOffsets
 from services.kernel import bus
 from services.kernel.db import Pool
-from services.kernel.devstack import DevStack, free_port
+from services.kernel.devstack import DevStack
 from services.kernel.envelope import Envelope, topic_for, utcnow
 from services.kernel.grpckit import call_metadata, field_violations
 from services.kernel.paging import encode_key
@@ -39,28 +39,13 @@ LOGISTICS = topic_for("logistics")
 # --- the service process -----------------------------------------------------------------------------
 
 
-async def serving(port: int) -> bool:
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            r = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-            return r.status == health_pb2.HealthCheckResponse.SERVING
-    except grpc.aio.AioRpcError:
-        return False
-
-
 @pytest.fixture(scope="module")
 async def carbon(stack: DevStack, stack_env: dict[str, str]) -> AsyncIterator[int]:
-    port = free_port()
-    env = {**stack_env, "MIEUX_CARBON_PORT": str(port), "MIEUX_LOG_LEVEL": "WARNING"}
-    child = Child(["-m", "services.carbon"], env)
+    svc = await asyncio.to_thread(start_service, "carbon", stack_env, timeout=90)
     try:
-        try:
-            await eventually(lambda: serving(port), 90, "the carbon service to serve")
-        except AssertionError:
-            raise AssertionError(child.output()[-4000:]) from None
-        yield port
+        yield svc.port
     finally:
-        assert child.stop() == 0, child.output()[-4000:]
+        assert svc.stop() == 0, svc.output()[-4000:]
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,9 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -23,15 +20,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from mieux.common.v1 import common_pb2, eventlog_pb2, eventlog_pb2_grpc
 from mieux.requests.v1 import requests_pb2, requests_pb2_grpc
+from support import ServiceProcess, start_service
 
 from services.kernel.db import Pool
-from services.kernel.devstack import DevStack, free_port
+from services.kernel.devstack import DevStack
 from services.kernel.grpckit import call_metadata, field_violations
 from services.requests.domain import SubmitRequest
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 REQUESTS = "mieux.requests.v1.Requests"
 EVENTLOG = "mieux.common.v1.EventLog"
 RPC_TIMEOUT = 15.0
@@ -42,73 +39,13 @@ STOP_TIMEOUT = 30.0
 # --- the service process -----------------------------------------------------------------------------
 
 
-@dataclass
-class Running:
-    proc: subprocess.Popen
-    port: int
-    log: Path
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def log_tail(self, n: int = 4000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-n:]
-        except OSError:
-            return "<no log>"
-
-
-def start_requests(stack_env: dict[str, str], home: Path) -> Running:
-    port = free_port()
-    log = home / f"requests-{port}.log"
-    env = {**stack_env, "MIEUX_REQUESTS_PORT": str(port), "MIEUX_LOG_LEVEL": "WARNING"}
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.requests"], env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
-        )
-    return Running(proc, port, log)
-
-
-def stop_process(proc: subprocess.Popen) -> int | None:
-    """SIGTERM, wait; SIGKILL if it does not go. Returns the exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    return proc.returncode
-
-
-def wait_serving(running: Running, timeout: float = START_TIMEOUT) -> None:
-    """Poll gRPC health until the whole server says SERVING (or the process dies, or time runs out)."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    with grpc.insecure_channel(running.target) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            if running.proc.poll() is not None:
-                raise RuntimeError(f"requests exited with {running.proc.returncode}:\n{running.log_tail()}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                last = reply.status
-            except grpc.RpcError as e:
-                last = e.code()
-                # not listening yet: the call fails fast, so pace the next try on the deadline loop
-                time.sleep(0.05)
-    raise TimeoutError(f"requests not SERVING after {timeout}s (last: {last}):\n{running.log_tail()}")
-
-
 @pytest.fixture(scope="module")
-def service(request: pytest.FixtureRequest, stack: DevStack, stack_env: dict[str, str]) -> Iterator[Running]:
-    running = start_requests(stack_env, stack.home)
-    request.addfinalizer(lambda: stop_process(running.proc))
-    wait_serving(running)
-    yield running
+def service(stack_env: dict[str, str]) -> Iterator[ServiceProcess]:
+    svc = start_service("requests", stack_env, timeout=START_TIMEOUT)
+    try:
+        yield svc
+    finally:
+        svc.stop(STOP_TIMEOUT)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +54,7 @@ def tokens(stack: DevStack) -> dict[str, str]:
 
 
 @pytest.fixture
-async def channel(service: Running) -> AsyncIterator[grpc.aio.Channel]:
+async def channel(service: ServiceProcess) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(service.target) as ch:
         yield ch
 
@@ -467,16 +404,15 @@ async def test_read_all_needs_a_token(eventlog_stub: eventlog_pb2_grpc.EventLogS
 
 
 def test_sigterm_stops_the_service_gracefully(stack: DevStack, stack_env: dict[str, str]) -> None:
-    running = start_requests(stack_env, stack.home)
+    svc = start_service("requests", stack_env, timeout=START_TIMEOUT)
     try:
-        wait_serving(running)
         started = time.monotonic()
-        running.proc.send_signal(signal.SIGTERM)
+        svc.proc.send_signal(signal.SIGTERM)
         try:
-            code = running.proc.wait(timeout=STOP_TIMEOUT)
+            code = svc.proc.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"requests did not exit within {STOP_TIMEOUT}s of SIGTERM:\n{running.log_tail()}")
-        assert code == 0, f"exit code {code} after {time.monotonic() - started:.1f}s:\n{running.log_tail()}"
-        assert "Traceback" not in running.log_tail(20000), running.log_tail()
+            pytest.fail(f"requests did not exit within {STOP_TIMEOUT}s of SIGTERM:\n{svc.output()[-4000:]}")
+        assert code == 0, f"exit code {code} after {time.monotonic() - started:.1f}s:\n{svc.output()[-4000:]}"
+        assert "Traceback" not in svc.output()[-20000:], svc.output()[-4000:]
     finally:
-        stop_process(running.proc)
+        svc.stop(STOP_TIMEOUT)

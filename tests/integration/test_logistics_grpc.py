@@ -18,14 +18,13 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mieux.common.v1 import common_pb2
 from mieux.experts.v1 import experts_pb2, experts_pb2_grpc
 from mieux.logistics.v1 import logistics_pb2, logistics_pb2_grpc
-from support import Child, eventually
+from support import eventually, start_service
 
 from services.kernel.db import Pool
-from services.kernel.devstack import DevStack, free_port
+from services.kernel.devstack import DevStack
 from services.kernel.grpckit import call_metadata, field_violations
 from services.kernel.paging import encode_key
 from services.logistics.domain import booking_id_for, statute_miles
@@ -78,37 +77,17 @@ async def experts() -> AsyncIterator[tuple[ExpertsDouble, int]]:
         await server.stop(1)
 
 
-async def serving(port: int) -> bool:
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            r = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-            return r.status == health_pb2.HealthCheckResponse.SERVING
-    except grpc.aio.AioRpcError:
-        return False
-
-
 @pytest.fixture(scope="module")
 async def service(stack_env: dict[str, str], experts: tuple[ExpertsDouble, int]) -> AsyncIterator[int]:
-    port = free_port()
-    env = {
-        **stack_env,
-        "MIEUX_LOGISTICS_PORT": str(port),
-        "MIEUX_EXPERTS_ADDR": f"127.0.0.1:{experts[1]}",
-        "MIEUX_LOG_LEVEL": "WARNING",
-    }
-    child = Child(["-m", "services.logistics"], env)
+    # in a thread, so the experts double (on this event loop) answers while the service starts
+    svc = await asyncio.to_thread(
+        start_service, "logistics", stack_env, timeout=90, MIEUX_EXPERTS_ADDR=f"127.0.0.1:{experts[1]}"
+    )
     try:
-
-        async def up() -> bool:
-            if child.proc.poll() is not None:
-                raise AssertionError(f"logistics exited with {child.proc.returncode}:\n{child.output()[-4000:]}")
-            return await serving(port)
-
-        await eventually(up, 90, "the logistics service to serve")
-        yield port
+        yield svc.port
     finally:
-        code = child.stop()
-        assert code == 0, child.output()[-4000:]
+        code = svc.stop()
+        assert code == 0, svc.output()[-4000:]
 
 
 @pytest.fixture(scope="module")
