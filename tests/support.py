@@ -124,7 +124,7 @@ class ServiceProcess(Child):
                     last = reply.status
                 except grpc.RpcError as e:
                     last = e.code()
-                    time.sleep(0.05)  # not listening yet: the call fails at once
+                time.sleep(0.05)  # poll interval: a refused call and a NOT_SERVING answer both come back at once
         raise TimeoutError(f"{self.name} not SERVING after {timeout:.0f}s (last: {last}):\n{self.output()[-3000:]}")
 
 
