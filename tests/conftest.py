@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -15,7 +16,7 @@ from services.kernel.devstack import DevStack
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[DevStack]:
+def stack(request: pytest.FixtureRequest) -> Iterator[DevStack]:
     home = Path(tempfile.mkdtemp(prefix="mieux-test-"))
     home.chmod(0o755)
     s = DevStack(home, fsync=False)
@@ -25,6 +26,11 @@ def stack() -> Iterator[DevStack]:
         yield s
     finally:
         s.down()
+        # the data directory and the services' logs: kept only when a test failed, to read them
+        if request.session.testsfailed:
+            print(f"\ntest stack kept in {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

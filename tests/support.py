@@ -74,7 +74,10 @@ class Child:
     """A child OS process (a service, a relay) that is always stopped."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.log = tempfile.NamedTemporaryFile(prefix="mieux-child-", suffix=".log", delete=False)
+        # in the test stack's home (its env's MIEUX_HOME), which the session removes with the stack
+        self.log = tempfile.NamedTemporaryFile(
+            prefix="mieux-child-", suffix=".log", delete=False, dir=env.get("MIEUX_HOME")
+        )
         self.proc = subprocess.Popen([sys.executable, *args], env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
