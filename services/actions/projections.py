@@ -24,7 +24,7 @@ from services.actions.events import (
 )
 from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, topic_for
-from services.kernel.paging import DEFAULT_PAGE_SIZE, encode_key, key_after
+from services.kernel.paging import DEFAULT_PAGE_SIZE, key_after, next_page
 from services.kernel.projection import Projection
 
 
@@ -176,10 +176,7 @@ class ActionsView(Projection):
             f"LIMIT ${len(args)}",
             *args,
         )
-        page, token = rows[: f.size], ""
-        if len(rows) > f.size:
-            token = encode_key([page[-1]["year"], page[-1]["seq"], page[-1]["action_code"]])
-        return page, token
+        return next_page(rows, f.size, lambda r: [r["year"], r["seq"], r["action_code"]])
 
     async def list_activities(self, pool: Pool, f: ActivityFilter) -> tuple[list[asyncpg.Record], str]:
         where, args = ["true"], []
@@ -210,11 +207,7 @@ class ActionsView(Projection):
             f"LIMIT ${len(args)}",
             *args,
         )
-        page, token = rows[: f.size], ""
-        if len(rows) > f.size:
-            last = page[-1]
-            token = encode_key([last["action_year"], last["action_seq"], last["number"], last["activity_id"]])
-        return page, token
+        return next_page(rows, f.size, lambda r: [r["action_year"], r["action_seq"], r["number"], r["activity_id"]])
 
 
 # --- filters ---------------------------------------------------------------------

@@ -50,9 +50,7 @@ async def keyset_page(
         sql += " WHERE " + " AND ".join(conds)
     sql += f" ORDER BY {key} LIMIT ${len(params)}"
     rows = await pool.fetch(sql, *params)
-    if len(rows) > n:
-        return Page(rows[:n], paging.encode_key([rows[n - 1][key]]))
-    return Page(rows, "")
+    return Page(*paging.next_page(rows, n, lambda r: [r[key]]))
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,6 @@ from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, topic_for
 from services.kernel.projection import Projection
 
-encode_token = paging.encode_key
-
 
 def _unless_empty(check: Callable[[str], str]) -> AfterValidator:
     """A filter: empty means "any"; anything else must be a value `check` accepts."""
@@ -187,9 +185,7 @@ class Roster(Projection):
             f"ORDER BY registered_on, expert_id LIMIT {arg(q.size + 1)}",
             *args,
         )
-        page, more = rows[: q.size], len(rows) > q.size
-        token = encode_token([page[-1]["registered_on"].isoformat(), page[-1]["expert_id"]]) if more else ""
-        return list(page), token
+        return paging.next_page(rows, q.size, lambda r: [r["registered_on"], r["expert_id"]])
 
     async def list_deployments(self, pool: Pool, q: ListDeploymentsQuery) -> tuple[list[asyncpg.Record], str]:
         where, args = ["true"], []
@@ -214,6 +210,4 @@ class Roster(Projection):
             f"ORDER BY starts_on, deployment_id LIMIT {arg(q.size + 1)}",
             *args,
         )
-        page, more = rows[: q.size], len(rows) > q.size
-        token = encode_token([page[-1]["starts_on"].isoformat(), page[-1]["deployment_id"]]) if more else ""
-        return list(page), token
+        return paging.next_page(rows, q.size, lambda r: [r["starts_on"], r["deployment_id"]])

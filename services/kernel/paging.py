@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
 
 from services.kernel.errors import FieldViolation, InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+R = TypeVar("R")
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1  # PostgreSQL `integer`, the type of every int key column
 
 
@@ -29,8 +30,16 @@ NOT_OURS = "not a page token this service gave"
 
 
 def encode_key(key: Sequence[Any]) -> str:
-    """An opaque page token for keyset paging: the last row's sort key."""
-    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+    """An opaque page token for keyset paging: the last row's sort key (a date as its ISO string)."""
+    parts = [k.isoformat() if isinstance(k, date) else k for k in key]
+    return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode().rstrip("=")
+
+
+def next_page(rows: Sequence[R], size: int, key: Callable[[R], Sequence[Any]]) -> tuple[list[R], str]:
+    """Rows fetched with LIMIT size + 1 (the extra row says that a next page exists): the page, and the
+    next page's token, the key of the page's last row ("" on the last page)."""
+    page = list(rows[:size])
+    return page, encode_key(key(page[-1])) if len(rows) > size else ""
 
 
 def decode_key(token: str, *types: type) -> list[Any]:

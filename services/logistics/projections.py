@@ -203,9 +203,6 @@ class TeamView(Projection):
 # --- queries ----------------------------------------------------------------------------------------
 
 
-encode_token = paging.encode_key
-
-
 class _Paged(BaseModel):
     model_config = ConfigDict(frozen=True, str_strip_whitespace=True, extra="forbid")
     key_types: ClassVar[tuple[type, ...]] = (str,)  # of the sort key a page token carries
@@ -284,13 +281,6 @@ class _Where:
         return ("WHERE " + " AND ".join(self.parts)) if self.parts else ""
 
 
-def _next_token(rows: list[asyncpg.Record], limit: int, key: Any) -> tuple[list[asyncpg.Record], str]:
-    if len(rows) > limit:
-        rows = rows[:limit]
-        return rows, encode_token(key(rows[-1]))
-    return rows, ""
-
-
 @dataclass(frozen=True)
 class BookingRow:
     row: asyncpg.Record
@@ -315,7 +305,7 @@ async def list_bookings(pool: Pool, q: ListBookings) -> tuple[list[BookingRow], 
     if after := q.after:
         w.add("booking_id > ?", *after)
     rows = await pool.fetch(f"SELECT * FROM {SCHEMA}.bookings {w} ORDER BY booking_id LIMIT {q.limit + 1}", *w.args)
-    page, token = _next_token(list(rows), q.limit, lambda r: [r["booking_id"]])
+    page, token = paging.next_page(rows, q.limit, lambda r: [r["booking_id"]])
     legs: dict[str, list[asyncpg.Record]] = {r["booking_id"]: [] for r in page}
     if page:
         for leg in await pool.fetch(
@@ -381,7 +371,7 @@ async def list_team(pool: Pool, q: ListTeam) -> tuple[list[MemberRow], str]:
     rows = await pool.fetch(
         f"SELECT m.* FROM {SCHEMA}.team_members m {w} ORDER BY m.member_id LIMIT {q.limit + 1}", *w.args
     )
-    page, token = _next_token(list(rows), q.limit, lambda r: [r["member_id"]])
+    page, token = paging.next_page(rows, q.limit, lambda r: [r["member_id"]])
     stints = await _stints(pool, [r["member_id"] for r in page])
     return [MemberRow(r, stints[r["member_id"]]) for r in page], token
 
@@ -404,7 +394,7 @@ async def list_itineraries(pool: Pool, q: ListItineraries) -> tuple[list[asyncpg
         ORDER BY l.departs_on, l.booking_id, l.leg LIMIT {q.limit + 1}""",
         *w.args,
     )
-    return _next_token(list(rows), q.limit, lambda r: [r["departs_on"].isoformat(), r["booking_id"], r["leg"]])
+    return paging.next_page(rows, q.limit, lambda r: [r["departs_on"], r["booking_id"], r["leg"]])
 
 
 async def list_traveller_miles(pool: Pool, q: ListTravellerMiles) -> list[asyncpg.Record]:

@@ -142,7 +142,5 @@ class RequestRegister(Projection):
             f"ORDER BY received_on, request_id LIMIT ${len(args)}",
             *args,
         )
-        page, nxt = rows[:limit], ""
-        if len(rows) > limit:
-            nxt = paging.encode_key([page[-1]["received_on"].isoformat(), page[-1]["request_id"]])
+        page, nxt = paging.next_page(rows, limit, lambda r: [r["received_on"], r["request_id"]])
         return page, nxt, total

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from services.kernel.errors import InvalidArgument
-from services.kernel.paging import BadPageToken, decode_key, encode_key, key_after
+from services.kernel.paging import BadPageToken, decode_key, encode_key, key_after, next_page
 
 
 @pytest.mark.parametrize(
@@ -79,3 +79,12 @@ def test_key_after_is_none_for_the_first_page_and_invalid_argument_naming_page_t
     with pytest.raises(InvalidArgument) as e:
         key_after(encode_key([True, "a"]), int, str)
     assert [v.field for v in e.value.violations] == ["page_token"]
+
+
+def test_next_page_takes_the_extra_row_as_the_sign_of_a_next_page() -> None:
+    rows = [{"on": date(2017, 1, d), "id": f"r{d}"} for d in range(1, 4)]
+    page, token = next_page(rows, 2, lambda r: [r["on"], r["id"]])
+    assert page == rows[:2]
+    assert decode_key(token, date, str) == [date(2017, 1, 2), "r2"]  # a date travels as its ISO string
+    assert next_page(rows, 3, lambda r: [r["id"]]) == (rows, "")
+    assert next_page([], 3, lambda r: [r["id"]]) == ([], "")
