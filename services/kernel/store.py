@@ -266,15 +266,13 @@ class EventStore:
         except asyncpg.UniqueViolationError as e:
             # the same command id stored before (return its first result), or a concurrent writer took
             # the version first
-            first = await self._command(command_id) if command_id is not None else None
-            if first is not None:
-                return self._checked(first, command_hash)
+            if first := await self._retried(command_id, command_hash):
+                return first
             raise ConcurrencyError(f"stream {stream_id} was changed concurrently") from e
         if not rows:
             # the stream is not at the expected version; a retried command answers with its first result
-            first = await self._command(command_id) if command_id is not None else None
-            if first is not None:
-                return self._checked(first, command_hash)
+            if first := await self._retried(command_id, command_hash):
+                return first
             raise ConcurrencyError(f"stream {stream_id} is not at the expected version {expected_version}")
         for wake in self.on_append:
             wake()
@@ -286,9 +284,8 @@ class EventStore:
     ) -> AppendResult:
         """A command that decided on no events: nothing is stored, but it still answers a retry and
         still checks the expected version."""
-        first = await self._command(command_id) if command_id is not None else None
-        if first is not None:
-            return self._checked(first, command_hash)
+        if first := await self._retried(command_id, command_hash):
+            return first
         if expected_version > 0 and not await self.pool.fetchval(
             f"SELECT EXISTS (SELECT FROM {self.schema}.events WHERE stream_id = $1 AND stream_version = $2)",
             stream_id,
@@ -314,6 +311,10 @@ class EventStore:
         """The first result of a command id seen before (CommandReused if the payload differs)."""
         row = await self._command(command_id)
         return None if row is None else self._checked(row, command_hash)
+
+    async def _retried(self, command_id: str | None, command_hash: str | None) -> AppendResult | None:
+        """The first result when `command_id` was stored before (only looked up once an append is refused)."""
+        return None if command_id is None else await self.command_result(command_id, command_hash)
 
     async def _command(self, command_id: str) -> asyncpg.Record | None:
         return await self.pool.fetchrow(
