@@ -156,7 +156,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_projections(args: argparse.Namespace) -> int:
     from services.kernel.db import create_pool
     from services.kernel.projection import rebuild
-    from services.kernel.runner import group_lag
+    from services.kernel.runner import group_lag, projection_group
 
     catalog.load_events()
     known = catalog.projections()
@@ -166,7 +166,7 @@ def cmd_projections(args: argparse.Namespace) -> int:
         if args.action == "lag":
             table = Table("projection", "service", "lag (events)")
             for name, (svc, p) in sorted(known.items()):
-                table.add_row(name, svc, str(await group_lag(settings, f"mieux.{svc}.{name}", p.topics)))
+                table.add_row(name, svc, str(await group_lag(settings, projection_group(svc), p.topics)))
             console.print(table)
             return 0
         names = sorted(known) if args.all else args.names

@@ -41,12 +41,9 @@ async def wait_until(check, timeout: float, what: str) -> float:  # type: ignore
 
 
 def consumer_groups() -> list[tuple[str, tuple[str, ...]]]:
-    """Every projection's and policy's consumer group with its topics, as the services build them."""
-    groups = []
-    for ctx in CONTEXTS:
-        svc = importlib.import_module(f"services.{ctx}.__main__").build()
-        groups += [(f"mieux.{ctx}.{p.name}", tuple(p.topics)) for p in [*svc.projections, *svc.policies]]
-    return groups
+    """Every consumer group with its topics, as the services build them."""
+    services = [importlib.import_module(f"services.{ctx}.__main__").build() for ctx in CONTEXTS]
+    return [g for svc in services for g in svc.consumer_groups()]
 
 
 async def unpublished(settings: Settings) -> int:

@@ -2,8 +2,9 @@
 
 A projection declares its tables and how it applies events. `apply_batch` is the one place where
 events touch a read model: in ONE PostgreSQL transaction it records `(projection, event_id)` in the
-tracking table (duplicates are dropped there) and applies the new events, so a redelivered event can
-never be applied twice. Kafka offsets are committed only after that transaction (see runner.py).
+tracking table (duplicates are dropped there) and applies the new events, for every projection of a
+service whose topics the batch came from, so a redelivered event can never be applied twice. Kafka
+offsets are committed only after that transaction (see runner.py).
 Unknown event types are skipped (tolerant reader); a message that cannot be decoded or applied is
 handed back as dead, with the reason, for the dead-letter queue.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import asyncpg
@@ -66,6 +67,8 @@ class Projection:
 class Dead:
     raw: bytes | None
     reason: str
+    projection: str = ""  # the projection that could not apply it; empty when it could not be decoded
+    topic: str = ""  # where it came from
 
 
 @dataclass
@@ -73,35 +76,55 @@ class BatchResult:
     applied: int = 0
     duplicates: int = 0
     skipped: int = 0
-    dead: list[Dead] | None = None
+    dead: list[Dead] = field(default_factory=list)
+
+    def add(self, counts: tuple[int, int, int]) -> None:
+        applied, duplicates, skipped = counts
+        self.applied += applied
+        self.duplicates += duplicates
+        self.skipped += skipped
 
 
-def decode(raws: Sequence[bytes | None]) -> tuple[list[tuple[Envelope, Event]], list[Dead]]:
-    good: list[tuple[Envelope, Event]] = []
+Message = tuple[str, bytes | None]  # (topic, value) as the bus delivered it
+Routed = Sequence[tuple["Projection", Sequence[tuple[Envelope, Event]]]]  # each projection with its events
+
+
+def decode(messages: Sequence[Message]) -> tuple[list[tuple[str, Envelope, Event]], list[Dead]]:
+    good: list[tuple[str, Envelope, Event]] = []
     dead: list[Dead] = []
-    for raw in raws:
+    for topic, raw in messages:
         try:
             env = parse_message(raw)
-            good.append((env, registry.decode(env)))
+            good.append((topic, env, registry.decode(env)))
         except DecodeError as e:
-            dead.append(Dead(raw, str(e)))
+            dead.append(Dead(raw, str(e), topic=topic))
     return good, dead
+
+
+def route(projections: Sequence[Projection], good: Sequence[tuple[str, Envelope, Event]]) -> Routed:
+    """Each projection with the events of its own topics, in delivery order."""
+    routed = []
+    for p in projections:
+        mine = [(env, ev) for topic, env, ev in good if topic in p.topics]
+        if mine:
+            routed.append((p, mine))
+    return routed
 
 
 AsyncSource = Callable[[], AsyncIterator[Envelope]]
 
 
-async def _apply_in_tx(
-    conn: asyncpg.Connection, projection: Projection, items: Sequence[tuple[Envelope, Event]]
-) -> tuple[int, int, int]:
-    """One transaction: track, drop duplicates, apply. Returns (applied, duplicates, skipped).
+async def _apply_in_tx(conn: asyncpg.Connection, routed: Routed) -> tuple[int, int, int]:
+    """One transaction for every projection of the batch: track, drop duplicates, apply.
+    Returns (applied, duplicates, skipped) summed over the projections.
 
-    BEGIN and the rebuild lock go in one round trip (a simple query), so a batch costs BEGIN, the
-    tracking insert, the projection's statements and COMMIT. A failed or cancelled batch leaves the
-    connection in its transaction only if ROLLBACK cannot be sent, and the pool then closes it."""
-    await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock_shared(hashtext({literal(lock_key(projection))}))")
+    BEGIN and the projections' rebuild locks go in one round trip (a simple query), so a batch costs
+    BEGIN, one tracking insert, each projection's statements and COMMIT. A failed or cancelled batch
+    leaves the connection in its transaction only if ROLLBACK cannot be sent, and the pool then closes it."""
+    locks = ", ".join(f"pg_advisory_xact_lock_shared(hashtext({literal(lock_key(p))}))" for p, _ in routed)
+    await conn.execute(f"BEGIN; SELECT {locks}")
     try:
-        counts = await _apply_items(conn, projection, items)
+        counts = await _apply_items(conn, routed)
     except Exception:
         await conn.execute("ROLLBACK")
         raise
@@ -114,55 +137,63 @@ def literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-async def _apply_items(
-    conn: asyncpg.Connection, projection: Projection, items: Sequence[tuple[Envelope, Event]]
-) -> tuple[int, int, int]:
+async def _apply_items(conn: asyncpg.Connection, routed: Routed) -> tuple[int, int, int]:
+    """Track every (projection, event id) in one statement, then apply what is new to each projection."""
+    names = [p.name for p, items in routed for _ in items]
+    ids = [env.event_id for _, items in routed for env, _ in items]
     fresh = {
-        r["event_id"]
+        (r["projection"], r["event_id"])
         for r in await conn.fetch(
-            "INSERT INTO projections.tracking (projection, event_id) SELECT $1, unnest($2::uuid[]) "
-            "ON CONFLICT DO NOTHING RETURNING event_id",
-            projection.name,
-            [env.event_id for env, _ in items],
+            "INSERT INTO projections.tracking (projection, event_id) SELECT * FROM unnest($1::text[], $2::uuid[]) "
+            "ON CONFLICT DO NOTHING RETURNING projection, event_id",
+            names,
+            ids,
         )
     }
-    todo = []
-    for env, ev in items:
-        if env.event_id in fresh:
-            fresh.discard(env.event_id)  # the same event twice in one batch counts once
-            todo.append((env, ev))
-    known = [(env, ev) for env, ev in todo if not isinstance(ev, UnknownEvent)]
-    if known:
-        await projection.apply_many(conn, known)
-    return len(known), len(items) - len(todo), len(todo) - len(known)
+    applied = duplicates = skipped = 0
+    for p, items in routed:
+        todo = []
+        for env, ev in items:
+            if (p.name, env.event_id) in fresh:
+                fresh.discard((p.name, env.event_id))  # the same event twice in one batch counts once
+                todo.append((env, ev))
+        known = [(env, ev) for env, ev in todo if not isinstance(ev, UnknownEvent)]
+        if known:
+            await p.apply_many(conn, known)
+        applied += len(known)
+        duplicates += len(items) - len(todo)
+        skipped += len(todo) - len(known)
+    return applied, duplicates, skipped
 
 
-async def apply_batch(pool: Pool, projection: Projection, raws: Sequence[bytes | None]) -> BatchResult:
-    """Decode and apply a batch; a batch that fails is retried one event at a time to isolate poison."""
-    good, dead = decode(raws)
+async def apply_batch(pool: Pool, projections: Sequence[Projection], messages: Sequence[Message]) -> BatchResult:
+    """Decode a batch and apply it to every projection of its topics in one transaction. A batch that
+    fails is retried one event and one projection at a time, to isolate the poison: the projection
+    that cannot apply an event hands it back as dead, and the others still apply it."""
+    good, dead = decode(messages)
     result = BatchResult(dead=dead)
-    if not good:
+    routed = route(projections, good)
+    if not routed:
         return result
+    came_from = {id(env): topic for topic, env, _ in good}
     async with pool.acquire() as conn:
         try:
-            result.applied, result.duplicates, result.skipped = await _apply_in_tx(conn, projection, good)
+            result.add(await _apply_in_tx(conn, routed))
             return result
         except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
             raise
         except Exception as e:  # one of them is poison: find it
-            log.warning("projection %s: batch failed (%s); applying one by one", projection.name, e)
-        for env, ev in good:
-            try:
-                a, d, s = await _apply_in_tx(conn, projection, [(env, ev)])
-                result.applied, result.duplicates, result.skipped = (
-                    result.applied + a,
-                    result.duplicates + d,
-                    result.skipped + s,
-                )
-            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
-                raise
-            except Exception as e:
-                dead.append(Dead(env.to_bytes(), f"apply failed: {type(e).__name__}: {e}"))
+            names = ",".join(p.name for p, _ in routed)
+            log.warning("projections %s: batch failed (%s); applying one by one", names, e)
+        for p, items in routed:
+            for env, ev in items:
+                try:
+                    result.add(await _apply_in_tx(conn, [(p, [(env, ev)])]))
+                except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
+                    raise
+                except Exception as e:
+                    reason = f"apply failed: {type(e).__name__}: {e}"
+                    dead.append(Dead(env.to_bytes(), reason, p.name, came_from[id(env)]))
     return result
 
 
@@ -188,8 +219,8 @@ async def rebuild(pool: Pool, projection: Projection, sources: Sequence[AsyncSou
             async for env in source():
                 chunk.append((env, registry.decode(env)))
                 if len(chunk) >= batch:
-                    total += (await _apply_items(conn, projection, chunk))[0]
+                    total += (await _apply_items(conn, [(projection, chunk)]))[0]
                     chunk = []
             if chunk:
-                total += (await _apply_items(conn, projection, chunk))[0]
+                total += (await _apply_items(conn, [(projection, chunk)]))[0]
     return total

@@ -18,7 +18,7 @@ from services.kernel.db import Pool, create_pool
 from services.kernel.grpckit import READERS, Access, GrpcServer, Registrar, run_until_signalled
 from services.kernel.projection import Projection
 from services.kernel.relay import Relay
-from services.kernel.runner import Policy, PolicyRunner, ProjectionRunner
+from services.kernel.runner import Policy, PolicyRunner, ProjectionRunner, policy_group, projection_group
 from services.kernel.settings import Role, Settings, service_port
 from services.kernel.store import EventStore
 
@@ -47,6 +47,14 @@ class Service:
     def port(self) -> int:
         return service_port(self.name)
 
+    def consumer_groups(self) -> list[tuple[str, tuple[str, ...]]]:
+        """The consumer groups this service runs, with their topics: one for all its projections, and
+        one per policy."""
+        groups = []
+        if self.projections:
+            groups.append((projection_group(self.name), tuple(sorted({t for p in self.projections for t in p.topics}))))
+        return groups + [(policy_group(self.name, pol), tuple(pol.topics)) for pol in self.policies]
+
     async def start(self) -> None:
 
         self.pool = await create_pool(self.settings.dsn(), max_size=20)
@@ -65,13 +73,13 @@ class Service:
         )
         self.relay = Relay(self.store, self.settings)
         self.tasks.append(asyncio.create_task(self._supervise("relay", self.relay.run)))
-        for p in self.projections:
-            runner = ProjectionRunner(p, self.pool, self.settings, group=f"mieux.{self.name}.{p.name}")
+        if self.projections:
+            runner = ProjectionRunner(self.projections, self.pool, self.settings, group=projection_group(self.name))
             self.runners.append(runner)
             await runner.start()
         for pol in self.policies:
             pol.store = self.store
-            prunner = PolicyRunner(pol, self.settings, group=f"mieux.{self.name}.{pol.name}")
+            prunner = PolicyRunner(pol, self.settings, group=policy_group(self.name, pol))
             self.runners.append(prunner)
             await prunner.start()
         await self.server.start()

@@ -12,13 +12,13 @@ from support import Child, eventually, start_service
 
 from services.kernel import bus
 from services.kernel.devstack import free_port
-from services.kernel.runner import group_lag
+from services.kernel.runner import group_lag, projection_group
 from services.kernel.settings import Settings
 from services.kernel.store import EventStore, Metadata
 from services.requests.events import RequestReceived
 
 pytestmark = pytest.mark.e2e
-GROUP = "mieux.requests.requests_per_year"
+GROUP = projection_group("requests")
 TOPICS = ("mieux.requests.events",)
 
 

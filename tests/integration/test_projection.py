@@ -12,7 +12,7 @@ from support import eventually, read_topic
 
 from services.kernel import bus
 from services.kernel.db import Pool
-from services.kernel.envelope import Envelope, Event, registry, topic_for, utcnow
+from services.kernel.envelope import Envelope, Event, parse_message, registry, topic_for, utcnow
 from services.kernel.projection import Projection
 from services.kernel.runner import ProjectionRunner, dlq_topic
 from services.kernel.settings import Settings
@@ -92,7 +92,7 @@ async def runner(pool, schema):
     async with pool.acquire() as conn:
         await projection.setup(conn)
     await bus.ensure_topics(settings, [topic_for(schema)])
-    r = ProjectionRunner(projection, pool, settings, group=f"test.{schema}")
+    r = ProjectionRunner([projection], pool, settings, group=f"test.{schema}")
     await r.start()
     try:
         yield r
@@ -142,3 +142,70 @@ async def test_poison_messages_go_to_the_dlq_and_the_next_good_one_is_applied(po
     assert any("schema version 99" in r for r in reasons)
     assert any("not an envelope" in r for r in reasons)
     assert runner.dead == 3
+
+
+def picky_projection(schema: str, topics: tuple[str, ...]) -> Projection:
+    """Sums n per stream, but its table refuses n = 13 (a CHECK constraint): that event cannot be applied."""
+
+    class Picky(Projection):
+        name = f"picky_{schema}"
+        tables = (f"{schema}_views.picky",)
+        setup_sql = f"""
+        CREATE SCHEMA IF NOT EXISTS {schema}_views;
+        CREATE TABLE IF NOT EXISTS {schema}_views.picky (
+            stream_id text PRIMARY KEY, total bigint NOT NULL CHECK (total <> 13));
+        """
+
+        async def apply(self, conn: asyncpg.Connection, env: Envelope, event: Event) -> None:
+            assert isinstance(event, ProjectionTestTicked)
+            await conn.execute(
+                f"INSERT INTO {schema}_views.picky VALUES ($1, $2) ON CONFLICT (stream_id) DO UPDATE "
+                "SET total = picky.total + EXCLUDED.total",
+                env.stream_id,
+                event.n,
+            )
+
+    Picky.topics = topics
+    return Picky()
+
+
+async def test_projections_sharing_a_group_each_get_their_topics_and_their_own_poison(pool, schema) -> None:
+    """One runner, two projections: each applies the events of its own topics; an event one of them
+    cannot apply goes to the group's DLQ naming that projection, and the other still applies it."""
+    settings = Settings()
+    main, other = topic_for(schema), topic_for(f"{schema}_other")
+    counting, picky = counting_projection(schema), picky_projection(schema, (main, other))
+    async with pool.acquire() as conn:
+        await counting.setup(conn)
+        await picky.setup(conn)
+    await bus.ensure_topics(settings, [main, other])
+    runner = ProjectionRunner([counting, picky], pool, settings, group=f"test.{schema}.shared")
+    await runner.start()
+    try:
+        on_main = [envelope("s1", 1, 5), envelope("s2", 1, 13), envelope("s1", 2, 7)]
+        on_other = envelope("s3", 1, 100)
+        await produce(settings, main, [e.to_bytes() for e in on_main], [e.stream_id for e in on_main])
+        await produce(settings, other, [on_other.to_bytes()], [on_other.stream_id])
+
+        async def handled() -> bool:
+            return runner.applied >= 6 and runner.dead >= 1  # counts: 3 applied; picky: 3 of 4, 1 dead
+
+        await eventually(handled, what="every event handled by both projections")
+        assert await counts(pool, schema) == {"s1": (2, 12), "s2": (1, 13)}
+        picky_rows = await pool.fetch(f"SELECT stream_id, total FROM {schema}_views.picky")
+        assert {r["stream_id"]: r["total"] for r in picky_rows} == {"s1": 12, "s3": 100}
+        dead = await read_topic(settings, dlq_topic(runner.group), lambda s: len(s) >= 1, raw=True)
+        assert len(dead) == 1
+        headers = {k: v.decode() for k, v in dead[0].headers}
+        assert headers["projection"] == picky.name
+        assert headers["origin"] == main
+        assert "apply failed" in headers["reason"]
+        assert parse_message(dead[0].value).event_id == on_main[1].event_id
+        tracked = await pool.fetch(
+            "SELECT projection, count(*) AS n FROM projections.tracking WHERE projection = ANY($1::text[]) GROUP BY 1",
+            [counting.name, picky.name],
+        )
+        assert {r["projection"]: r["n"] for r in tracked} == {counting.name: 3, picky.name: 3}
+        assert (runner.applied, runner.dead) == (6, 1)
+    finally:
+        await runner.stop()

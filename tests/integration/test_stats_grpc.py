@@ -26,7 +26,7 @@ from services.experts.events import ExpertDeployed, ExpertDeploymentCancelled, E
 from services.kernel import bus
 from services.kernel.envelope import topic_for
 from services.kernel.grpckit import call_metadata, field_violations
-from services.kernel.runner import group_lag
+from services.kernel.runner import group_lag, projection_group
 from services.kernel.settings import Settings
 from services.logistics.domain import statute_miles
 from services.logistics.events import Fare, FlightBooked, FlightCancelled, Segment, TeamMemberJoined, TeamMemberLeft
@@ -215,7 +215,7 @@ def stats_service(stack_env: dict[str, str]) -> Iterator[ServiceProcess]:
 async def caught_up(settings: Settings) -> bool:
     """Every stats projection has applied everything on its topic (lag 0)."""
     for p in all_projections():
-        if await group_lag(settings, f"mieux.stats.{p.name}", list(p.topics)) != 0:
+        if await group_lag(settings, projection_group("stats"), list(p.topics)) != 0:
             return False
     return True
 

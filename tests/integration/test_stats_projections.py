@@ -549,19 +549,19 @@ class Stats:
         return next(p for p in self.projections if topic_for(env.source) in p.topics)
 
     async def feed(self, envelopes: Iterable[Envelope], batch: int = 7) -> tuple[int, int]:
-        """Apply as the runner would: consecutive envelopes of one topic in batches. (applied, duplicates)"""
+        """Apply as the runner would: batches of envelopes of any topics. (applied, duplicates)"""
         applied = duplicates = 0
         run: list[Envelope] = []
 
         async def flush() -> None:
             nonlocal applied, duplicates, run
             if run:
-                r = await apply_batch(self.pool, self.projection_for(run[0]), [e.to_bytes() for e in run])
+                r = await apply_batch(self.pool, self.projections, [(topic_for(e.source), e.to_bytes()) for e in run])
                 assert not r.dead, r.dead
                 applied, duplicates, run = applied + r.applied, duplicates + r.duplicates, []
 
         for env in envelopes:
-            if run and (env.source != run[0].source or len(run) >= batch):
+            if len(run) >= batch:
                 await flush()
             run.append(env)
         await flush()

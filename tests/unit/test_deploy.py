@@ -33,7 +33,7 @@ import services
 from services.carbon.settings import CarbonSettings
 from services.kernel import catalog
 from services.kernel.envelope import topic_for
-from services.kernel.runner import Policy, dlq_topic
+from services.kernel.runner import Policy, dlq_topic, projection_group
 from services.kernel.settings import SERVICE_PORTS, Settings, hash_token
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,29 +101,29 @@ def _service_main(svc: str) -> ModuleType:
 
 @cache
 def consumer_groups() -> dict[str, list[str]]:
-    """service -> the consumer groups its process runs (mieux.<service>.<projection|policy>), read from the
-    Service each `python -m services.<service>` builds."""
-    out: dict[str, list[str]] = {}
-    for svc in SERVICE_PORTS:
-        built = _service_main(svc).build()
-        out[svc] = [f"mieux.{svc}.{c.name}" for c in (*built.projections, *built.policies)]
-    return out
+    """service -> the consumer groups its process runs (mieux.<service>.projections for all its projections,
+    mieux.<service>.<policy> for each policy), read from the Service each `python -m services.<service>` builds."""
+    return {svc: [g for g, _ in _service_main(svc).build().consumer_groups()] for svc in SERVICE_PORTS}
 
 
 def test_every_catalogued_projection_and_policy_runs_in_its_service() -> None:
-    """The groups above agree with the catalogue (projections.py) and each context's policies.py."""
-    groups = {g for gs in consumer_groups().values() for g in gs}
-    catalogued = {f"mieux.{owner}.{name}" for name, (owner, _) in catalog.projections().items()}
-    for ctx in catalog.CONTEXTS:
-        if importlib.util.find_spec(f"services.{ctx}.policies") is None:
-            continue
-        mod = importlib.import_module(f"services.{ctx}.policies")
-        catalogued |= {
-            f"mieux.{ctx}.{obj.name}"
-            for obj in vars(mod).values()
-            if isinstance(obj, type) and issubclass(obj, Policy) and obj.__module__ == mod.__name__
-        }
-    assert catalogued == groups
+    """Each service runs the projections the catalogue gives it (projections.py), on one consumer group,
+    and each policy of its context's policies.py on a group of its own."""
+    for svc in SERVICE_PORTS:
+        built = _service_main(svc).build()
+        catalogued = {name for name, (owner, _) in catalog.projections().items() if owner == svc}
+        assert {p.name for p in built.projections} == catalogued, svc
+        policies: set[str] = set()
+        if importlib.util.find_spec(f"services.{svc}.policies") is not None:
+            mod = importlib.import_module(f"services.{svc}.policies")
+            policies = {
+                obj.name
+                for obj in vars(mod).values()
+                if isinstance(obj, type) and issubclass(obj, Policy) and obj.__module__ == mod.__name__
+            }
+        assert {p.name for p in built.policies} == policies, svc
+        expected = ([projection_group(svc)] if catalogued else []) + sorted(f"mieux.{svc}.{p}" for p in policies)
+        assert sorted(consumer_groups()[svc]) == sorted(expected), svc
     assert set(catalog.CONTEXTS) == set(SERVICE_PORTS)
 
 

@@ -143,22 +143,24 @@ class _Counting(projection.Projection):
 
 
 class _FakeConn:
-    """Answers the tracking-table insert as if every event id were new."""
+    """Answers the tracking-table insert as if every (projection, event id) were new."""
 
-    async def fetch(self, sql: str, name: str, event_ids: list[uuid.UUID]) -> list[dict[str, uuid.UUID]]:
+    async def fetch(self, sql: str, names: list[str], event_ids: list[uuid.UUID]) -> list[dict[str, Any]]:
         assert "projections.tracking" in sql
-        return [{"event_id": i} for i in event_ids]
+        return [{"projection": n, "event_id": i} for n, i in zip(names, event_ids, strict=True)]
 
 
 async def test_projections_skip_unknown_events_without_dead_lettering_them() -> None:
     known = envelope("RequestReceived", RECEIVED_DATA)
     unknown = envelope("SomethingNew", {"x": 1})
-    good, dead = projection.decode([known.to_bytes(), unknown.to_bytes()])
+    t = _Counting.topics[0]
+    good, dead = projection.decode([(t, known.to_bytes()), (t, unknown.to_bytes())])
     assert dead == []
-    assert [type(ev) for _, ev in good] == [RequestReceived, UnknownEvent]
+    assert [type(ev) for _, _, ev in good] == [RequestReceived, UnknownEvent]
 
     p = _Counting()
-    applied, duplicates, skipped = await projection._apply_items(_FakeConn(), p, good)  # type: ignore[arg-type]
+    routed = projection.route([p], good)
+    applied, duplicates, skipped = await projection._apply_items(_FakeConn(), routed)  # type: ignore[arg-type]
     assert (applied, duplicates, skipped) == (1, 0, 1)
     assert p.applied == ["RequestReceived"]
 
