@@ -103,7 +103,7 @@ def per_year_on(topic: str) -> RequestsPerYear:
 async def mieux(settings: Settings, topic: str, n: int) -> dict[str, float]:
     pool = await create_pool(settings.dsn(), max_size=4)
     projection = per_year_on(topic)
-    runner = ProjectionRunner(projection, pool, settings, group=f"bench.mieux.{new_id()}")
+    runner = ProjectionRunner([projection], pool, settings, group=f"bench.mieux.{new_id()}")
     try:
         async with pool.acquire() as conn:
             await projection.setup(conn)
