@@ -155,6 +155,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_projections(args: argparse.Namespace) -> int:
     from services.kernel.db import create_pool
+    from services.kernel.eventlog import sources_of
     from services.kernel.projection import rebuild
     from services.kernel.runner import group_lag, projection_group
 
@@ -181,33 +182,13 @@ def cmd_projections(args: argparse.Namespace) -> int:
                 _, p = known[name]
                 async with pool.acquire() as conn:
                     await p.setup(conn)
-                n = await rebuild(pool, p, [read_all_source(topic.split(".")[1], settings) for topic in p.topics])
+                n = await rebuild(pool, p, sources_of(p, settings, "ops"))
                 console.print(f"rebuilt [bold]{name}[/] from {n} events")
         finally:
             await pool.close()
         return 0
 
     return asyncio.run(go())
-
-
-def read_all_source(service: str, settings: Settings):  # type: ignore[no-untyped-def]
-    """Events of a service, read over its gRPC EventLog.ReadAll (never its database)."""
-    from mieux.common.v1 import eventlog_pb2, eventlog_pb2_grpc
-
-    from services.kernel.eventlog import from_proto
-    from services.kernel.grpckit import call_metadata, channel
-    from services.kernel.settings import service_address
-
-    async def source():  # type: ignore[no-untyped-def]
-        async with channel(service_address(service)) as ch:
-            stub = eventlog_pb2_grpc.EventLogStub(ch)
-            call = stub.ReadAll(
-                eventlog_pb2.ReadAllRequest(after_position=0), metadata=call_metadata(settings.client_token("ops"))
-            )
-            async for p in call:
-                yield from_proto(p)
-
-    return source
 
 
 def cmd_up(args: argparse.Namespace) -> int:

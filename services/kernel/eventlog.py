@@ -10,6 +10,9 @@ import grpc
 from mieux.common.v1 import eventlog_pb2, eventlog_pb2_grpc
 
 from services.kernel.envelope import Envelope
+from services.kernel.grpckit import call_metadata, channel
+from services.kernel.projection import AsyncSource, Projection
+from services.kernel.settings import Role, Settings, service_address
 from services.kernel.store import EventStore, HighWaterMark
 
 SERVICE_NAME = "mieux.common.v1.EventLog"
@@ -80,3 +83,21 @@ def register(store: EventStore):  # type: ignore[no-untyped-def]
         eventlog_pb2_grpc.add_EventLogServicer_to_server(EventLogServicer(store), server)
 
     return add
+
+
+def read_all_source(service: str, settings: Settings, role: Role) -> AsyncSource:
+    """Events of a service, read over its gRPC EventLog.ReadAll (never its database)."""
+
+    async def source() -> AsyncIterator[Envelope]:
+        async with channel(service_address(service)) as ch:
+            stub = eventlog_pb2_grpc.EventLogStub(ch)
+            request = eventlog_pb2.ReadAllRequest(after_position=0)
+            async for p in stub.ReadAll(request, metadata=call_metadata(settings.client_token(role))):
+                yield from_proto(p)
+
+    return source
+
+
+def sources_of(projection: Projection, settings: Settings, role: Role) -> list[AsyncSource]:
+    """What a rebuild of `projection` reads: the event log of each service whose topic it follows."""
+    return [read_all_source(topic.split(".")[1], settings, role) for topic in projection.topics]
