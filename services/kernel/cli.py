@@ -153,6 +153,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+async def needs_rebuild(settings: Settings) -> dict[str, datetime]:
+    """Projections flagged by their runner as lacking the events before they joined their group."""
+    import asyncpg
+
+    conn = await asyncpg.connect(settings.dsn())
+    try:
+        if await conn.fetchval("SELECT to_regclass('projections.needs_rebuild')") is None:
+            return {}
+        rows = await conn.fetch("SELECT projection, since FROM projections.needs_rebuild")
+        return {r["projection"]: r["since"] for r in rows}
+    finally:
+        await conn.close()
+
+
 def cmd_projections(args: argparse.Namespace) -> int:
     from services.kernel.db import create_pool
     from services.kernel.eventlog import sources_of
@@ -165,9 +179,14 @@ def cmd_projections(args: argparse.Namespace) -> int:
     async def go() -> int:
         settings = Settings()
         if args.action == "lag":
-            table = Table("projection", "service", "lag (events)")
+            flagged = await needs_rebuild(settings)
+            table = Table("projection", "service", "lag (events)", "history")
             for name, (svc, p) in sorted(known.items()):
-                table.add_row(name, svc, str(await group_lag(settings, projection_group(svc), p.topics)))
+                lag = await group_lag(settings, projection_group(svc), p.topics)
+                history = "complete"
+                if name in flagged:
+                    history = f"[red]incomplete since {flagged[name]:%Y-%m-%d %H:%M}: rebuild it[/]"
+                table.add_row(name, svc, str(lag), history)
             console.print(table)
             return 0
         names = sorted(known) if args.all else args.names

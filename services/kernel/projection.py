@@ -30,6 +30,13 @@ CREATE TABLE IF NOT EXISTS projections.tracking (
     event_id    uuid NOT NULL,
     PRIMARY KEY (projection, event_id)
 );
+-- projections that joined their service's consumer group after it had read past the start of their
+-- topics, so they lack the events before; only a rebuild clears the flag (see runner.flag_joined_late)
+CREATE TABLE IF NOT EXISTS projections.needs_rebuild (
+    projection  text PRIMARY KEY,
+    since       timestamptz NOT NULL DEFAULT now(),
+    reason      text NOT NULL
+);
 """
 
 
@@ -205,8 +212,9 @@ async def rebuild(pool: Pool, projection: Projection, sources: Sequence[AsyncSou
     """Empty the read model and refill it from the sources' event logs, in ONE transaction.
 
     The live runner takes the same advisory lock for each batch, so it waits while the rebuild runs
-    and then finds every event it brings already tracked: nothing is applied twice, readers see the old
-    model until the new one is committed.
+    and then finds every event it brings already tracked: nothing is applied twice. Readers of the
+    tables wait for the commit (TRUNCATE locks them) and never see a half-built model. A projection
+    flagged as needing a rebuild is unflagged in the same transaction.
     """
     total = 0
     async with pool.acquire() as conn, conn.transaction():
@@ -214,6 +222,7 @@ async def rebuild(pool: Pool, projection: Projection, sources: Sequence[AsyncSou
         for table in projection.tables:
             await conn.execute(f"TRUNCATE {table}")
         await conn.execute("DELETE FROM projections.tracking WHERE projection = $1", projection.name)
+        await conn.execute("DELETE FROM projections.needs_rebuild WHERE projection = $1", projection.name)
         for source in sources:
             chunk: list[tuple[Envelope, Event]] = []
             async for env in source():

@@ -24,8 +24,9 @@ end-to-end p50 12.3-12.5 ms against 13.5-14.6, p99 27.9-28.9 against 28.8-33.1, 
 its own lag (the group's lag over its topics). A rebuild holds its projection's lock, so the group's
 other projections wait for it too. The runner's counters (applied, duplicates, dead) count
 (projection, event) pairs. What one group gives up, a group per projection had for free: a projection
-added later would start from the group's committed offsets and miss the history, so the runner rebuilds
-such a projection at start (see `joined_late` and `catch_up`).
+added later starts from the group's committed offsets and lacks the history. The runner flags it at
+start (see `flag_joined_late`) and `mieux projections rebuild` fills it (as in Axon, where a handler
+added to an existing processor needs a reset).
 
 Policies handle one event at a time and call other services over gRPC, which is what
 faust agents do well (p50 ~4 ms produce->handle with the fetch-wait fix below), so they run on faust.
@@ -38,7 +39,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import ClassVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -49,7 +50,7 @@ from services.kernel import bus
 from services.kernel.db import Pool
 from services.kernel.envelope import DecodeError, Envelope, Event, UnknownEvent, parse_message, registry
 from services.kernel.grpckit import correlation_var, principal_var
-from services.kernel.projection import AsyncSource, Projection, apply_batch, rebuild
+from services.kernel.projection import Projection, apply_batch
 from services.kernel.settings import Principal, Settings
 from services.kernel.store import EventStore
 
@@ -85,18 +86,9 @@ async def send_dead(
 class ProjectionRunner:
     """One consumer group applying a batch to several projections (a service's) in one transaction."""
 
-    def __init__(
-        self,
-        projections: Sequence[Projection],
-        pool: Pool,
-        settings: Settings,
-        group: str,
-        sources: Callable[[Projection], Sequence[AsyncSource]] | None = None,
-    ) -> None:
-        """`sources(p)`: the event logs that rebuild `p` if it joins the group late (see `catch_up`)."""
+    def __init__(self, projections: Sequence[Projection], pool: Pool, settings: Settings, group: str) -> None:
         self.projections = tuple(projections)
-        self.sources = sources
-        self.caught_up: list[str] = []  # projections rebuilt because they joined late
+        self.needs_rebuild: list[str] = []  # flagged as lacking the events before they joined (at start)
         self.topics = sorted({t for p in self.projections for t in p.topics})
         self.pool = pool
         self.settings = settings
@@ -106,65 +98,61 @@ class ProjectionRunner:
         self.dead = 0
         self._lag: dict[TopicPartition, int] = {}
         self._task: asyncio.Task | None = None
-        self._catch_up_task: asyncio.Task | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self.assigned = asyncio.Event()
 
     async def start(self) -> None:
         await bus.ensure_topics(self.settings, self.topics)
         await bus.ensure_topics(self.settings, [dlq_topic(self.group)], partitions=1)
-        if self.sources is not None:  # before anything is applied: a late projection has no tracking row yet
-            late = await self.joined_late()
-            if late:
-                self._catch_up_task = asyncio.create_task(self.catch_up(late))
+        # before anything is applied: a projection that joined late has no tracking row yet
+        self.needs_rebuild = await self.flag_joined_late()
+        for name in self.needs_rebuild:
+            log.error(
+                "projection %s lacks the events its group %s had read before it joined: run "
+                "`mieux projections rebuild %s` once every instance of the service runs this version",
+                name,
+                self.group,
+                name,
+            )
         self._task = asyncio.create_task(self._supervise())
 
     async def stop(self) -> None:
-        for task in (self._task, self._catch_up_task):
-            if task:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
 
-    async def joined_late(self) -> list[Projection]:
-        """Projections that have never applied an event (no tracking row) while the group has already
-        committed offsets on their topics: a projection added to a service that ran before. The group
-        will not bring them the events behind those offsets."""
-        untracked = set(
-            await self.pool.fetchval(
-                "SELECT coalesce(array_agg(p), '{}') FROM unnest($1::text[]) p "
-                "WHERE NOT EXISTS (SELECT FROM projections.tracking t WHERE t.projection = p)",
-                [p.name for p in self.projections],
-            )
+    async def flag_joined_late(self) -> list[str]:
+        """Flag the projections that joined this group late, and return every flagged one of this runner.
+
+        A projection joins late when it is added to a service that ran before: it has never applied an
+        event (no tracking row) while the group has committed offsets past the start of its topics, so
+        the group will not bring it the events behind them. The flag (projections.needs_rebuild) stays
+        until `mieux projections rebuild` refills it: it survives restarts, and the live events the
+        projection applies meanwhile do not hide it. The rebuild is not started from here: while a
+        rolling update still runs the old version, its instances consume for the group without this
+        projection, and a rebuild before they are gone would miss what they take."""
+        names = [p.name for p in self.projections]
+        untracked = await self.pool.fetchval(
+            "SELECT coalesce(array_agg(p), '{}') FROM unnest($1::text[]) p "
+            "WHERE NOT EXISTS (SELECT FROM projections.tracking t WHERE t.projection = p)",
+            names,
         )
-        late = []
         for p in self.projections:
             if p.name in untracked:
                 offsets = await group_offsets(self.settings, self.group, p.topics)
                 if any(committed > 0 for committed, _ in offsets.values()):
-                    late.append(p)
-        return late
-
-    async def catch_up(self, late: Sequence[Projection]) -> None:
-        """Rebuild each projection that joined late from its sources' event logs (as `mieux projections
-        rebuild` would), retrying while they cannot be read. A rebuild empties the projection and
-        refills it in position order while holding its lock: live batches wait for it, then find what
-        it applied already tracked, so nothing is applied twice or out of order."""
-        assert self.sources is not None
-        todo = list(late)
-        backoff = 0.5
-        while todo:
-            try:
-                n = await rebuild(self.pool, todo[0], self.sources(todo[0]))
-                log.info("projection %s joined %s late: rebuilt from %d events", todo[0].name, self.group, n)
-                self.caught_up.append(todo.pop(0).name)
-                backoff = 0.5
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("projections of %s: catching up failed (%s); retrying in %.1fs", self.group, e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                    await self.pool.execute(
+                        "INSERT INTO projections.needs_rebuild (projection, reason) VALUES ($1, $2) "
+                        "ON CONFLICT DO NOTHING",
+                        p.name,
+                        f"joined {self.group} after it had read past the start of {', '.join(p.topics)}",
+                    )
+        return await self.pool.fetchval(
+            "SELECT coalesce(array_agg(projection ORDER BY projection), '{}') FROM projections.needs_rebuild "
+            "WHERE projection = ANY($1::text[])",
+            names,
+        )
 
     def lag(self) -> int:
         """Events on the bus this runner has not applied yet (over its assigned partitions)."""

@@ -74,13 +74,7 @@ class Service:
         self.relay = Relay(self.store, self.settings)
         self.tasks.append(asyncio.create_task(self._supervise("relay", self.relay.run)))
         if self.projections:
-            runner = ProjectionRunner(
-                self.projections,
-                self.pool,
-                self.settings,
-                group=projection_group(self.name),
-                sources=lambda p: eventlog.sources_of(p, self.settings, "service"),
-            )
+            runner = ProjectionRunner(self.projections, self.pool, self.settings, group=projection_group(self.name))
             self.runners.append(runner)
             await runner.start()
         for pol in self.policies:

@@ -14,7 +14,7 @@ from support import eventually, read_topic
 from services.kernel import bus
 from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, parse_message, registry, topic_for, utcnow
-from services.kernel.projection import AsyncSource, Projection
+from services.kernel.projection import Projection, rebuild
 from services.kernel.runner import ProjectionRunner, dlq_topic, group_lag
 from services.kernel.settings import Settings
 
@@ -212,10 +212,10 @@ async def test_projections_sharing_a_group_each_get_their_topics_and_their_own_p
         await runner.stop()
 
 
-async def test_a_projection_added_to_a_group_that_ran_before_is_rebuilt_with_the_history(pool, schema) -> None:
+async def test_a_projection_added_to_a_group_that_ran_before_is_flagged_until_rebuilt(pool, schema) -> None:
     """A new group reads its topics from the beginning; a projection that joins a group whose offsets
-    are already committed would miss the events behind them, so the runner rebuilds it from its
-    sources' event logs, once, and the group's other projections are left as they were."""
+    are already committed lacks the events behind them. The runner flags it at start, the flag
+    survives restarts and live events, and a rebuild fills it and clears the flag."""
     settings = Settings()
     topic, group = topic_for(schema), f"test.{schema}.late"
     counting, picky = counting_projection(schema), picky_projection(schema, (topic,))
@@ -224,20 +224,18 @@ async def test_a_projection_added_to_a_group_that_ran_before_is_rebuilt_with_the
         await picky.setup(conn)
     await bus.ensure_topics(settings, [topic])
     event_log = [envelope("s1", v, n=v) for v in range(1, 6)]  # what the source service's ReadAll serves
-    asked: list[str] = []
 
-    def sources(p: Projection) -> list[AsyncSource]:
-        asked.append(p.name)
+    async def read_all() -> AsyncIterator[Envelope]:
+        for e in event_log:
+            yield e
 
-        async def read_all() -> AsyncIterator[Envelope]:
-            for e in list(event_log):
-                yield e
+    async def picky_total() -> int | None:
+        return await pool.fetchval(f"SELECT total FROM {schema}_views.picky WHERE stream_id = 's1'")
 
-        return [read_all]
-
-    first = ProjectionRunner([counting], pool, settings, group=group, sources=sources)
+    first = ProjectionRunner([counting], pool, settings, group=group)
     await first.start()
     try:
+        assert first.needs_rebuild == []  # a new group starts at the beginning
         await produce(settings, topic, [e.to_bytes() for e in event_log], [e.stream_id for e in event_log])
 
         async def committed() -> bool:
@@ -246,24 +244,30 @@ async def test_a_projection_added_to_a_group_that_ran_before_is_rebuilt_with_the
         await eventually(committed, what="the first five events applied and their offsets committed")
     finally:
         await first.stop()
-    assert asked == []  # a new group starts at the beginning: nothing to rebuild
 
     later = envelope("s1", 6, 100)
     event_log.append(later)
-    second = ProjectionRunner([counting, picky], pool, settings, group=group, sources=sources)
-    await second.start()
+    for _ in range(2):  # the flag outlives a restart, and the live event picky applied meanwhile
+        second = ProjectionRunner([counting, picky], pool, settings, group=group)
+        await second.start()
+        try:
+            assert second.needs_rebuild == [picky.name]
+            if await picky_total() is None:
+                await produce(settings, topic, [later.to_bytes()], [later.stream_id])
+
+            async def live_applied() -> bool:
+                return await picky_total() == 100 and (await counts(pool, schema)).get("s1") == (6, 115)
+
+            await eventually(live_applied, what="the live event applied to both projections")
+        finally:
+            await second.stop()
+
+    assert await rebuild(pool, picky, [read_all]) == 6
+    assert await picky_total() == 115
+    third = ProjectionRunner([counting, picky], pool, settings, group=group)
+    await third.start()
     try:
-        await produce(settings, topic, [later.to_bytes()], [later.stream_id])
-
-        async def both_complete() -> bool:
-            picky_total = await pool.fetchval(f"SELECT total FROM {schema}_views.picky WHERE stream_id = 's1'")
-            return picky_total == 115 and (await counts(pool, schema)).get("s1") == (6, 115)
-
-        await eventually(both_complete, what="the late projection rebuilt and the live event applied once")
-        assert second.caught_up == [picky.name]
-        assert asked == [picky.name]
-        assert await pool.fetchval(
-            "SELECT count(*) FROM projections.tracking WHERE projection = $1", picky.name
-        ) == len(event_log)
+        assert third.needs_rebuild == []
     finally:
-        await second.stop()
+        await third.stop()
+    assert (await counts(pool, schema)).get("s1") == (6, 115)  # the other projection was left as it was
