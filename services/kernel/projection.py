@@ -182,7 +182,6 @@ async def apply_batch(pool: Pool, projections: Sequence[Projection], messages: S
     routed = route(projections, good)
     if not routed:
         return result
-    came_from = {id(env): topic for topic, env, _ in good}
     async with pool.acquire() as conn:
         try:
             result.add(await _apply_in_tx(conn, routed))
@@ -192,6 +191,7 @@ async def apply_batch(pool: Pool, projections: Sequence[Projection], messages: S
         except Exception as e:  # one of them is poison: find it
             names = ",".join(p.name for p, _ in routed)
             log.warning("projections %s: batch failed (%s); applying one by one", names, e)
+        came_from = {id(env): topic for topic, env, _ in good}
         for p, items in routed:
             for env, ev in items:
                 try:

@@ -138,16 +138,16 @@ class ProjectionRunner:
             "WHERE NOT EXISTS (SELECT FROM projections.tracking t WHERE t.projection = p)",
             names,
         )
-        for p in self.projections:
-            if p.name in untracked:
-                offsets = await group_offsets(self.settings, self.group, p.topics)
-                if any(committed > 0 for committed, _ in offsets.values()):
-                    await self.pool.execute(
-                        "INSERT INTO projections.needs_rebuild (projection, reason) VALUES ($1, $2) "
-                        "ON CONFLICT DO NOTHING",
-                        p.name,
-                        f"joined {self.group} after it had read past the start of {', '.join(p.topics)}",
-                    )
+        new = [p for p in self.projections if p.name in untracked]
+        topics = sorted({t for p in new for t in p.topics})
+        offsets = await group_offsets(self.settings, self.group, topics) if topics else {}
+        for p in new:
+            if any(committed > 0 for tp, (committed, _) in offsets.items() if tp.topic in p.topics):
+                await self.pool.execute(
+                    "INSERT INTO projections.needs_rebuild (projection, reason) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    p.name,
+                    f"joined {self.group} after it had read past the start of {', '.join(p.topics)}",
+                )
         return await self.pool.fetchval(
             "SELECT coalesce(array_agg(projection ORDER BY projection), '{}') FROM projections.needs_rebuild "
             "WHERE projection = ANY($1::text[])",
