@@ -60,6 +60,13 @@ def parse_since(text: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
+def print_headers(headers: dict[str, str]) -> None:
+    from rich.markup import escape
+
+    for k, v in headers.items():
+        console.print(f"    [yellow]{escape(k)}[/]: {escape(v)}", highlight=False)
+
+
 async def _tail(args: argparse.Namespace) -> int:
     from aiokafka.structs import TopicPartition
 
@@ -96,13 +103,17 @@ async def _tail(args: argparse.Namespace) -> int:
                 for m in msgs:
                     if since_ms is not None and m.timestamp < since_ms:
                         continue
+                    # a dead letter's headers say why (reason) and where it came from (origin, projection)
+                    headers = {k: v.decode(errors="replace") for k, v in m.headers or ()}
                     try:
                         env = parse_message(m.value)
                     except DecodeError as e:
                         if args.json:
-                            print(json.dumps({"undecodable": str(e), "partition": m.partition, "offset": m.offset}))
+                            bad = {"undecodable": str(e), "partition": m.partition, "offset": m.offset}
+                            print(json.dumps({**bad, **({"headers": headers} if headers else {})}), flush=True)
                         else:
                             console.print(f"[red]p{m.partition}@{m.offset} undecodable: {e}[/]")
+                            print_headers(headers)
                         continue
                     if args.type and env.event_type not in args.type:
                         continue
@@ -110,13 +121,15 @@ async def _tail(args: argparse.Namespace) -> int:
                         continue
                     seen += 1
                     if args.json:
-                        print(env.model_dump_json(), flush=True)
+                        line = env.model_dump_json()
+                        print(line if not headers else json.dumps({**json.loads(line), "headers": headers}), flush=True)
                     else:
                         console.print(
                             f"[dim]{env.recorded_at:%Y-%m-%d %H:%M:%S}[/] p{m.partition}@{m.offset} "
                             f"[bold]{env.event_type}[/] {env.stream_id} v{env.stream_version} "
                             f"by {env.actor} {json.dumps(env.data)[:160]}"
                         )
+                        print_headers(headers)
                     if args.limit is not None and seen >= args.limit:
                         return 0
         return 0

@@ -1,0 +1,118 @@
+"""`mieux events tail` against the real broker: filters, JSON lines, and a dead letter's headers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+
+import pytest
+
+from services.kernel import bus
+from services.kernel.envelope import Envelope, topic_for, utcnow
+from services.kernel.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def envelope(event_type: str, stream: str, version: int) -> Envelope:
+    now = utcnow()
+    return Envelope(
+        event_id=uuid.uuid4(),
+        event_type=event_type,
+        schema_version=1,
+        source="test",
+        stream_id=stream,
+        stream_version=version,
+        position=0,
+        occurred_at=now,
+        recorded_at=now,
+        correlation_id="c",
+        causation_id="",
+        actor="tester",
+        data={"version": version},
+    )
+
+
+async def send(topic: str, messages: list[tuple[bytes, str, list[tuple[str, bytes]]]]) -> None:
+    """(value, key, headers) in order."""
+    settings = Settings()
+    await bus.ensure_topics(settings, [topic])
+    producer = bus.producer(settings)
+    await producer.start()
+    try:
+        for value, key, headers in messages:
+            await producer.send_and_wait(topic, value=value, key=key.encode(), headers=headers)
+    finally:
+        await producer.stop()
+
+
+async def tail(stack_env: dict[str, str], *args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.kernel.cli",
+        "events",
+        "tail",
+        *args,
+        "--from-beginning",
+        "--exit-at-end",
+        env={**stack_env, "COLUMNS": "200"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+def lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+async def test_tail_prints_every_envelope_and_filters_by_type_and_stream(stack_env, schema) -> None:
+    topic = topic_for(schema)
+    events = [envelope("Opened", "a", 1), envelope("Opened", "b", 1), envelope("Closed", "a", 2)]
+    await send(topic, [(e.to_bytes(), e.stream_id, []) for e in events])
+
+    every = lines(await tail(stack_env, topic, "--json"))
+    assert sorted(r["event_id"] for r in every) == sorted(str(e.event_id) for e in events)
+    assert [r["stream_version"] for r in every if r["stream_id"] == "a"] == [1, 2]  # a stream stays in order
+    assert all("headers" not in r for r in every)
+
+    closed = lines(await tail(stack_env, topic, "--json", "--type", "Closed"))
+    assert [r["event_id"] for r in closed] == [str(events[2].event_id)]
+    stream_b = lines(await tail(stack_env, topic, "--json", "--stream", "b"))
+    assert [r["event_id"] for r in stream_b] == [str(events[1].event_id)]
+
+
+async def test_tail_of_a_dead_letter_topic_shows_why_each_message_is_there(stack_env, schema) -> None:
+    topic = f"mieux.{schema}.projections.dlq"
+    refused = envelope("Opened", "a", 1)
+    origin = topic_for(schema)
+    why = [("reason", b"apply failed: CheckViolation [total]"), ("origin", origin.encode()), ("projection", b"p1")]
+    await send(
+        topic,
+        [
+            (b"{not json", "x", [("reason", b"not JSON"), ("origin", origin.encode())]),
+            (refused.to_bytes(), "a", why),
+        ],
+    )
+
+    dead = lines(await tail(stack_env, topic, "--json"))
+    assert len(dead) == 2
+    bad = next(r for r in dead if "undecodable" in r)
+    assert bad["headers"] == {"reason": "not JSON", "origin": origin}
+    applied = next(r for r in dead if "event_id" in r)
+    assert applied["event_id"] == str(refused.event_id)
+    assert applied["headers"] == {
+        "reason": "apply failed: CheckViolation [total]",
+        "origin": origin,
+        "projection": "p1",
+    }
+
+    text = await tail(stack_env, topic)
+    assert "undecodable" in text
+    assert "reason: apply failed: CheckViolation [total]" in text  # printed as it is, not read as markup
+    assert "projection: p1" in text
