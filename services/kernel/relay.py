@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from services.kernel import bus
+from services.kernel import bus, metrics
 from services.kernel.db import init_connection
 from services.kernel.envelope import Envelope, topic_for
 from services.kernel.settings import Settings
@@ -81,6 +81,7 @@ class Relay:
         self.settings = settings
         self.topic = topic_for(store.service)
         self.published = 0
+        self._position = metrics.RELAY_POSITION.labels(store.service)
         self.active = asyncio.Event()
         self._wake = asyncio.Event()
         self._replay_from: int | None = None
@@ -142,6 +143,7 @@ class Relay:
                     await self._save(conn, self.published)
                 else:
                     self.published = await self._checkpoint(conn)
+                self._position.set(self.published)
                 checkpoint = Checkpoint(lambda position: self._save(conn, position), self.published)
                 while end is None or self.published < end:
                     if self._replay_from is not None:
@@ -158,6 +160,7 @@ class Relay:
                         continue
                     await publish(producer, self.topic, events)
                     self.published = events[-1].position
+                    self._position.set(self.published)
                     await checkpoint.published(self.published)
                     backoff = 0.1
                 else:

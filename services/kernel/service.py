@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from services.kernel import eventlog
+from services.kernel import eventlog, metrics
 from services.kernel.db import Pool, create_pool
 from services.kernel.grpckit import READERS, Access, GrpcServer, Registrar, run_until_signalled
 from services.kernel.projection import Projection
@@ -42,6 +42,7 @@ class Service:
     tasks: list[asyncio.Task] = field(default_factory=list)
     runners: list = field(default_factory=list)
     relay: Relay | None = None
+    _stop_metrics: Callable[[], None] | None = None
 
     @property
     def port(self) -> int:
@@ -84,6 +85,9 @@ class Service:
             await prunner.start()
         await self.server.start()
         log.info("%s serving gRPC on %s:%s", self.name, self.settings.grpc_host, self.server.port)
+        if self.settings.metrics_port is not None:
+            self._stop_metrics = metrics.serve(self.settings.grpc_host, self.settings.metrics_port)
+            log.info("%s serving metrics on %s:%s", self.name, self.settings.grpc_host, self.settings.metrics_port)
 
     async def _supervise(self, what: str, fn: Callable) -> None:
         while True:
@@ -97,6 +101,8 @@ class Service:
                 await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
+        if self._stop_metrics:
+            self._stop_metrics()
         if self.server:
             await self.server.stop()
         for r in self.runners:

@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     projection_batch_size: int = Field(default=2000, alias="MIEUX_PROJECTION_BATCH_SIZE")
     grpc_host: str = Field(default="127.0.0.1", alias="MIEUX_GRPC_HOST")
     grpc_deadline_s: float = Field(default=10.0, alias="MIEUX_GRPC_DEADLINE_S")
+    # Prometheus metrics (metrics.py) on this port of grpc_host; off when unset
+    metrics_port: int | None = Field(default=None, alias="MIEUX_METRICS_PORT")
 
     @cached_property
     def stack(self) -> dict:

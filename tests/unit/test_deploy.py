@@ -573,7 +573,10 @@ def test_kubernetes_runs_every_service_with_probes_resources_and_non_root() -> N
         pod = dep["spec"]["template"]["spec"]
         (c,) = pod["containers"]
         assert c["command"] == ["python", "-m", f"services.{svc}"]
-        assert [p["containerPort"] for p in c["ports"]] == [port]
+        metrics_port = int(container_env(dep)["MIEUX_METRICS_PORT"])
+        assert [p["containerPort"] for p in c["ports"]] == [port, metrics_port]
+        annotations = dep["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(metrics_port) and annotations["prometheus.io/scrape"] == "true"
         for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
             assert c[probe]["grpc"]["port"] == port, (svc, probe)
         assert c["resources"]["requests"] and c["resources"]["limits"]

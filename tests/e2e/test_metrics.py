@@ -1,0 +1,79 @@
+"""A service's Prometheus metrics, scraped over HTTP while it works: projections' lag and outcomes, and
+the relay's position."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+import uuid
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from support import eventually, start_service
+
+from services.kernel.devstack import free_port
+from services.kernel.runner import projection_group
+from services.kernel.settings import Settings
+from services.requests.client import RequestsClient
+
+pytestmark = pytest.mark.e2e
+GROUP = projection_group("requests")
+
+
+async def scrape(port: int) -> dict[tuple[str, frozenset], float]:
+    """(sample name, its labels) -> value."""
+
+    def get() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    text = await asyncio.to_thread(get)
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(metrics: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float | None:
+    return metrics.get((name, frozenset(labels.items())))
+
+
+async def test_a_service_serves_its_projections_lag_and_outcomes_and_its_relay_position(stack_env, monkeypatch) -> None:
+    grpc_port, metrics_port = free_port(), free_port()
+    svc = await asyncio.to_thread(start_service, "requests", stack_env, grpc_port, MIEUX_METRICS_PORT=str(metrics_port))
+    try:
+        monkeypatch.setenv("MIEUX_REQUESTS_ADDR", f"127.0.0.1:{grpc_port}")
+        applied_before = sample(
+            await scrape(metrics_port), "mieux_projection_events_total", group=GROUP, outcome="applied"
+        )
+        positions = []
+        async with RequestsClient.connect(Settings()) as client:
+            for i in range(3):
+                ack = await client.submit(
+                    command_id=str(uuid.uuid4()),
+                    partner="MD",
+                    institution="Bureau for Migration and Asylum",
+                    institution_type="agency",
+                    received_on="2024-03-01",
+                    title=f"metrics {i}",
+                )
+                positions.append(int(ack.position))
+
+        async def reported() -> bool:
+            m = await scrape(metrics_port)
+            applied = sample(m, "mieux_projection_events_total", group=GROUP, outcome="applied")
+            lags = [
+                sample(m, "mieux_projection_lag_events", group=GROUP, projection=p)
+                for p in ("requests_per_year", "request_register")
+            ]
+            return (
+                (sample(m, "mieux_relay_published_position", service="requests") or 0) >= max(positions)
+                and applied is not None
+                and applied >= (applied_before or 0) + 6  # three events, two projections
+                and lags == [0, 0]
+            )
+
+        await eventually(reported, what="the metrics to show the three commands published and applied")
+    finally:
+        svc.stop()
