@@ -27,6 +27,12 @@ RELAY_POSITION = Gauge(
     "The store position up to which this process's relay has published the service's events",
     ["service"],
 )
+RELAY_READABLE = Gauge(
+    "mieux_relay_readable_position",
+    "The store's high-water mark as this process's relay last read it: every event up to it is committed, "
+    "so this minus mieux_relay_published_position is what waits to be published",
+    ["service"],
+)
 
 
 def serve(host: str, port: int) -> Callable[[], None]:

@@ -82,6 +82,7 @@ class Relay:
         self.topic = topic_for(store.service)
         self.published = 0
         self._position = metrics.RELAY_POSITION.labels(store.service)
+        self._readable = metrics.RELAY_READABLE.labels(store.service)
         self.active = asyncio.Event()
         self._wake = asyncio.Event()
         self._replay_from: int | None = None
@@ -150,6 +151,7 @@ class Relay:
                         break  # start over from the replay position, with a fresh producer
                     self._wake.clear()
                     events = await self.store.read_all(self.published, self.settings.relay_batch_size, hwm, conn=conn)
+                    self._readable.set(hwm.safe)
                     if not events:
                         await checkpoint.published()
                         if hwm.pending is not None:

@@ -67,8 +67,10 @@ async def test_a_service_serves_its_projections_lag_and_outcomes_and_its_relay_p
                 sample(m, "mieux_projection_lag_events", group=GROUP, projection=p)
                 for p in ("requests_per_year", "request_register")
             ]
+            published = sample(m, "mieux_relay_published_position", service="requests") or 0
             return (
-                (sample(m, "mieux_relay_published_position", service="requests") or 0) >= max(positions)
+                published >= max(positions)
+                and sample(m, "mieux_relay_readable_position", service="requests") == published
                 and applied is not None
                 and applied >= (applied_before or 0) + 6  # three events, two projections
                 and lags == [0, 0]
