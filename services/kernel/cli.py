@@ -10,6 +10,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from services.kernel import catalog
@@ -61,8 +62,6 @@ def parse_since(text: str) -> datetime:
 
 
 def print_headers(headers: dict[str, str]) -> None:
-    from rich.markup import escape
-
     for k, v in headers.items():
         console.print(f"    [yellow]{escape(k)}[/]: {escape(v)}", highlight=False)
 
@@ -87,24 +86,31 @@ async def _tail(args: argparse.Namespace) -> int:
         tps = [TopicPartition(args.topic, p) for p in sorted(parts)]
         c.assign(tps)
         since_ms = int(parse_since(args.since).timestamp() * 1000) if args.since else None
+        ends = await bus.end_offsets(
+            settings, args.topic
+        )  # as fetch responses give them (Tansu's ListOffsets counts batches)
         if args.from_beginning or since_ms is not None:
             # Tansu answers offsets_for_times near a partition's end, so --since reads from the
             # beginning and filters on each record's timestamp
             await c.seek_to_beginning(*tps)
-        else:  # the ends as fetch responses give them (Tansu's ListOffsets counts batches)
-            for tp, end in (await bus.end_offsets(settings, args.topic)).items():
+        else:
+            for tp, end in ends.items():
                 c.seek(tp, end)
+
+        async def at_end() -> bool:
+            return all([await c.position(tp) >= ends.get(tp, 0) for tp in tps])
+
         seen = 0
         while args.limit is None or seen < args.limit:
-            batches = await c.getmany(timeout_ms=1000)
-            if not batches and args.exit_at_end:
+            if args.exit_at_end and await at_end():
                 return 0
+            batches = await c.getmany(timeout_ms=1000)
             for msgs in batches.values():
                 for m in msgs:
                     if since_ms is not None and m.timestamp < since_ms:
                         continue
                     # a dead letter's headers say why (reason) and where it came from (origin, projection)
-                    headers = {k: v.decode(errors="replace") for k, v in m.headers or ()}
+                    headers = {k: (v or b"").decode(errors="replace") for k, v in m.headers or ()}
                     try:
                         env = parse_message(m.value)
                     except DecodeError as e:
@@ -112,7 +118,7 @@ async def _tail(args: argparse.Namespace) -> int:
                             bad = {"undecodable": str(e), "partition": m.partition, "offset": m.offset}
                             print(json.dumps({**bad, **({"headers": headers} if headers else {})}), flush=True)
                         else:
-                            console.print(f"[red]p{m.partition}@{m.offset} undecodable: {e}[/]")
+                            console.print(f"[red]p{m.partition}@{m.offset} undecodable: {escape(str(e))}[/]")
                             print_headers(headers)
                         continue
                     if args.type and env.event_type not in args.type:
@@ -126,8 +132,9 @@ async def _tail(args: argparse.Namespace) -> int:
                     else:
                         console.print(
                             f"[dim]{env.recorded_at:%Y-%m-%d %H:%M:%S}[/] p{m.partition}@{m.offset} "
-                            f"[bold]{env.event_type}[/] {env.stream_id} v{env.stream_version} "
-                            f"by {env.actor} {json.dumps(env.data)[:160]}"
+                            f"[bold]{escape(env.event_type)}[/] {escape(env.stream_id)} v{env.stream_version} "
+                            f"by {escape(env.actor)} {escape(json.dumps(env.data)[:160])}",
+                            highlight=False,
                         )
                         print_headers(headers)
                     if args.limit is not None and seen >= args.limit:
@@ -304,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     et.add_argument("--stream", help="only this stream id")
     et.add_argument("--json", action="store_true", help="one envelope per line, as JSON")
     et.add_argument("--limit", type=int, help="stop after this many events")
-    et.add_argument("--exit-at-end", action="store_true", help="stop when no more events arrive for 1 s")
+    et.add_argument("--exit-at-end", action="store_true", help="stop at the topic's end as it was at start")
     et.set_defaults(fn=cmd_events_tail)
 
     r = sub.add_parser("replay", help="republish a service's events from its store to its topic")

@@ -22,15 +22,21 @@ PROJECTION_EVENTS = Counter(
     "by the tracking table), skipped (unknown event type), dead (sent to the group's DLQ)",
     ["group", "outcome"],
 )
+RELAY_ACTIVE = Gauge(
+    "mieux_relay_active",
+    "1 while this process's relay holds the service's relay lock and publishes, else 0 (a standby); the "
+    "relay's positions below are those of the active one",
+    ["service"],
+)
 RELAY_POSITION = Gauge(
     "mieux_relay_published_position",
-    "The store position up to which this process's relay has published the service's events",
+    "The store position up to which the active relay has published the service's events",
     ["service"],
 )
 RELAY_READABLE = Gauge(
     "mieux_relay_readable_position",
-    "The store's high-water mark as this process's relay last read it: every event up to it is committed, "
-    "so this minus mieux_relay_published_position is what waits to be published",
+    "The store's high-water mark as the active relay last read it, or its published position when nothing "
+    "was left to read: this minus mieux_relay_published_position is what waits to be published",
     ["service"],
 )
 

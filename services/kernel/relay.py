@@ -81,6 +81,7 @@ class Relay:
         self.settings = settings
         self.topic = topic_for(store.service)
         self.published = 0
+        self._active = metrics.RELAY_ACTIVE.labels(store.service)
         self._position = metrics.RELAY_POSITION.labels(store.service)
         self._readable = metrics.RELAY_READABLE.labels(store.service)
         self.active = asyncio.Event()
@@ -116,6 +117,7 @@ class Relay:
                     raise RuntimeError("a relay is running: it will do the replay")
                 await asyncio.sleep(1.0)
             self.active.set()
+            self._active.set(1)
             schema = self.store.schema
             await conn.add_listener(f"{schema}_replay", self._on_notify)
             self.store.on_append.append(self._wake.set)
@@ -123,6 +125,9 @@ class Relay:
             await self._publish_loop(conn, end)
         finally:
             self.active.clear()
+            self._active.set(0)
+            self._position.set(0)
+            self._readable.set(0)
             if self._wake.set in self.store.on_append:
                 self.store.on_append.remove(self._wake.set)
             with contextlib.suppress(Exception):
@@ -151,7 +156,8 @@ class Relay:
                         break  # start over from the replay position, with a fresh producer
                     self._wake.clear()
                     events = await self.store.read_all(self.published, self.settings.relay_batch_size, hwm, conn=conn)
-                    self._readable.set(hwm.safe)
+                    # positions between the last event and the mark are gaps (refused appends): nothing waits
+                    self._readable.set(hwm.safe if events else self.published)
                     if not events:
                         await checkpoint.published()
                         if hwm.pending is not None:

@@ -103,6 +103,7 @@ class ProjectionRunner:
         self.duplicates = 0
         self.dead = 0
         self._lag: dict[TopicPartition, int] = {}
+        self._applied_to: dict[TopicPartition, int] = {}  # per partition, the next offset to apply
         self._task: asyncio.Task | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self.assigned = asyncio.Event()
@@ -186,30 +187,26 @@ class ProjectionRunner:
         await consumer.start()
         await producer.start()
         offsets = Offsets(consumer, self.settings.kafka_request_timeout_ms / 1000)
-        lag_at = 0.0
+        self._applied_to = {}
+        watch = asyncio.create_task(self._watch_lag(consumer))
         try:
             while True:
                 offsets.tick()
+                if watch.done():
+                    watch.result()  # its error, if any: the runner then rejoins and re-reads
                 batches = await consumer.getmany(
                     timeout_ms=offsets.wait_ms(500), max_records=self.settings.projection_batch_size
                 )
-                assignment = consumer.assignment()
-                self.assigned.set() if assignment else self.assigned.clear()
-                if time.monotonic() - lag_at >= LAG_EVERY_S:  # every partition now and then, not every turn
-                    lag_at = time.monotonic()
-                    self._lag = {}
-                    for tp in assignment:
-                        hw = consumer.highwater(tp)
-                        if hw is not None:
-                            self._lag[tp] = max(hw - await consumer.position(tp), 0)
-                    self._export_lag()
+                self.assigned.set() if consumer.assignment() else self.assigned.clear()
                 if not batches:
                     continue
                 records = [m for msgs in batches.values() for m in msgs]
                 result = await apply_batch(self.pool, self.projections, [(m.topic, m.value) for m in records])
                 for d in result.dead:
                     await send_dead(producer, self.group, d.raw, d.reason, d.topic, d.projection)
-                offsets.done({tp: msgs[-1].offset + 1 for tp, msgs in batches.items()})
+                applied_to = {tp: msgs[-1].offset + 1 for tp, msgs in batches.items()}
+                offsets.done(applied_to)
+                self._applied_to.update(applied_to)
                 self.applied += result.applied
                 self.duplicates += result.duplicates
                 self.dead += len(result.dead)
@@ -221,18 +218,41 @@ class ProjectionRunner:
                 ]:
                     if n:
                         self._counted[outcome].inc(n)
-                for tp, msgs in batches.items():
+                for tp in applied_to:
                     hw = consumer.highwater(tp)
                     if hw is not None:
-                        self._lag[tp] = max(hw - (msgs[-1].offset + 1), 0)
+                        self._lag[tp] = max(hw - applied_to[tp], 0)
                 self._export_lag()
         finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watch
             with contextlib.suppress(Exception):
                 await offsets.flush()
             with contextlib.suppress(Exception):
                 await consumer.stop()
             with contextlib.suppress(Exception):
                 await producer.stop()
+
+    async def _watch_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Every LAG_EVERY_S, each assigned partition's lag: its high watermark minus the next offset to
+        apply (from the last applied batch, else the group's committed offset). It runs beside the loop,
+        so a projection stuck in a batch that keeps failing, or waiting for a rebuild, shows its lag
+        growing instead of the consumer's fetch position, which is past the batch it cannot apply."""
+        while True:
+            assignment = consumer.assignment()
+            for tp in set(self._applied_to) - assignment:  # revoked in a rebalance: another member has it
+                del self._applied_to[tp]
+            lag = {}
+            for tp in assignment:
+                if tp not in self._applied_to:
+                    self._applied_to[tp] = await consumer.committed(tp) or 0
+                hw = consumer.highwater(tp)
+                if hw is not None:
+                    lag[tp] = max(hw - self._applied_to[tp], 0)
+            self._lag = lag
+            self._export_lag()
+            await asyncio.sleep(LAG_EVERY_S)
 
 
 class Offsets:

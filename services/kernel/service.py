@@ -57,6 +57,9 @@ class Service:
         return groups + [(policy_group(self.name, pol), tuple(pol.topics)) for pol in self.policies]
 
     async def start(self) -> None:
+        if self.settings.metrics_port is not None:  # first: a port that is taken stops the start before anything runs
+            self._stop_metrics = metrics.serve(self.settings.grpc_host, self.settings.metrics_port)
+            log.info("%s serving metrics on %s:%s", self.name, self.settings.grpc_host, self.settings.metrics_port)
 
         self.pool = await create_pool(self.settings.dsn(), max_size=20)
         self.store = EventStore(self.pool, self.name)
@@ -85,9 +88,6 @@ class Service:
             await prunner.start()
         await self.server.start()
         log.info("%s serving gRPC on %s:%s", self.name, self.settings.grpc_host, self.server.port)
-        if self.settings.metrics_port is not None:
-            self._stop_metrics = metrics.serve(self.settings.grpc_host, self.settings.metrics_port)
-            log.info("%s serving metrics on %s:%s", self.name, self.settings.grpc_host, self.settings.metrics_port)
 
     async def _supervise(self, what: str, fn: Callable) -> None:
         while True:
@@ -102,7 +102,7 @@ class Service:
 
     async def stop(self) -> None:
         if self._stop_metrics:
-            self._stop_metrics()
+            await asyncio.to_thread(self._stop_metrics)
         if self.server:
             await self.server.stop()
         for r in self.runners:

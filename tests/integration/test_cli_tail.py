@@ -74,6 +74,7 @@ def lines(out: str) -> list[dict]:
 async def test_tail_prints_every_envelope_and_filters_by_type_and_stream(stack_env, schema) -> None:
     topic = topic_for(schema)
     events = [envelope("Opened", "a", 1), envelope("Opened", "b", 1), envelope("Closed", "a", 2)]
+    events.append(envelope("Opened", "c[/]", 1))  # text that rich would read as markup
     await send(topic, [(e.to_bytes(), e.stream_id, []) for e in events])
 
     every = lines(await tail(stack_env, topic, "--json"))
@@ -85,6 +86,9 @@ async def test_tail_prints_every_envelope_and_filters_by_type_and_stream(stack_e
     assert [r["event_id"] for r in closed] == [str(events[2].event_id)]
     stream_b = lines(await tail(stack_env, topic, "--json", "--stream", "b"))
     assert [r["event_id"] for r in stream_b] == [str(events[1].event_id)]
+
+    text = await tail(stack_env, topic, "--stream", "c[/]")
+    assert "Opened c[/] v1 by tester" in text
 
 
 async def test_tail_of_a_dead_letter_topic_shows_why_each_message_is_there(stack_env, schema) -> None:

@@ -9,12 +9,13 @@ from typing import ClassVar
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 from support import eventually, read_topic
 
 from services.kernel import bus
 from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, parse_message, registry, topic_for, utcnow
-from services.kernel.projection import Projection, rebuild
+from services.kernel.projection import Projection, lock_key, rebuild
 from services.kernel.runner import ProjectionRunner, dlq_topic, group_lag
 from services.kernel.settings import Settings
 
@@ -271,3 +272,30 @@ async def test_a_projection_added_to_a_group_that_ran_before_is_flagged_until_re
     finally:
         await third.stop()
     assert (await counts(pool, schema)).get("s1") == (6, 115)  # the other projection was left as it was
+
+
+async def test_lag_counts_the_events_a_held_back_projection_has_not_applied(pool, schema, runner) -> None:
+    """While a rebuild holds the projection's lock, the batch the runner fetched waits: its events are
+    lag, though the consumer has fetched past them."""
+    settings = Settings()
+    projection = runner.projections[0]
+    labels = {"group": runner.group, "projection": projection.name}
+
+    def lag() -> float | None:
+        return REGISTRY.get_sample_value("mieux_projection_lag_events", labels)
+
+    events = [envelope("held", v, n=v) for v in range(1, 6)]
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", lock_key(projection))  # as a rebuild does
+
+        async def behind() -> bool:
+            return lag() == len(events)
+
+        await produce(settings, topic_for(schema), [e.to_bytes() for e in events], [e.stream_id for e in events])
+        await eventually(behind, what="the lag to count the five held-back events")
+        assert runner.applied == 0
+
+    async def caught_up() -> bool:
+        return runner.applied == len(events) and lag() == 0
+
+    await eventually(caught_up, what="the events applied once the lock is released, and the lag back to 0")
