@@ -1,4 +1,4 @@
-"""Helpers for tests: waiting on conditions with deadlines, reading topics, child processes."""
+"""Helpers for tests: waiting on conditions with deadlines, envelopes, reading topics, child processes."""
 
 from __future__ import annotations
 
@@ -10,14 +10,47 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiokafka.structs import TopicPartition
 
 from services.kernel import bus
-from services.kernel.envelope import Envelope
+from services.kernel.envelope import Envelope, utcnow
 from services.kernel.settings import Settings
+
+
+def make_envelope(
+    event_type: str,
+    data: dict[str, Any],
+    *,
+    stream_id: str,
+    version: int = 1,
+    source: str = "test",
+    position: int = 0,
+    schema_version: int = 1,
+    correlation_id: str = "c",
+    actor: str = "tester",
+) -> Envelope:
+    """An envelope as a service's relay would publish it, with a fresh event id, recorded now."""
+    now = utcnow()
+    return Envelope(
+        event_id=uuid.uuid4(),
+        event_type=event_type,
+        schema_version=schema_version,
+        source=source,
+        stream_id=stream_id,
+        stream_version=version,
+        position=position,
+        occurred_at=now,
+        recorded_at=now,
+        correlation_id=correlation_id,
+        causation_id="",
+        actor=actor,
+        data=data,
+    )
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition") -> None:

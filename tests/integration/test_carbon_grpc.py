@@ -17,13 +17,13 @@ import grpc
 import pytest
 from mieux.carbon.v1 import carbon_pb2, carbon_pb2_grpc
 from mieux.common.v1 import common_pb2
-from support import eventually, start_service
+from support import eventually, make_envelope, start_service
 
 from services.carbon.domain import PurchaseOffsets
 from services.kernel import bus
 from services.kernel.db import Pool
 from services.kernel.devstack import DevStack
-from services.kernel.envelope import Envelope, topic_for, utcnow
+from services.kernel.envelope import Envelope, topic_for
 from services.kernel.grpckit import call_metadata, field_violations
 from services.kernel.paging import encode_key
 from services.kernel.runner import command_id_for
@@ -77,21 +77,15 @@ async def event_count(pool: Pool) -> int:
 
 
 def envelope(event: Any, stream_id: str, version: int) -> Envelope:
-    now = utcnow()
-    return Envelope(
-        event_id=uuid.uuid4(),
-        event_type=event.event_type,
-        schema_version=1,
-        source="logistics",
+    return make_envelope(
+        event.event_type,
+        event.model_dump(mode="json"),
         stream_id=stream_id,
-        stream_version=version,
+        version=version,
+        source="logistics",
         position=version,
-        occurred_at=now,
-        recorded_at=now,
         correlation_id=f"corr-{stream_id}",
-        causation_id="",
         actor="dev-service",
-        data=event.model_dump(mode="json"),
     )
 
 

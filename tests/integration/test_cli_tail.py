@@ -5,34 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import uuid
 
 import pytest
+from support import make_envelope
 
 from services.kernel import bus
-from services.kernel.envelope import Envelope, topic_for, utcnow
+from services.kernel.envelope import Envelope, topic_for
 from services.kernel.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 
 def envelope(event_type: str, stream: str, version: int) -> Envelope:
-    now = utcnow()
-    return Envelope(
-        event_id=uuid.uuid4(),
-        event_type=event_type,
-        schema_version=1,
-        source="test",
-        stream_id=stream,
-        stream_version=version,
-        position=0,
-        occurred_at=now,
-        recorded_at=now,
-        correlation_id="c",
-        causation_id="",
-        actor="tester",
-        data={"version": version},
-    )
+    return make_envelope(event_type, {"version": version}, stream_id=stream, version=version)
 
 
 async def send(topic: str, messages: list[tuple[bytes, str, list[tuple[str, bytes]]]]) -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import ClassVar
 
 import pytest
-from support import eventually
+from support import eventually, make_envelope
 
 from services.kernel import bus
-from services.kernel.envelope import Envelope, Event, registry, topic_for, utcnow
+from services.kernel.envelope import Envelope, Event, registry, topic_for
 from services.kernel.runner import Policy, PolicyRunner, command_id_for
 from services.kernel.settings import Settings
 from services.kernel.store import EventStore, Metadata
@@ -66,24 +65,8 @@ async def test_redelivered_event_issues_its_command_once(pool, schema) -> None:
     runner = PolicyRunner(policy, settings, group=f"test.{schema}.policy")
     await runner.start()
     try:
-        now = utcnow()
         envs = [
-            Envelope(
-                event_id=uuid.uuid4(),
-                event_type="PolicyTestApproved",
-                schema_version=1,
-                source="test",
-                stream_id=f"r{i}",
-                stream_version=1,
-                position=i,
-                occurred_at=now,
-                recorded_at=now,
-                correlation_id="c",
-                causation_id="",
-                actor="tester",
-                data={"case": str(i)},
-            )
-            for i in range(1, 6)
+            make_envelope("PolicyTestApproved", {"case": str(i)}, stream_id=f"r{i}", position=i) for i in range(1, 6)
         ]
         producer = bus.producer(settings)
         await producer.start()

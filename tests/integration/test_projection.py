@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 from typing import ClassVar
 
 import asyncpg
 import pytest
 from prometheus_client import REGISTRY
-from support import eventually, read_topic
+from support import eventually, make_envelope, read_topic
 
 from services.kernel import bus
 from services.kernel.db import Pool
-from services.kernel.envelope import Envelope, Event, parse_message, registry, topic_for, utcnow
+from services.kernel.envelope import Envelope, Event, parse_message, registry, topic_for
 from services.kernel.projection import Projection, lock_key, rebuild
 from services.kernel.runner import ProjectionRunner, dlq_topic, group_lag
 from services.kernel.settings import Settings
@@ -53,21 +52,8 @@ def counting_projection(schema: str) -> Projection:
 
 
 def envelope(stream: str, version: int, n: int, schema_version: int = 1) -> Envelope:
-    now = utcnow()
-    return Envelope(
-        event_id=uuid.uuid4(),
-        event_type="ProjectionTestTicked",
-        schema_version=schema_version,
-        source="test",
-        stream_id=stream,
-        stream_version=version,
-        position=0,
-        occurred_at=now,
-        recorded_at=now,
-        correlation_id="c",
-        causation_id="",
-        actor="tester",
-        data={"n": n},
+    return make_envelope(
+        "ProjectionTestTicked", {"n": n}, stream_id=stream, version=version, schema_version=schema_version
     )
 
 
