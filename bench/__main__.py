@@ -22,8 +22,8 @@ import asyncpg
 from bench import append, e2e, projection
 from bench.common import Window
 from bench.report import print_report, summarise
-from services.kernel.devstack import DevStack
 from services.kernel.settings import Settings
+from services.ops.devstack import DevStack
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 

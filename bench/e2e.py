@@ -30,9 +30,9 @@ import grpc
 
 from bench.common import SAMPLE, new_id, percentile
 from services.kernel import bus
-from services.kernel.devstack import DevStack, free_port
 from services.kernel.envelope import topic_for
 from services.kernel.settings import Settings
+from services.ops.devstack import DevStack, free_port
 from services.requests.client import RequestsClient
 
 POLL_INTERVAL = 0.002

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from services.kernel.db import Pool, create_pool
-from services.kernel.devstack import DevStack
+from services.ops.devstack import DevStack
 
 
 @pytest.fixture(scope="session")

@@ -171,7 +171,7 @@ def start_service(
     stops it. Its environment is `stack_env`, then its port (a free one unless given) and log level WARNING,
     then `extra` (which may override the log level). Blocking: from async code, run it in a thread
     (`await asyncio.to_thread(start_service, ...)`) so the event loop keeps serving meanwhile."""
-    from services.kernel.devstack import free_port
+    from services.ops.devstack import free_port
 
     port = port or free_port()
     env = {**stack_env, f"MIEUX_{name.upper()}_PORT": str(port), "MIEUX_LOG_LEVEL": "WARNING", **extra}

@@ -3,24 +3,23 @@
 from services.actions import api
 from services.actions.policies import OpenActionOnApproval
 from services.actions.projections import ActionsView
+from services.actions.queries import ActionQueries
+from services.kernel.grpckit import Registrar
 from services.kernel.service import Service
 
 
 def build() -> Service:
-    view = ActionsView()
-    opener = OpenActionOnApproval()
-
-    def registrars(svc: Service) -> list:
+    def registrars(svc: Service) -> list[Registrar]:
         assert svc.store is not None
-        return [api.registrar(svc.store, view)]
+        return [api.registrar(svc.store, ActionQueries(svc.store.pool))]
 
     return Service(
         name="actions",
         grpc_services=[api.SERVICE_NAME],
         access=api.ACCESS,
         registrars=registrars,
-        projections=[view],
-        policies=[opener],
+        projections=[ActionsView()],
+        policies=[OpenActionOnApproval()],
     )
 
 

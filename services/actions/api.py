@@ -2,30 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import date
-
 import asyncpg
 import grpc
 from mieux.actions.v1 import actions_pb2, actions_pb2_grpc
 from mieux.common.v1 import common_pb2
 
 from services.actions import handlers
-from services.actions.domain import (
-    CODE_RE,
-    Action,
-    ActivityState,
+from services.actions.commands import (
     AgreeActionFiche,
     CancelActivity,
     CloseAction,
     PlanActivity,
     RecordActivityHeld,
-    parse_activity_id,
 )
-from services.actions.projections import ActionFilter, ActionsView, ActivityFilter
+from services.actions.domain import CODE_RE, Action, ActivityState, parse_activity_id
+from services.actions.queries import ActionFilter, ActionQueries, ActivityFilter
 from services.kernel.errors import FieldViolation, InvalidArgument
-from services.kernel.grpckit import COMMANDERS, READERS
+from services.kernel.grpckit import COMMANDERS, READERS, Registrar
 from services.kernel.paging import page_size
-from services.kernel.protos import ack, fields
+from services.kernel.protos import ack, date_pb, fields
 from services.kernel.store import EventStore
 
 SERVICE_NAME = "mieux.actions.v1.Actions"
@@ -37,10 +32,6 @@ ACCESS = {
 }
 
 
-def pb_date(d: date | None) -> common_pb2.Date | None:
-    return common_pb2.Date(iso=d.isoformat()) if d else None
-
-
 def activity_pb(a: ActivityState) -> actions_pb2.Activity:
     p = a.planned
     held = a.held
@@ -50,8 +41,8 @@ def activity_pb(a: ActivityState) -> actions_pb2.Activity:
         status=a.status,
         title=p.title,
         activity_type=p.activity_type,
-        starts_on=pb_date(held.starts_on if held else p.starts_on),
-        ends_on=pb_date(held.ends_on if held else p.ends_on),
+        starts_on=date_pb(held.starts_on if held else p.starts_on),
+        ends_on=date_pb(held.ends_on if held else p.ends_on),
         country=p.country,
         city=p.city,
         airport=p.airport,
@@ -62,7 +53,7 @@ def activity_pb(a: ActivityState) -> actions_pb2.Activity:
         number=p.number,
         partner=p.partner,
         region=p.region,
-        cancelled_on=pb_date(a.cancelled.cancelled_on if a.cancelled else None),
+        cancelled_on=date_pb(a.cancelled.cancelled_on if a.cancelled else None),
     )
 
 
@@ -80,10 +71,10 @@ def action_pb(action: Action) -> actions_pb2.Action:
         title=o.title,
         follow_up=o.follow_up,
         year=o.year,
-        opened_on=pb_date(o.opened_on),
+        opened_on=date_pb(o.opened_on),
         status=action.status,
-        fiche_agreed_on=pb_date(s.fiche_agreed_on),
-        closed_on=pb_date(s.closed_on),
+        fiche_agreed_on=date_pb(s.fiche_agreed_on),
+        closed_on=date_pb(s.closed_on),
         activities_planned=sum(1 for a in acts if a.status == "planned"),
         activities_held=sum(1 for a in acts if a.status == "held"),
         activities_cancelled=sum(1 for a in acts if a.status == "cancelled"),
@@ -103,10 +94,10 @@ def action_row_pb(r: asyncpg.Record) -> actions_pb2.Action:
         title=r["title"],
         follow_up=r["follow_up"],
         year=r["year"],
-        opened_on=pb_date(r["opened_on"]),
+        opened_on=date_pb(r["opened_on"]),
         status=r["status"],
-        fiche_agreed_on=pb_date(r["fiche_agreed_on"]),
-        closed_on=pb_date(r["closed_on"]),
+        fiche_agreed_on=date_pb(r["fiche_agreed_on"]),
+        closed_on=date_pb(r["closed_on"]),
         activities_planned=r["activities_planned"],
         activities_held=r["activities_held"],
         activities_cancelled=r["activities_cancelled"],
@@ -120,8 +111,8 @@ def activity_row_pb(r: asyncpg.Record) -> actions_pb2.Activity:
         status=r["status"],
         title=r["title"],
         activity_type=r["activity_type"],
-        starts_on=pb_date(r["starts_on"]),
-        ends_on=pb_date(r["ends_on"]),
+        starts_on=date_pb(r["starts_on"]),
+        ends_on=date_pb(r["ends_on"]),
         country=r["country"],
         city=r["city"],
         airport=r["airport"],
@@ -132,7 +123,7 @@ def activity_row_pb(r: asyncpg.Record) -> actions_pb2.Activity:
         number=r["number"],
         partner=r["partner"],
         region=r["region"],
-        cancelled_on=pb_date(r["cancelled_on"]),
+        cancelled_on=date_pb(r["cancelled_on"]),
     )
 
 
@@ -150,40 +141,56 @@ def activity_id_of(activity_id: str) -> tuple[str, str]:
 
 
 class ActionsServicer(actions_pb2_grpc.ActionsServicer):
-    def __init__(self, store: EventStore, view: ActionsView) -> None:
+    def __init__(self, store: EventStore, queries: ActionQueries) -> None:
         self.store = store
-        self.view = view
+        self.queries = queries
 
     # --- commands ---
 
-    async def AgreeActionFiche(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+    async def AgreeActionFiche(
+        self, request: actions_pb2.AgreeActionFicheCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
         return ack(await handlers.agree_action_fiche(self.store, AgreeActionFiche.model_validate(fields(request))))
 
-    async def PlanActivity(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+    async def PlanActivity(
+        self, request: actions_pb2.PlanActivityCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
         return ack(await handlers.plan_activity(self.store, PlanActivity.model_validate(fields(request))))
 
-    async def RecordActivityHeld(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+    async def RecordActivityHeld(
+        self, request: actions_pb2.RecordActivityHeldCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
         cmd = RecordActivityHeld.model_validate(fields(request))
         return ack(await handlers.record_activity_held(self.store, cmd))
 
-    async def CancelActivity(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+    async def CancelActivity(
+        self, request: actions_pb2.CancelActivityCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
         return ack(await handlers.cancel_activity(self.store, CancelActivity.model_validate(fields(request))))
 
-    async def CloseAction(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+    async def CloseAction(
+        self, request: actions_pb2.CloseActionCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
         return ack(await handlers.close_action(self.store, CloseAction.model_validate(fields(request))))
 
     # --- queries ---
 
-    async def GetAction(self, request, context: grpc.aio.ServicerContext) -> actions_pb2.Action:
+    async def GetAction(
+        self, request: actions_pb2.GetActionQuery, context: grpc.aio.ServicerContext
+    ) -> actions_pb2.Action:
         code = action_code_of(request.action_code)
         return action_pb(await handlers.get_action(self.store, code))
 
-    async def GetActivity(self, request, context: grpc.aio.ServicerContext) -> actions_pb2.Activity:
+    async def GetActivity(
+        self, request: actions_pb2.GetActivityQuery, context: grpc.aio.ServicerContext
+    ) -> actions_pb2.Activity:
         activity_id, code = activity_id_of(request.activity_id)
         action = await handlers.get_action(self.store, code)
         return activity_pb(action.activity(activity_id))
 
-    async def ListActions(self, request, context: grpc.aio.ServicerContext) -> actions_pb2.ListActionsReply:
+    async def ListActions(
+        self, request: actions_pb2.ListActionsQuery, context: grpc.aio.ServicerContext
+    ) -> actions_pb2.ListActionsReply:
         f = ActionFilter(
             year=request.year,
             region=request.region,
@@ -193,10 +200,12 @@ class ActionsServicer(actions_pb2_grpc.ActionsServicer):
             size=page_size(request.page_size),
             page_token=request.page_token,
         )
-        rows, token = await self.view.list_actions(self.store.pool, f)
+        rows, token = await self.queries.list_actions(f)
         return actions_pb2.ListActionsReply(actions=[action_row_pb(r) for r in rows], next_page_token=token)
 
-    async def ListActivities(self, request, context: grpc.aio.ServicerContext) -> actions_pb2.ListActivitiesReply:
+    async def ListActivities(
+        self, request: actions_pb2.ListActivitiesQuery, context: grpc.aio.ServicerContext
+    ) -> actions_pb2.ListActivitiesReply:
         f = ActivityFilter(
             year=request.year,
             region=request.region,
@@ -208,12 +217,12 @@ class ActionsServicer(actions_pb2_grpc.ActionsServicer):
             size=page_size(request.page_size),
             page_token=request.page_token,
         )
-        rows, token = await self.view.list_activities(self.store.pool, f)
+        rows, token = await self.queries.list_activities(f)
         return actions_pb2.ListActivitiesReply(activities=[activity_row_pb(r) for r in rows], next_page_token=token)
 
 
-def registrar(store: EventStore, view: ActionsView):  # type: ignore[no-untyped-def]
+def registrar(store: EventStore, queries: ActionQueries) -> Registrar:
     def add(server: grpc.aio.Server) -> None:
-        actions_pb2_grpc.add_ActionsServicer_to_server(ActionsServicer(store, view), server)
+        actions_pb2_grpc.add_ActionsServicer_to_server(ActionsServicer(store, queries), server)
 
     return add

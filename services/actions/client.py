@@ -11,11 +11,8 @@ from mieux.actions.v1 import actions_pb2, actions_pb2_grpc
 from mieux.common.v1 import common_pb2
 
 from services.kernel.grpckit import call_metadata, channel
+from services.kernel.protos import date_pb
 from services.kernel.settings import Role, Settings, service_address
-
-
-def _date(iso: str | None) -> common_pb2.Date | None:
-    return common_pb2.Date(iso=iso) if iso else None
 
 
 class ActionsClient:
@@ -38,7 +35,7 @@ class ActionsClient:
     ) -> common_pb2.CommandAck:
         return await self.stub.AgreeActionFiche(
             actions_pb2.AgreeActionFicheCommand(
-                command_id=command_id, action_code=action_code, agreed_on=_date(agreed_on), summary=summary
+                command_id=command_id, action_code=action_code, agreed_on=date_pb(agreed_on), summary=summary
             ),
             **self._kw(),
         )
@@ -63,8 +60,8 @@ class ActionsClient:
                 action_code=action_code,
                 title=title,
                 activity_type=activity_type,
-                starts_on=_date(starts_on),
-                ends_on=_date(ends_on),
+                starts_on=date_pb(starts_on),
+                ends_on=date_pb(ends_on),
                 country=country,
                 city=city,
                 airport=airport,
@@ -93,8 +90,8 @@ class ActionsClient:
                 participants_male=male,
                 participants_female=female,
                 participants_other=other,
-                starts_on=_date(starts_on),
-                ends_on=_date(ends_on),
+                starts_on=date_pb(starts_on),
+                ends_on=date_pb(ends_on),
             ),
             **self._kw(),
         )
@@ -104,7 +101,7 @@ class ActionsClient:
     ) -> common_pb2.CommandAck:
         return await self.stub.CancelActivity(
             actions_pb2.CancelActivityCommand(
-                command_id=command_id, activity_id=activity_id, cancelled_on=_date(cancelled_on), reason=reason
+                command_id=command_id, activity_id=activity_id, cancelled_on=date_pb(cancelled_on), reason=reason
             ),
             **self._kw(),
         )
@@ -114,7 +111,7 @@ class ActionsClient:
     ) -> common_pb2.CommandAck:
         return await self.stub.CloseAction(
             actions_pb2.CloseActionCommand(
-                command_id=command_id, action_code=action_code, closed_on=_date(closed_on), summary=summary
+                command_id=command_id, action_code=action_code, closed_on=date_pb(closed_on), summary=summary
             ),
             **self._kw(),
         )

@@ -1,4 +1,4 @@
-"""The action aggregate (an action and its activities) and its commands. Pure: no I/O.
+"""The action aggregate (an action and its activities), its rules and the naming of actions. Pure: no I/O.
 
 Rules (DESIGN.md section 5), each a `check_...` guard raising RuleBroken (FAILED_PRECONDITION):
 - an action is opened once, under a code `YYYY-NN` never given before (next number of the approval year);
@@ -13,7 +13,8 @@ Rules (DESIGN.md section 5), each a `check_...` guard raising RuleBroken (FAILED
 - an action with activities still planned cannot be closed (hold or cancel them first);
 - nothing changes after closure.
 Malformed input (unknown activity type, country not ISO 3166-1 alpha-2, airport not a real IATA code,
-ends_on before starts_on, negative participants) is refused by the command models (INVALID_ARGUMENT).
+ends_on before starts_on, negative participants) is refused by the command models of commands.py
+(INVALID_ARGUMENT).
 """
 
 from __future__ import annotations
@@ -22,57 +23,38 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
-from functools import cache
-from typing import Any, Literal
-
-import airportsdata
-import pycountry
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from typing import TYPE_CHECKING, Literal
 
 from services.actions.events import (
     ActionClosed,
+    ActionEvent,
     ActionFicheAgreed,
     ActionOpened,
     ActivityCancelled,
     ActivityHeld,
     ActivityPlanned,
-    PartnerKind,
 )
 from services.kernel import reference
 from services.kernel.application import Aggregate
 from services.kernel.envelope import Event
 from services.kernel.errors import NotFound, RuleBroken
 
+if TYPE_CHECKING:
+    from services.actions.commands import (
+        AgreeActionFiche,
+        CancelActivity,
+        CloseAction,
+        OpenAction,
+        PlanActivity,
+        RecordActivityHeld,
+    )
+
 MAX_ACTIVITIES = 7
 CODE_RE = re.compile(r"^(\d{4})-(\d{2,})$")
 ACTIVITY_RE = re.compile(r"^(\d{4}-\d{2,})/A([1-9]\d*)$")
-REMOTE = "remote_support"
 
 ActionStatus = Literal["opened", "fiche_agreed", "closed"]
 ActivityStatus = Literal["planned", "held", "cancelled"]
-
-
-# --- reference data ------------------------------------------------------------------------------
-
-
-@cache
-def airports() -> dict[str, dict[str, Any]]:
-    """IATA code -> airport (airportsdata, a maintained dataset)."""
-    return airportsdata.load("IATA")
-
-
-def country_code(v: str) -> str:
-    code = v.strip().upper()
-    if len(code) != 2 or pycountry.countries.get(alpha_2=code) is None:
-        raise ValueError("not an ISO 3166-1 alpha-2 country code")
-    return code
-
-
-def airport_code(v: str) -> str:
-    code = v.strip().upper()
-    if len(code) != 3 or code not in airports():
-        raise ValueError("not a known IATA airport code")
-    return code
 
 
 # --- naming: codes and titles --------------------------------------------------------------------
@@ -84,7 +66,7 @@ _ROMAN = ((1000, "M"), (900, "CM"), (500, "D"), (400, "CD"), (100, "C"), (90, "X
 def roman(n: int) -> str:
     if not 1 <= n <= 3999:
         raise ValueError(f"no Roman numeral for {n}")
-    out = []
+    out: list[str] = []
     for value, letters in _ROMAN:
         count, n = divmod(n, value)
         out.append(letters * count)
@@ -95,7 +77,7 @@ def short_name(partner: str, kind: str, name: str) -> str:
     """The name a title uses: a country's common name where ISO has one ("Bolivia", not "Bolivia,
     Plurinational State of"), else the partner's name as the request gave it."""
     if kind == "country":
-        c = pycountry.countries.get(alpha_2=partner)
+        c = reference.country(partner)
         if c is not None:
             return getattr(c, "common_name", None) or name
     return name
@@ -137,136 +119,6 @@ class Register:
         return next_code(self.codes, year), self.partner_actions + 1
 
 
-# --- commands ------------------------------------------------------------------------------------
-
-
-class Command(BaseModel):
-    model_config = ConfigDict(frozen=True, str_strip_whitespace=True)
-    command_id: str = Field(min_length=1, max_length=200)
-
-
-class ActionCommand(Command):
-    action_code: str = Field(min_length=1)
-
-    @field_validator("action_code")
-    @classmethod
-    def valid_code(cls, v: str) -> str:
-        if not CODE_RE.match(v):
-            raise ValueError("not an action code like 2017-03")
-        return v
-
-
-class ActivityCommand(Command):
-    activity_id: str = Field(min_length=1)
-
-    @field_validator("activity_id")
-    @classmethod
-    def valid_activity_id(cls, v: str) -> str:
-        parse_activity_id(v)
-        return v
-
-    @property
-    def action_code(self) -> str:
-        return parse_activity_id(self.activity_id)[0]
-
-
-class OpenAction(Command):
-    """Issued by the policy on RequestApproved (command id derived from the event id)."""
-
-    request_id: str = Field(min_length=1)
-    partner: str = Field(min_length=2)
-    partner_kind: PartnerKind
-    partner_name: str = Field(min_length=1)
-    region: str = ""
-    themes: tuple[str, ...] = ()
-    approved_on: date
-
-
-class AgreeActionFiche(ActionCommand):
-    agreed_on: date
-    summary: str = Field(default="", max_length=4000)
-
-
-class PlanActivity(ActionCommand):
-    title: str = Field(min_length=1, max_length=300)
-    activity_type: str
-    starts_on: date
-    ends_on: date
-    country: str
-    # the venue's city and airport: required unless the activity is remote support
-    city: str = Field(default="", max_length=200, validate_default=True)
-    airport: str = Field(default="", validate_default=True)
-
-    @field_validator("activity_type")
-    @classmethod
-    def known_type(cls, v: str) -> str:
-        if v not in reference.activity_types():
-            raise ValueError(f"must be one of {', '.join(reference.activity_types())}")
-        return v
-
-    @field_validator("ends_on")
-    @classmethod
-    def not_before_start(cls, v: date, info: ValidationInfo) -> date:
-        return ends_after_start(v, info)
-
-    @field_validator("country")
-    @classmethod
-    def known_country(cls, v: str) -> str:
-        return country_code(v)
-
-    @field_validator("city")
-    @classmethod
-    def city_unless_remote(cls, v: str, info: ValidationInfo) -> str:
-        if not v and info.data.get("activity_type", REMOTE) != REMOTE:
-            raise ValueError("required unless the activity is remote support")
-        return v
-
-    @field_validator("airport")
-    @classmethod
-    def known_airport(cls, v: str, info: ValidationInfo) -> str:
-        if v:
-            return airport_code(v)
-        if info.data.get("activity_type", REMOTE) != REMOTE:
-            raise ValueError("required unless the activity is remote support")
-        return v
-
-
-def ends_after_start(v: date | None, info: ValidationInfo) -> date | None:
-    start = info.data.get("starts_on")
-    if v is not None and start is not None and v < start:
-        raise ValueError("must not be before starts_on")
-    return v
-
-
-class RecordActivityHeld(ActivityCommand):
-    participants_male: int = Field(default=0, ge=0)
-    participants_female: int = Field(default=0, ge=0)
-    participants_other: int = Field(default=0, ge=0)
-    # the dates it actually took place, when they differ from the plan
-    starts_on: date | None = None
-    ends_on: date | None = None
-
-    @field_validator("starts_on", "ends_on", mode="before")
-    @classmethod
-    def empty_is_none(cls, v: Any) -> Any:
-        return None if v == "" else v
-
-    @field_validator("ends_on")
-    @classmethod
-    def not_before_start(cls, v: date | None, info: ValidationInfo) -> date | None:
-        return ends_after_start(v, info)
-
-
-class CancelActivity(ActivityCommand):
-    cancelled_on: date
-    reason: str = Field(min_length=1, max_length=2000)
-
-
-class CloseAction(ActionCommand):
-    closed_on: date
-    summary: str = Field(default="", max_length=4000)
-
-
 # --- the aggregate -------------------------------------------------------------------------------
 
 
@@ -289,6 +141,8 @@ class ActionState:
 
 
 class Action(Aggregate):
+    folds = ActionEvent
+
     def __init__(self, stream_id: str) -> None:
         super().__init__(stream_id)
         self.state = ActionState()

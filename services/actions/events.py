@@ -15,21 +15,19 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from services.kernel.envelope import Event, event
+from services.kernel.envelope import Event
 
 PartnerKind = Literal["country", "regional_organisation"]
 
 
-class ActionEvent(Event):
+class ActionEvent(Event, abstract=True):
     source: ClassVar[str] = "actions"
     action_code: str
 
 
-@event
 class ActionOpened(ActionEvent):
     """An approved request became an action (by policy on RequestApproved)."""
 
-    event_type: ClassVar[str] = "ActionOpened"
     request_id: str
     partner: str
     partner_kind: PartnerKind
@@ -44,18 +42,14 @@ class ActionOpened(ActionEvent):
     opened_on: date
 
 
-@event
 class ActionFicheAgreed(ActionEvent):
     """The Action Fiche (the intervention's logic and its set of activities) was agreed with the partner."""
 
-    event_type: ClassVar[str] = "ActionFicheAgreed"
     agreed_on: date
     summary: str = ""
 
 
-@event
 class ActivityPlanned(ActionEvent):
-    event_type: ClassVar[str] = "ActivityPlanned"
     activity_id: str
     number: int = Field(ge=1)
     title: str
@@ -69,9 +63,7 @@ class ActivityPlanned(ActionEvent):
     region: str
 
 
-@event
 class ActivityHeld(ActionEvent):
-    event_type: ClassVar[str] = "ActivityHeld"
     activity_id: str
     activity_type: str
     starts_on: date  # the date it actually started (stats count activities by this date's year)
@@ -84,17 +76,13 @@ class ActivityHeld(ActionEvent):
     participants_other: int = Field(ge=0)
 
 
-@event
 class ActivityCancelled(ActionEvent):
-    event_type: ClassVar[str] = "ActivityCancelled"
     activity_id: str
     cancelled_on: date
     reason: str
 
 
-@event
 class ActionClosed(ActionEvent):
-    event_type: ClassVar[str] = "ActionClosed"
     closed_on: date
     activities_held: int = Field(ge=0)
     summary: str = ""

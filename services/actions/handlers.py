@@ -12,16 +12,17 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from services.actions.domain import (
-    Action,
+import asyncpg
+
+from services.actions.commands import (
     AgreeActionFiche,
     CancelActivity,
     CloseAction,
     OpenAction,
     PlanActivity,
     RecordActivityHeld,
-    Register,
 )
+from services.actions.domain import Action, Register
 from services.kernel.application import execute, first_result, load
 from services.kernel.errors import ConcurrencyError, NotFound, RuleBroken
 from services.kernel.store import AppendResult, EventStore
@@ -31,7 +32,7 @@ OPEN_LOCK = "mieux-actions-open"
 OPEN_ATTEMPTS = 20
 
 
-async def read_register(conn, schema: str, cmd: OpenAction) -> Register:  # type: ignore[no-untyped-def]
+async def read_register(conn: asyncpg.Connection, schema: str, cmd: OpenAction) -> Register:
     rows = await conn.fetch(
         f"SELECT stream_id, data->>'partner' AS partner, data->>'request_id' AS request_id "
         f"FROM {schema}.events WHERE event_type = 'ActionOpened'"
@@ -46,7 +47,7 @@ async def read_register(conn, schema: str, cmd: OpenAction) -> Register:  # type
 async def open_action(store: EventStore, cmd: OpenAction, causation_id: str = "") -> AppendResult | None:
     """Open the action of an approved request; None if that request already has one (opened by another
     delivery path). A redelivered event (same command id) answers with the first result."""
-    first = await first_result(store, cmd.command_id, cmd)
+    first = await first_result(store, cmd)
     if first is not None:
         return first
     async with store.pool.acquire() as conn, conn.transaction():
@@ -65,8 +66,7 @@ async def open_action(store: EventStore, cmd: OpenAction, causation_id: str = ""
                     Action,
                     code,
                     lambda a, n=follow_up: a.open(cmd, n),
-                    command_id=cmd.command_id,
-                    payload=cmd,
+                    cmd,
                     must_exist=False,
                     causation_id=causation_id,
                 )
@@ -82,31 +82,23 @@ async def open_action(store: EventStore, cmd: OpenAction, causation_id: str = ""
 
 
 async def agree_action_fiche(store: EventStore, cmd: AgreeActionFiche) -> AppendResult:
-    return await execute(
-        store, Action, cmd.action_code, lambda a: a.agree_fiche(cmd), command_id=cmd.command_id, payload=cmd
-    )
+    return await execute(store, Action, cmd.action_code, lambda a: a.agree_fiche(cmd), cmd)
 
 
 async def plan_activity(store: EventStore, cmd: PlanActivity) -> AppendResult:
-    return await execute(
-        store, Action, cmd.action_code, lambda a: a.plan_activity(cmd), command_id=cmd.command_id, payload=cmd
-    )
+    return await execute(store, Action, cmd.action_code, lambda a: a.plan_activity(cmd), cmd)
 
 
 async def record_activity_held(store: EventStore, cmd: RecordActivityHeld) -> AppendResult:
-    return await execute(
-        store, Action, cmd.action_code, lambda a: a.record_held(cmd), command_id=cmd.command_id, payload=cmd
-    )
+    return await execute(store, Action, cmd.action_code, lambda a: a.record_held(cmd), cmd)
 
 
 async def cancel_activity(store: EventStore, cmd: CancelActivity) -> AppendResult:
-    return await execute(
-        store, Action, cmd.action_code, lambda a: a.cancel_activity(cmd), command_id=cmd.command_id, payload=cmd
-    )
+    return await execute(store, Action, cmd.action_code, lambda a: a.cancel_activity(cmd), cmd)
 
 
 async def close_action(store: EventStore, cmd: CloseAction) -> AppendResult:
-    return await execute(store, Action, cmd.action_code, lambda a: a.close(cmd), command_id=cmd.command_id, payload=cmd)
+    return await execute(store, Action, cmd.action_code, lambda a: a.close(cmd), cmd)
 
 
 async def get_action(store: EventStore, code: str) -> Action:

@@ -6,9 +6,9 @@ import logging
 from typing import ClassVar
 
 from services.actions import handlers
-from services.actions.domain import OpenAction
+from services.actions.commands import OpenAction
 from services.kernel.envelope import Envelope, Event, topic_for
-from services.kernel.runner import Policy
+from services.kernel.policy import Policy
 from services.requests.events import RequestApproved
 
 log = logging.getLogger(__name__)

@@ -1,16 +1,11 @@
-"""Read models of the actions service: the actions and activities lists (ListActions, ListActivities).
+"""Read models of the actions service: the tables of the actions and activities lists (ListActions,
+ListActivities) and how each event changes them. What the API reads from them is in queries.py.
 
 Every statement is an idempotent upsert or update keyed by code / activity id, and the projection runner
 records each event id in the same transaction, so a redelivered event changes nothing.
-
-Both lists page by keyset on an immutable total order (year, seq, action code; then activity number,
-activity id): the page token is the last row's key (paging.encode_key, opaque to clients), so a page
-never repeats or skips a row when rows are added or changed between pages.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import asyncpg
 
@@ -22,9 +17,7 @@ from services.actions.events import (
     ActivityHeld,
     ActivityPlanned,
 )
-from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, topic_for
-from services.kernel.paging import DEFAULT_PAGE_SIZE, key_after, next_page
 from services.kernel.projection import Projection
 
 
@@ -147,91 +140,3 @@ class ActionsView(Projection):
                     event.action_code,
                     event.closed_on,
                 )
-
-    # --- queries ---
-
-    async def list_actions(self, pool: Pool, f: ActionFilter) -> tuple[list[asyncpg.Record], str]:
-        where, args = ["true"], []
-        for column, value in (("year", f.year), ("region", f.region), ("partner", f.partner), ("status", f.status)):
-            if value:
-                args.append(value)
-                where.append(f"a.{column} = ${len(args)}")
-        if f.theme:
-            args.append(f.theme)
-            where.append(f"${len(args)} = ANY(a.themes)")
-        after = key_after(f.page_token, int, int, str)
-        if after:
-            args.extend(after)
-            where.append(f"(a.year, a.seq, a.action_code) > (${len(args) - 2}, ${len(args) - 1}, ${len(args)})")
-        args.append(f.size + 1)
-        rows = await pool.fetch(
-            "SELECT a.*, "
-            "(SELECT count(*) FROM actions_views.activities t WHERE t.action_code = a.action_code "
-            " AND t.status = 'planned') AS activities_planned, "
-            "(SELECT count(*) FROM actions_views.activities t WHERE t.action_code = a.action_code "
-            " AND t.status = 'held') AS activities_held, "
-            "(SELECT count(*) FROM actions_views.activities t WHERE t.action_code = a.action_code "
-            " AND t.status = 'cancelled') AS activities_cancelled "
-            f"FROM actions_views.actions a WHERE {' AND '.join(where)} ORDER BY a.year, a.seq, a.action_code "
-            f"LIMIT ${len(args)}",
-            *args,
-        )
-        return next_page(rows, f.size, lambda r: [r["year"], r["seq"], r["action_code"]])
-
-    async def list_activities(self, pool: Pool, f: ActivityFilter) -> tuple[list[asyncpg.Record], str]:
-        where, args = ["true"], []
-        for column, value in (
-            ("region", f.region),
-            ("partner", f.partner),
-            ("status", f.status),
-            ("action_code", f.action_code),
-            ("activity_type", f.activity_type),
-            ("country", f.country),
-        ):
-            if value:
-                args.append(value)
-                where.append(f"t.{column} = ${len(args)}")
-        if f.year:
-            args.append(f.year)
-            where.append(f"extract(year FROM t.starts_on)::int = ${len(args)}")
-        after = key_after(f.page_token, int, int, int, str)
-        if after:
-            args.extend(after)
-            n = len(args)
-            where.append(f"(a.year, a.seq, t.number, t.activity_id) > (${n - 3}, ${n - 2}, ${n - 1}, ${n})")
-        args.append(f.size + 1)
-        rows = await pool.fetch(
-            "SELECT t.*, a.year AS action_year, a.seq AS action_seq "
-            "FROM actions_views.activities t JOIN actions_views.actions a USING (action_code) "
-            f"WHERE {' AND '.join(where)} ORDER BY a.year, a.seq, t.number, t.activity_id "
-            f"LIMIT ${len(args)}",
-            *args,
-        )
-        return next_page(rows, f.size, lambda r: [r["action_year"], r["action_seq"], r["number"], r["activity_id"]])
-
-
-# --- filters ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ActionFilter:
-    year: int = 0
-    region: str = ""
-    partner: str = ""
-    status: str = ""
-    theme: str = ""
-    size: int = DEFAULT_PAGE_SIZE
-    page_token: str = ""
-
-
-@dataclass(frozen=True)
-class ActivityFilter:
-    year: int = 0
-    region: str = ""
-    partner: str = ""
-    status: str = ""
-    action_code: str = ""
-    activity_type: str = ""
-    country: str = ""
-    size: int = DEFAULT_PAGE_SIZE
-    page_token: str = ""

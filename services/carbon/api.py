@@ -1,9 +1,9 @@
-"""gRPC servicer of the carbon service: proto <-> pydantic; errors become status codes in the kit."""
+"""gRPC servicer of the carbon service: proto <-> pydantic at the edge (commands validated by the models
+of commands.py, reads answered by queries.py); errors become status codes in the kit."""
 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
 
 import asyncpg
 import grpc
@@ -11,11 +11,11 @@ from mieux.carbon.v1 import carbon_pb2, carbon_pb2_grpc
 from mieux.common.v1 import common_pb2
 
 from services.carbon import handlers
-from services.carbon.domain import PurchaseOffsets, RetireOffsets
-from services.carbon.projections import ActionRegions, FlightEmissionsView, OffsetLotsView
+from services.carbon.commands import MAX_YEAR, MIN_YEAR, PurchaseOffsets, RetireOffsets
+from services.carbon.queries import CarbonQueries
 from services.kernel.errors import FieldViolation, InvalidArgument, NotFound
-from services.kernel.grpckit import COMMANDERS, READERS
-from services.kernel.protos import ack, fields
+from services.kernel.grpckit import COMMANDERS, READERS, Registrar
+from services.kernel.protos import ack, date_pb, fields
 from services.kernel.settings import Role
 from services.kernel.store import EventStore
 
@@ -39,10 +39,6 @@ LOT_STATUSES = ("open", "retired")
 def dec(v: Decimal | None) -> str:
     """A decimal as a plain string (never exponent notation)."""
     return "" if v is None else format(v, "f")
-
-
-def date_of(d: Any) -> common_pb2.Date:
-    return common_pb2.Date(iso=d.isoformat() if d else "")
 
 
 def check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -72,7 +68,7 @@ def flight_emissions(r: asyncpg.Record) -> carbon_pb2.FlightEmissions:
             carbon_pb2.SegmentEmissions(
                 origin=s["origin"],
                 destination=s["destination"],
-                departs_on=common_pb2.Date(iso=s["departs_on"]),
+                departs_on=date_pb(s["departs_on"]),
                 distance_km=s["distance_km"],
                 distance_miles=s["distance_miles"],
                 haul=s["haul"],
@@ -84,7 +80,7 @@ def flight_emissions(r: asyncpg.Record) -> carbon_pb2.FlightEmissions:
             )
             for s in r["segments"]
         ],
-        calculated_on=date_of(r["calculated_on"]),
+        calculated_on=date_pb(r["calculated_on"]),
         calculations=r["calculations"],
         reversals=r["reversals"],
         version=r["version"],
@@ -102,10 +98,10 @@ def offset_lot(r: asyncpg.Record, retirements: list[asyncpg.Record]) -> carbon_p
         remaining=r["remaining"],
         unit_price=common_pb2.Money(amount=dec(r["unit_price"]), currency=r["currency"]),
         total_cost=common_pb2.Money(amount=dec(r["total_cost"]), currency=r["currency"]),
-        purchased_on=date_of(r["purchased_on"]),
+        purchased_on=date_pb(r["purchased_on"]),
         retirements=[
             carbon_pb2.Retirement(
-                quantity=x["quantity"], against_year=x["against_year"], retired_on=date_of(x["retired_on"])
+                quantity=x["quantity"], against_year=x["against_year"], retired_on=date_pb(x["retired_on"])
             )
             for x in retirements
         ],
@@ -114,20 +110,21 @@ def offset_lot(r: asyncpg.Record, retirements: list[asyncpg.Record]) -> carbon_p
 
 
 def check_year(year: int) -> int:
-    if not 1990 <= year <= 2100:
-        raise InvalidArgument(FieldViolation("year", "must be between 1990 and 2100"))
+    if not MIN_YEAR <= year <= MAX_YEAR:
+        raise InvalidArgument(FieldViolation("year", f"must be between {MIN_YEAR} and {MAX_YEAR}"))
     return year
 
 
 class FinanceServicer:
     """GetFootprint and GetOffsetLedger: figures computed from the read models, decimals as strings."""
 
-    store: EventStore
-    lots: OffsetLotsView
+    queries: CarbonQueries
 
-    async def GetFootprint(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetFootprint(
+        self, request: carbon_pb2.GetFootprintQuery, context: grpc.aio.ServicerContext
+    ) -> carbon_pb2.Footprint:
         year = check_year(request.year)
-        rows = await ActionRegions.footprint(self.store.pool, year)
+        rows = await self.queries.footprint_with_regions(year)
         by_kind: dict[str, Decimal] = {}
         by_region: dict[str, Decimal] = {}
         by_action: dict[str, Decimal] = {}
@@ -155,13 +152,15 @@ class FinanceServicer:
             kg_co2e_by_action={k: dec(v) for k, v in by_action.items()},
         )
 
-    async def GetOffsetLedger(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetOffsetLedger(
+        self, request: carbon_pb2.GetOffsetLedgerQuery, context: grpc.aio.ServicerContext
+    ) -> carbon_pb2.OffsetLedger:
         year = check_year(request.year)
-        ledger = await self.lots.ledger(self.store.pool, year)
-        footprint = sum((r["kg_co2e"] for r in await ActionRegions.footprint(self.store.pool, year)), Decimal(0))
+        ledger = await self.queries.ledger(year)
+        footprint = sum((r["kg_co2e"] for r in await self.queries.footprint_with_regions(year)), Decimal(0))
         coverage = ledger.coverage(footprint)
-        page = await self.lots.list(self.store.pool, year=year, registry="", status="", size=500, token="")
-        retirements = await self.lots.retirements(self.store.pool, [r["lot_id"] for r in page.rows])
+        page = await self.queries.list_offset_lots(year=year, registry="", status="", size=500, token="")
+        retirements = await self.queries.retirements([r["lot_id"] for r in page.rows])
         return carbon_pb2.OffsetLedger(
             year=year,
             vers_purchased=ledger.purchased,
@@ -175,32 +174,38 @@ class FinanceServicer:
 
 
 class CarbonServicer(FinanceServicer, carbon_pb2_grpc.CarbonServicer):
-    def __init__(self, store: EventStore, flights: FlightEmissionsView, lots: OffsetLotsView) -> None:
+    def __init__(self, store: EventStore, queries: CarbonQueries) -> None:
         self.store = store
-        self.flights = flights
-        self.lots = lots
+        self.queries = queries
 
-    async def PurchaseOffsets(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+    async def PurchaseOffsets(
+        self, request: carbon_pb2.PurchaseOffsetsCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
         cmd = PurchaseOffsets.model_validate(fields(request, with_defaults=True))
         return ack(await handlers.purchase_offsets(self.store, cmd))
 
-    async def RetireOffsets(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+    async def RetireOffsets(
+        self, request: carbon_pb2.RetireOffsetsCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
         cmd = RetireOffsets.model_validate(fields(request, with_defaults=True))
         return ack(await handlers.retire_offsets(self.store, cmd))
 
-    async def GetFlightEmissions(self, request, context: grpc.aio.ServicerContext) -> carbon_pb2.FlightEmissions:
+    async def GetFlightEmissions(
+        self, request: carbon_pb2.GetFlightEmissionsQuery, context: grpc.aio.ServicerContext
+    ) -> carbon_pb2.FlightEmissions:
         if not request.booking_id:
             raise InvalidArgument(FieldViolation("booking_id", "is required"))
-        row = await self.flights.get(self.store.pool, request.booking_id)
+        row = await self.queries.flight_emissions(request.booking_id)
         if row is None:
             raise NotFound(f"no emissions are recorded for booking {request.booking_id}")
         return flight_emissions(row)
 
-    async def ListFlightEmissions(self, request, context: grpc.aio.ServicerContext) -> carbon_pb2.FlightEmissionsPage:
+    async def ListFlightEmissions(
+        self, request: carbon_pb2.ListFlightEmissionsQuery, context: grpc.aio.ServicerContext
+    ) -> carbon_pb2.FlightEmissionsPage:
         check_choice("traveller_kind", request.traveller_kind, TRAVELLER_KINDS)
         check_choice("status", request.status, EMISSION_STATUSES)
-        page = await self.flights.list(
-            self.store.pool,
+        page = await self.queries.list_flight_emissions(
             year=request.year,
             traveller_kind=request.traveller_kind,
             action_code=request.action_code,
@@ -212,32 +217,35 @@ class CarbonServicer(FinanceServicer, carbon_pb2_grpc.CarbonServicer):
             flight_emissions=[flight_emissions(r) for r in page.rows], next_page_token=page.next_page_token
         )
 
-    async def GetOffsetLot(self, request, context: grpc.aio.ServicerContext) -> carbon_pb2.OffsetLot:
+    async def GetOffsetLot(
+        self, request: carbon_pb2.GetOffsetLotQuery, context: grpc.aio.ServicerContext
+    ) -> carbon_pb2.OffsetLot:
         if not request.lot_id:
             raise InvalidArgument(FieldViolation("lot_id", "is required"))
-        found = await self.lots.get(self.store.pool, request.lot_id)
+        found = await self.queries.offset_lot(request.lot_id)
         if found is None:
             raise NotFound(f"lot {request.lot_id} does not exist")
         return offset_lot(*found)
 
-    async def ListOffsetLots(self, request, context: grpc.aio.ServicerContext) -> carbon_pb2.OffsetLotsPage:
+    async def ListOffsetLots(
+        self, request: carbon_pb2.ListOffsetLotsQuery, context: grpc.aio.ServicerContext
+    ) -> carbon_pb2.OffsetLotsPage:
         check_choice("status", request.status, LOT_STATUSES)
-        page = await self.lots.list(
-            self.store.pool,
+        page = await self.queries.list_offset_lots(
             year=request.year,
             registry=request.registry,
             status=request.status,
             size=request.page_size,
             token=request.page_token,
         )
-        retirements = await self.lots.retirements(self.store.pool, [r["lot_id"] for r in page.rows])
+        retirements = await self.queries.retirements([r["lot_id"] for r in page.rows])
         return carbon_pb2.OffsetLotsPage(
             lots=[offset_lot(r, retirements[r["lot_id"]]) for r in page.rows], next_page_token=page.next_page_token
         )
 
 
-def registrar(store: EventStore, flights: FlightEmissionsView, lots: OffsetLotsView):  # type: ignore[no-untyped-def]
+def registrar(store: EventStore, queries: CarbonQueries) -> Registrar:
     def add(server: grpc.aio.Server) -> None:
-        carbon_pb2_grpc.add_CarbonServicer_to_server(CarbonServicer(store, flights, lots), server)
+        carbon_pb2_grpc.add_CarbonServicer_to_server(CarbonServicer(store, queries), server)
 
     return add

@@ -9,6 +9,7 @@ from mieux.carbon.v1 import carbon_pb2, carbon_pb2_grpc
 from mieux.common.v1 import common_pb2
 
 from services.kernel.grpckit import call_metadata, channel
+from services.kernel.protos import date_pb
 from services.kernel.settings import Role, Settings, service_address
 
 
@@ -49,7 +50,7 @@ class CarbonClient:
                 vintage_year=vintage_year,
                 quantity=quantity,
                 unit_price=common_pb2.Money(amount=unit_price, currency=currency),
-                purchased_on=common_pb2.Date(iso=purchased_on),
+                purchased_on=date_pb(purchased_on),
             ),
             metadata=self._md(),
             timeout=self.deadline,
@@ -64,7 +65,7 @@ class CarbonClient:
                 lot_id=lot_id,
                 quantity=quantity,
                 against_year=against_year,
-                retired_on=common_pb2.Date(iso=retired_on),
+                retired_on=date_pb(retired_on),
             ),
             metadata=self._md(),
             timeout=self.deadline,

@@ -1,153 +1,41 @@
-"""The carbon aggregates (flight emissions of a booking; a lot of offsets) and their commands. Pure: no I/O
-(the method reads its reference data files once, through caches)."""
+"""The carbon aggregates (flight emissions of a booking; a lot of offsets) and their rules. Pure: no I/O
+(the method reads its reference data files once, through caches). Their commands are in commands.py."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import date
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Literal
 
-import pycountry
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 from services.carbon import method
+from services.carbon.commands import (
+    CalculateFlightEmissions,
+    Itinerary,
+    PurchaseOffsets,
+    RecalculateFlightEmissions,
+    RetireOffsets,
+    ReverseFlightEmissions,
+)
 from services.carbon.events import (
-    CabinClass,
     FlightEmissionsCalculated,
+    FlightEmissionsEvent,
     FlightEmissionsReversed,
     Money,
+    OffsetLotEvent,
     OffsetsPurchased,
     OffsetsRetired,
     SegmentEmissions,
-    TravellerKind,
 )
 from services.kernel.application import Aggregate
 from services.kernel.errors import RuleBroken
-
-LOT_NAMESPACE = uuid.UUID("3a0f6c2d-8e41-4b7a-9c55-0d2e7f1b6a93")
-MIN_YEAR, MAX_YEAR = 1990, 2100
-
-
-def emissions_stream(booking_id: str) -> str:
-    return f"emissions-{booking_id}"
-
-
-# --- commands ------------------------------------------------------------------------------------------
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, str_strip_whitespace=True, extra="forbid")
-
-
-class Leg(Frozen):
-    origin: str = Field(min_length=3, max_length=3)
-    destination: str = Field(min_length=3, max_length=3)
-    departs_on: date
-
-    @field_validator("origin", "destination")
-    @classmethod
-    def known_airport(cls, v: str) -> str:
-        if not method.is_airport(v):
-            raise ValueError(f"{v} is not a known IATA airport code")
-        return v.upper()
-
-
-class FlightCommand(Frozen):
-    command_id: str = Field(min_length=1, max_length=200)
-    booking_id: str = Field(min_length=1, max_length=200)
-    traveller_id: str = Field(min_length=1, max_length=200)
-    on: date
-
-    @property
-    def stream_id(self) -> str:
-        return emissions_stream(self.booking_id)
-
-
-class Itinerary(FlightCommand):
-    traveller_kind: TravellerKind
-    segments: tuple[Leg, ...] = Field(min_length=1)
-    cabin_class: CabinClass
-    radiative_forcing: bool = True
-    distance_uplift: bool = False
-
-
-class CalculateFlightEmissions(Itinerary):
-    """Issued by the policy on FlightBooked."""
-
-    action_code: str | None = None
-    activity_id: str | None = None
-
-
-class RecalculateFlightEmissions(Itinerary):
-    """Issued by the policy on FlightChanged: the new itinerary replaces the recorded one."""
-
-
-class ReverseFlightEmissions(FlightCommand):
-    """Issued by the policy on FlightCancelled."""
-
-
-def _year(v: int) -> int:
-    if not MIN_YEAR <= v <= MAX_YEAR:
-        raise ValueError(f"must be a year between {MIN_YEAR} and {MAX_YEAR}")
-    return v
-
-
-class Price(Frozen):
-    amount: str
-    currency: str
-
-    @field_validator("amount")
-    @classmethod
-    def positive_decimal(cls, v: str) -> str:
-        try:
-            d = Decimal(v)
-        except InvalidOperation:
-            raise ValueError("must be a decimal number, e.g. 3.50") from None
-        if not d.is_finite() or d <= 0:
-            raise ValueError("must be a positive decimal number")
-        return v
-
-    @field_validator("currency")
-    @classmethod
-    def iso_4217(cls, v: str) -> str:
-        if pycountry.currencies.get(alpha_3=v.upper()) is None:
-            raise ValueError("must be an ISO 4217 currency code, e.g. EUR")
-        return v.upper()
-
-
-class PurchaseOffsets(Frozen):
-    command_id: str = Field(min_length=1, max_length=200)
-    registry: str = Field(min_length=1, max_length=200)
-    project: str = Field(min_length=1, max_length=300)
-    vintage_year: int
-    quantity: int = Field(gt=0, description="VERs: whole tonnes CO2e")
-    unit_price: Price
-    purchased_on: date
-
-    _vintage = field_validator("vintage_year")(_year)
-
-    @property
-    def lot_id(self) -> str:
-        """Derived from the command id, so a retried purchase lands on the same stream."""
-        return f"lot-{uuid.uuid5(LOT_NAMESPACE, self.command_id)}"
-
-
-class RetireOffsets(Frozen):
-    command_id: str = Field(min_length=1, max_length=200)
-    lot_id: str = Field(min_length=1, max_length=200)
-    quantity: int = Field(gt=0, description="VERs: whole tonnes CO2e")
-    against_year: int
-    retired_on: date
-
-    _against = field_validator("against_year")(_year)
-
 
 # --- flight emissions ----------------------------------------------------------------------------------
 
 
 class FlightEmissions(Aggregate):
     """The emissions recorded for one booking: at most one calculation in force at a time."""
+
+    folds = FlightEmissionsEvent
 
     def __init__(self, stream_id: str) -> None:
         super().__init__(stream_id)
@@ -221,7 +109,7 @@ def calculation(
             departs_on=f.departs_on,
             distance_km=f.distance_km,
             distance_miles=f.distance_miles,
-            haul=f.haul,  # type: ignore[arg-type]
+            haul=f.haul,
             factor_cabin_class=f.factor_cabin_class,
             factor_id=f.factor_id,
             kg_co2e_per_pkm=f.kg_co2e_per_pkm,
@@ -264,6 +152,8 @@ def reversal(
 
 
 class OffsetLot(Aggregate):
+    folds = OffsetLotEvent
+
     def __init__(self, stream_id: str) -> None:
         super().__init__(stream_id)
         self.quantity = 0

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from services.kernel.envelope import Event, event
+from services.kernel.envelope import Event
 
 CabinClass = Literal["economy", "premium_economy", "business", "first"]
 TravellerKind = Literal["expert", "team_member"]
@@ -43,11 +43,11 @@ class Money(BaseModel):
     currency: str  # ISO 4217
 
 
-class CarbonEvent(Event):
+class CarbonEvent(Event, abstract=True):
     source: ClassVar[str] = "carbon"
 
 
-class FlightEmissionsEvent(CarbonEvent):
+class FlightEmissionsEvent(CarbonEvent, abstract=True):
     booking_id: str
     traveller_id: str
     traveller_kind: TravellerKind
@@ -66,29 +66,27 @@ class FlightEmissionsEvent(CarbonEvent):
     distance_uplift_applied: bool
 
 
-@event
 class FlightEmissionsCalculated(FlightEmissionsEvent):
     """The emissions of a booking's itinerary (on FlightBooked, or on FlightChanged for the new one)."""
 
-    event_type: ClassVar[str] = "FlightEmissionsCalculated"
     calculated_on: date
     cause: Literal["booked", "changed"]
 
 
-@event
 class FlightEmissionsReversed(FlightEmissionsEvent):
     """Exactly what was recorded is taken back (on FlightChanged or FlightCancelled): the figures are
     those of the FlightEmissionsCalculated at `reverses_version`, as positive numbers to subtract."""
 
-    event_type: ClassVar[str] = "FlightEmissionsReversed"
     reverses_version: int
     reversed_on: date
     cause: Literal["changed", "cancelled"]
 
 
-@event
-class OffsetsPurchased(CarbonEvent):
-    event_type: ClassVar[str] = "OffsetsPurchased"
+class OffsetLotEvent(CarbonEvent, abstract=True):
+    """An event of an offset lot's stream (`lot-<uuid>`)."""
+
+
+class OffsetsPurchased(OffsetLotEvent):
     lot_id: str
     registry: str  # e.g. Gold Standard
     project: str
@@ -99,9 +97,7 @@ class OffsetsPurchased(CarbonEvent):
     purchased_on: date
 
 
-@event
-class OffsetsRetired(CarbonEvent):
-    event_type: ClassVar[str] = "OffsetsRetired"
+class OffsetsRetired(OffsetLotEvent):
     lot_id: str
     quantity: int  # VERs, whole tonnes CO2e
     against_year: int  # the footprint year these VERs offset

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from services.carbon.domain import (
+from services.carbon.commands import (
     CalculateFlightEmissions,
-    FlightEmissions,
-    OffsetLot,
     PurchaseOffsets,
     RecalculateFlightEmissions,
     RetireOffsets,
     ReverseFlightEmissions,
 )
+from services.carbon.domain import FlightEmissions, OffsetLot
 from services.kernel.application import execute
 from services.kernel.store import AppendResult, EventStore
 
@@ -23,8 +22,7 @@ async def calculate_flight_emissions(
         FlightEmissions,
         cmd.stream_id,
         lambda a: a.calculate(cmd),
-        command_id=cmd.command_id,
-        payload=cmd,
+        cmd,
         must_exist=False,
         causation_id=causation_id,
     )
@@ -38,8 +36,7 @@ async def recalculate_flight_emissions(
         FlightEmissions,
         cmd.stream_id,
         lambda a: a.recalculate(cmd),
-        command_id=cmd.command_id,
-        payload=cmd,
+        cmd,
         must_exist=False,
         causation_id=causation_id,
     )
@@ -53,8 +50,7 @@ async def reverse_flight_emissions(
         FlightEmissions,
         cmd.stream_id,
         lambda a: a.reverse(cmd),
-        command_id=cmd.command_id,
-        payload=cmd,
+        cmd,
         must_exist=False,
         causation_id=causation_id,
     )
@@ -66,8 +62,7 @@ async def purchase_offsets(store: EventStore, cmd: PurchaseOffsets) -> AppendRes
         OffsetLot,
         cmd.lot_id,
         lambda lot: lot.purchase(cmd),
-        command_id=cmd.command_id,
-        payload=cmd,
+        cmd,
         must_exist=False,
     )
 
@@ -78,6 +73,5 @@ async def retire_offsets(store: EventStore, cmd: RetireOffsets) -> AppendResult:
         OffsetLot,
         cmd.lot_id,
         lambda lot: lot.retire(cmd),
-        command_id=cmd.command_id,
-        payload=cmd,
+        cmd,
     )

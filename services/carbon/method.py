@@ -1,8 +1,9 @@
 """The carbon method (DESIGN.md section 7): distances between real airports and DESNZ emission factors.
 
-Pure functions over maintained reference data: airports from `airportsdata` (IATA), geodesic distance
-on the WGS84 ellipsoid from `geographiclib`, and the DESNZ 2025 business-travel-air factors in
-`data/desnz-2025-business-travel-air.csv` (source named in `data/SOURCE.md`). Every figure is a Decimal
+Pure functions over maintained reference data: airports and the geodesic distance on the WGS84 ellipsoid
+from the kernel's reference module (`services.kernel.reference`), and the DESNZ 2025 business-travel-air
+factors in `data/desnz-2025-business-travel-air.csv` (source named in `data/SOURCE.md`). The method keeps
+its own rounding (km to the metre, miles and kg to three decimals, half even). Every figure is a Decimal
 and carries the factor id and the note of any cabin fallback, so a result can be checked by hand.
 """
 
@@ -14,26 +15,20 @@ from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
 
-import airportsdata
-from geographiclib.geodesic import Geodesic
-
+from services.carbon.events import Haul
+from services.kernel import reference
 from services.kernel.errors import RuleBroken
 
 METHOD = "DESNZ"
 FACTOR_SET = "DESNZ 2025 GHG conversion factors, business travel - air"
 FACTOR_YEAR = 2025
 FACTOR_FILE = Path(__file__).parent / "data" / "desnz-2025-business-travel-air.csv"
-KM_PER_STATUTE_MILE = Decimal("1.609344")
 SHORT_HAUL_LIMIT_KM = Decimal(3700)  # UK short haul: under 3,700 km; long haul: 3,700 km and over
 DISTANCE_UPLIFT = Decimal("1.08")  # the 8% uplift some sources add for indirect routes and circling
 UK = "GB"
 KM = Decimal("0.001")
 KG = Decimal("0.001")
-
-Haul = Literal["domestic_uk", "short_haul_uk", "long_haul_uk", "international_non_uk"]
-Cabin = Literal["economy", "premium_economy", "business", "first"]
 
 # Short haul has no premium economy or first rows; domestic has only an average row (DESIGN.md section 7).
 FALLBACKS: dict[tuple[str, str], str] = {
@@ -72,7 +67,7 @@ class SegmentFigure:
     departs_on: date
     distance_km: Decimal
     distance_miles: Decimal
-    haul: str
+    haul: Haul
     cabin_class: str  # the cabin booked
     factor_cabin_class: str  # the row used (differs after a fallback)
     factor_id: str
@@ -99,32 +94,23 @@ def factors() -> dict[tuple[str, str, bool], Factor]:
     return out
 
 
-@cache
-def _airports() -> dict[str, dict[str, Any]]:
-    return airportsdata.load("IATA")
-
-
 def airport(code: str) -> Airport:
-    a = _airports().get(code.upper())
+    a = reference.airport(code.upper())
     if a is None:
         raise RuleBroken(f"{code} is not a known IATA airport code")
     return Airport(a["iata"], a["name"], a["country"], float(a["lat"]), float(a["lon"]))
 
 
-def is_airport(code: str) -> bool:
-    return code.upper() in _airports()
-
-
 def distance_km(origin: str, destination: str) -> Decimal:
-    """Geodesic distance on WGS84 between two airports, in km (to the metre)."""
-    a, b = airport(origin), airport(destination)
-    metres = Geodesic.WGS84.Inverse(a.lat, a.lon, b.lat, b.lon)["s12"]
-    return (Decimal(repr(metres)) / 1000).quantize(KM, ROUND_HALF_EVEN)
+    """Geodesic distance on WGS84 between two airports, in km (to the metre, half even)."""
+    for code in (origin, destination):
+        airport(code)  # an unknown airport breaks a rule, named
+    return reference.geodesic_km(origin.upper(), destination.upper()).quantize(KM, ROUND_HALF_EVEN)
 
 
 def miles(km: Decimal) -> Decimal:
-    """Statute miles."""
-    return (km / KM_PER_STATUTE_MILE).quantize(KM, ROUND_HALF_EVEN)
+    """Statute miles (of the km to the metre), to three decimals, half even."""
+    return (km / reference.KM_PER_STATUTE_MILE).quantize(KM, ROUND_HALF_EVEN)
 
 
 def haul_band(origin: str, destination: str, km: Decimal) -> Haul:

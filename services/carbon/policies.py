@@ -10,14 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from services.carbon import handlers
-from services.carbon.domain import CalculateFlightEmissions, RecalculateFlightEmissions, ReverseFlightEmissions
+from services.carbon.commands import CalculateFlightEmissions, RecalculateFlightEmissions, ReverseFlightEmissions
 from services.carbon.settings import CarbonSettings
+from services.kernel.command import Command
 from services.kernel.envelope import Envelope, Event, topic_for
 from services.kernel.errors import from_validation_error
-from services.kernel.runner import Policy
+from services.kernel.policy import Policy
 from services.kernel.store import EventStore
 from services.logistics.events import FlightBooked, FlightCancelled, FlightChanged
 
@@ -26,7 +27,7 @@ def _legs(e: FlightBooked | FlightChanged) -> list[dict[str, Any]]:
     return [s.model_dump() for s in e.segments]
 
 
-def command_for(env: Envelope, event: Event, command_id: str, settings: CarbonSettings) -> BaseModel | None:
+def command_for(env: Envelope, event: Event, command_id: str, settings: CarbonSettings) -> Command | None:
     """The command an event of the logistics service becomes (None: not ours to react to)."""
     try:
         if isinstance(event, FlightBooked):

@@ -1,4 +1,6 @@
-"""Read models of the carbon service: flight emissions by booking, offset lots, the footprint per year.
+"""Read models of the carbon service: flight emissions by booking, offset lots, the footprint per year,
+and each action's region. This file declares their tables and applies events to them; what reads them
+is in queries.py.
 
 Each is idempotent through the kernel's tracking table; a stream's events arrive in order (keyed by
 stream on the bus), and each row also keeps the stream version it reflects, so an older event never
@@ -6,10 +8,6 @@ overwrites a newer one.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any
 
 import asyncpg
 
@@ -20,52 +18,10 @@ from services.carbon.events import (
     OffsetsPurchased,
     OffsetsRetired,
 )
-from services.kernel import paging
-from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, topic_for
 from services.kernel.projection import Projection
 
 TOPIC = topic_for("carbon")
-
-
-@dataclass(frozen=True)
-class Page:
-    rows: list[asyncpg.Record]
-    next_page_token: str
-
-
-async def keyset_page(
-    pool: Pool, table: str, key: str, where: list[str], args: list[Any], size: int, token: str
-) -> Page:
-    """Rows ordered by `key`, after the page token (the last key of the previous page, opaque)."""
-    conds, params = list(where), list(args)
-    n = paging.page_size(size)
-    after = paging.key_after(token, str)
-    if after:
-        params.extend(after)
-        conds.append(f"{key} > ${len(params)}")
-    params.append(n + 1)
-    sql = f"SELECT * FROM {table}"
-    if conds:
-        sql += " WHERE " + " AND ".join(conds)
-    sql += f" ORDER BY {key} LIMIT ${len(params)}"
-    rows = await pool.fetch(sql, *params)
-    return Page(*paging.next_page(rows, n, lambda r: [r[key]]))
-
-
-@dataclass(frozen=True)
-class Ledger:
-    year: int
-    purchased: int
-    retired_against: int
-    balance: int
-    cost: dict[str, Decimal]
-
-    def coverage(self, footprint_kg: Decimal) -> Decimal | None:
-        """Retired against the year / its footprint (one VER = one tonne CO2e); None without a footprint."""
-        if footprint_kg <= 0:
-            return None
-        return (Decimal(self.retired_against) * 1000 / footprint_kg).quantize(Decimal("0.0001"))
 
 
 class FlightEmissionsView(Projection):
@@ -153,33 +109,6 @@ class FlightEmissionsView(Projection):
                 "cancelled" if event.cause == "cancelled" else "reversed",
             )
 
-    async def get(self, pool: Pool, booking_id: str) -> asyncpg.Record | None:
-        return await pool.fetchrow("SELECT * FROM carbon_views.flight_emissions WHERE booking_id = $1", booking_id)
-
-    async def list(
-        self,
-        pool: Pool,
-        *,
-        year: int = 0,
-        traveller_kind: str = "",
-        action_code: str = "",
-        status: str = "",
-        size: int = 0,
-        token: str = "",
-    ) -> Page:
-        where: list[str] = []
-        args: list[Any] = []
-        for column, value in (
-            ("departure_year", year),
-            ("traveller_kind", traveller_kind),
-            ("action_code", action_code),
-            ("status", status),
-        ):
-            if value:
-                args.append(value)
-                where.append(f"{column} = ${len(args)}")
-        return await keyset_page(pool, "carbon_views.flight_emissions", "booking_id", where, args, size, token)
-
 
 class OffsetLotsView(Projection):
     """Every lot of offsets: what was bought, what was retired (and against which year), what is left."""
@@ -252,80 +181,10 @@ class OffsetLotsView(Projection):
                     env.stream_version,
                 )
 
-    async def get(self, pool: Pool, lot_id: str) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
-        lot = await pool.fetchrow("SELECT * FROM carbon_views.offset_lots WHERE lot_id = $1", lot_id)
-        if lot is None:
-            return None
-        retirements = await pool.fetch(
-            "SELECT * FROM carbon_views.offset_retirements WHERE lot_id = $1 ORDER BY version", lot_id
-        )
-        return lot, retirements
-
-    async def list(
-        self,
-        pool: Pool,
-        *,
-        year: int = 0,
-        registry: str = "",
-        status: str = "",
-        size: int = 0,
-        token: str = "",
-    ) -> Page:
-        where: list[str] = []
-        args: list[Any] = []
-        if year:
-            args.append(year)
-            where.append(f"purchase_year = ${len(args)}")
-        if registry:
-            args.append(registry)
-            where.append(f"registry = ${len(args)}")
-        if status == "open":
-            where.append("remaining > 0")
-        elif status == "retired":
-            where.append("remaining = 0")
-        return await keyset_page(pool, "carbon_views.offset_lots", "lot_id", where, args, size, token)
-
-    async def ledger(self, pool: Pool, year: int) -> Ledger:
-        """VERs purchased in `year` (and their cost, by currency), retired against it, and the balance
-        held at its end (purchased up to then, less retired up to then)."""
-        row = await pool.fetchrow(
-            """
-            SELECT
-              (SELECT coalesce(sum(quantity), 0) FROM carbon_views.offset_lots WHERE purchase_year = $1) AS purchased,
-              (SELECT coalesce(sum(quantity), 0) FROM carbon_views.offset_retirements WHERE against_year = $1)
-                AS retired_against,
-              (SELECT coalesce(sum(quantity), 0) FROM carbon_views.offset_lots WHERE purchase_year <= $1)
-              - (SELECT coalesce(sum(quantity), 0) FROM carbon_views.offset_retirements
-                 WHERE extract(year FROM retired_on) <= $1) AS balance
-            """,
-            year,
-        )
-        costs = await pool.fetch(
-            "SELECT currency, sum(total_cost) AS cost FROM carbon_views.offset_lots WHERE purchase_year = $1 "
-            "GROUP BY currency ORDER BY currency",
-            year,
-        )
-        return Ledger(
-            year=year,
-            purchased=int(row["purchased"]),
-            retired_against=int(row["retired_against"]),
-            balance=int(row["balance"]),
-            cost={r["currency"]: r["cost"] for r in costs},
-        )
-
-    async def retirements(self, pool: Pool, lot_ids: list[str]) -> dict[str, list[asyncpg.Record]]:
-        out: dict[str, list[asyncpg.Record]] = {i: [] for i in lot_ids}
-        for r in await pool.fetch(
-            "SELECT * FROM carbon_views.offset_retirements WHERE lot_id = ANY($1::text[]) ORDER BY lot_id, version",
-            lot_ids,
-        ):
-            out[r["lot_id"]].append(r)
-        return out
-
 
 class FootprintView(Projection):
     """kg CO2e of flights by departure year, traveller kind and action (DESIGN.md section 6): a calculation
-    adds its figures, a reversal subtracts exactly the same ones. For finance (GetFootprint, next issue)."""
+    adds its figures, a reversal subtracts exactly the same ones. For finance (GetFootprint, GetOffsetLedger)."""
 
     name = "carbon_footprint"
     topics = (TOPIC,)
@@ -364,14 +223,6 @@ class FootprintView(Projection):
                 sign * event.kg_co2e,
             )
 
-    async def total_kg(self, pool: Pool, year: int) -> Decimal:
-        return await pool.fetchval("SELECT coalesce(sum(kg_co2e), 0) FROM carbon_views.footprint WHERE year = $1", year)
-
-    async def query(self, pool: Pool, year: int) -> list[asyncpg.Record]:
-        return await pool.fetch(
-            "SELECT * FROM carbon_views.footprint WHERE year = $1 ORDER BY traveller_kind, action_code", year
-        )
-
 
 class ActionRegions(Projection):
     """Each action's region, from the actions service's ActionOpened: the footprint by region."""
@@ -394,12 +245,3 @@ class ActionRegions(Projection):
                 event.action_code,
                 event.region,
             )
-
-    @staticmethod
-    async def footprint(pool: Pool, year: int) -> list[asyncpg.Record]:
-        return await pool.fetch(
-            "SELECT f.*, coalesce(r.region, '') AS region FROM carbon_views.footprint f "
-            "LEFT JOIN carbon_views.action_regions r ON r.action_code = f.action_code "
-            "WHERE f.year = $1 AND f.flights <> 0 ORDER BY f.traveller_kind, f.action_code",
-            year,
-        )

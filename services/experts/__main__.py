@@ -3,17 +3,22 @@
 from services.experts import api
 from services.experts.actions import ActionsClient
 from services.experts.projections import Roster
+from services.experts.queries import ExpertsQueries
+from services.kernel.grpckit import Registrar
 from services.kernel.service import Service
 
 
 def build() -> Service:
-    roster = Roster()
+    def registrars(svc: Service) -> list[Registrar]:
+        assert svc.store is not None
+        return [api.registrar(svc.store, ExpertsQueries(svc.store.pool), ActionsClient(svc.settings))]
+
     return Service(
         name="experts",
         grpc_services=[api.SERVICE_NAME],
         access=api.ACCESS,
-        registrars=lambda svc: [api.registrar(svc.store, roster, ActionsClient(svc.settings))],
-        projections=[roster],
+        registrars=registrars,
+        projections=[Roster()],
     )
 
 

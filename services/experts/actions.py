@@ -7,7 +7,6 @@ does not exist" (FAILED_PRECONDITION); when the actions service cannot answer, t
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Protocol
 
 import grpc
@@ -16,6 +15,7 @@ from mieux.actions.v1 import actions_pb2, actions_pb2_grpc
 from services.experts.domain import ActivityFacts
 from services.kernel.errors import RuleBroken
 from services.kernel.grpckit import call_metadata, channel
+from services.kernel.protos import date_of
 from services.kernel.settings import Settings, service_address
 
 
@@ -27,21 +27,13 @@ class ActivityLookup(Protocol):
     async def get_activity(self, activity_id: str) -> ActivityFacts: ...
 
 
-def _date(d: object) -> date | None:
-    iso = getattr(d, "iso", "")
-    try:
-        return date.fromisoformat(iso) if iso else None
-    except ValueError:
-        return None
-
-
 def facts_of(a: actions_pb2.Activity, asked: str) -> ActivityFacts:
     return ActivityFacts(
         activity_id=a.activity_id or asked,
         action_code=a.action_code or asked.split("/", 1)[0],
         status=a.status,
-        starts_on=_date(a.starts_on) if a.HasField("starts_on") else None,
-        ends_on=_date(a.ends_on) if a.HasField("ends_on") else None,
+        starts_on=date_of(a.starts_on),
+        ends_on=date_of(a.ends_on),
     )
 
 

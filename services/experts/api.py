@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Any
 
 import asyncpg
 import grpc
 from mieux.common.v1 import common_pb2
 from mieux.experts.v1 import experts_pb2, experts_pb2_grpc
-from pydantic import BaseModel, ConfigDict
 
 from services.experts import handlers
 from services.experts.actions import ActionsUnavailable, ActivityLookup
-from services.experts.domain import (
+from services.experts.commands import (
     CancelDeployment,
     DeactivateExpert,
     DeployExpert,
-    Deployment,
-    Expert,
-    ExpertId,
     RegisterExpert,
     SubmitEvaluation,
     UpdateExpertProfile,
 )
-from services.experts.projections import ListDeploymentsQuery, ListExpertsQuery, Roster
-from services.kernel.grpckit import COMMANDERS, READERS
-from services.kernel.protos import ack
+from services.experts.domain import Deployment, Expert
+from services.experts.queries import ExpertsQueries, GetExpertQuery, ListDeploymentsQuery, ListExpertsQuery
+from services.kernel.grpckit import COMMANDERS, READERS, Registrar
+from services.kernel.protos import ack, date_pb
 from services.kernel.store import EventStore
 
 SERVICE_NAME = "mieux.experts.v1.Experts"
@@ -45,18 +41,9 @@ ACCESS = {
 }
 
 
-class GetExpertQuery(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    expert_id: ExpertId
-
-
 def iso(msg: Any, name: str) -> str:
     """A Date field as its ISO string ("" when unset: the command model then names the field)."""
     return getattr(msg, name).iso if msg.HasField(name) else ""
-
-
-def pdate(d: date | None) -> common_pb2.Date | None:
-    return common_pb2.Date(iso=d.isoformat()) if d is not None else None
 
 
 def deployment_pb(expert_id: str, d: Deployment) -> experts_pb2.Deployment:
@@ -65,10 +52,10 @@ def deployment_pb(expert_id: str, d: Deployment) -> experts_pb2.Deployment:
         expert_id=expert_id,
         action_code=d.action_code,
         activity_id=d.activity_id,
-        starts_on=pdate(d.starts_on),
-        ends_on=pdate(d.ends_on),
+        starts_on=date_pb(d.starts_on),
+        ends_on=date_pb(d.ends_on),
         status="cancelled" if d.cancelled_on else "deployed",
-        cancelled_on=pdate(d.cancelled_on),
+        cancelled_on=date_pb(d.cancelled_on),
         evaluated=d.evaluation_id is not None,
     )
 
@@ -82,8 +69,8 @@ def expert_pb(e: Expert) -> experts_pb2.Expert:
         background=e.profile.background,
         nationality=e.profile.nationality,
         active=e.active,
-        registered_on=pdate(e.registered_on),
-        deactivated_on=pdate(e.deactivated_on),
+        registered_on=date_pb(e.registered_on),
+        deactivated_on=date_pb(e.deactivated_on),
         themes=list(e.profile.themes),
         deployments=[
             deployment_pb(e.id, d) for d in sorted(e.deployments.values(), key=lambda d: (d.starts_on, d.deployment_id))
@@ -100,8 +87,8 @@ def expert_row_pb(r: asyncpg.Record) -> experts_pb2.Expert:
         background=r["background"],
         nationality=r["nationality"],
         active=r["deactivated_on"] is None,
-        registered_on=pdate(r["registered_on"]),
-        deactivated_on=pdate(r["deactivated_on"]),
+        registered_on=date_pb(r["registered_on"]),
+        deactivated_on=date_pb(r["deactivated_on"]),
         themes=list(r["themes"]),
     )
 
@@ -112,23 +99,25 @@ def deployment_row_pb(r: asyncpg.Record) -> experts_pb2.Deployment:
         expert_id=r["expert_id"],
         action_code=r["action_code"],
         activity_id=r["activity_id"],
-        starts_on=pdate(r["starts_on"]),
-        ends_on=pdate(r["ends_on"]),
+        starts_on=date_pb(r["starts_on"]),
+        ends_on=date_pb(r["ends_on"]),
         status="cancelled" if r["cancelled_on"] else "deployed",
-        cancelled_on=pdate(r["cancelled_on"]),
+        cancelled_on=date_pb(r["cancelled_on"]),
         evaluated=r["evaluated"],
     )
 
 
 class ExpertsServicer(experts_pb2_grpc.ExpertsServicer):
-    def __init__(self, store: EventStore, roster: Roster, actions: ActivityLookup) -> None:
+    def __init__(self, store: EventStore, queries: ExpertsQueries, actions: ActivityLookup) -> None:
         self.store = store
-        self.roster = roster
+        self.queries = queries
         self.actions = actions
 
     # --- commands --------------------------------------------------------------------------------
 
-    async def RegisterExpert(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+    async def RegisterExpert(
+        self, request: experts_pb2.RegisterExpertCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
         cmd = RegisterExpert.model_validate(
             {
                 "command_id": request.command_id,
@@ -142,7 +131,9 @@ class ExpertsServicer(experts_pb2_grpc.ExpertsServicer):
         )
         return ack(await handlers.register_expert(self.store, cmd))
 
-    async def UpdateExpertProfile(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+    async def UpdateExpertProfile(
+        self, request: experts_pb2.UpdateExpertProfileCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
         fields: dict[str, Any] = {
             "command_id": request.command_id,
             "expert_id": request.expert_id,
@@ -156,7 +147,9 @@ class ExpertsServicer(experts_pb2_grpc.ExpertsServicer):
         cmd = UpdateExpertProfile.model_validate(fields)
         return ack(await handlers.update_expert_profile(self.store, cmd))
 
-    async def DeployExpert(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+    async def DeployExpert(
+        self, request: experts_pb2.DeployExpertCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
         cmd = DeployExpert.model_validate(
             {"command_id": request.command_id, "expert_id": request.expert_id, "activity_id": request.activity_id}
         )
@@ -166,7 +159,9 @@ class ExpertsServicer(experts_pb2_grpc.ExpertsServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
             raise  # abort raises; this line is never reached
 
-    async def CancelDeployment(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+    async def CancelDeployment(
+        self, request: experts_pb2.CancelDeploymentCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
         cmd = CancelDeployment.model_validate(
             {
                 "command_id": request.command_id,
@@ -178,7 +173,9 @@ class ExpertsServicer(experts_pb2_grpc.ExpertsServicer):
         )
         return ack(await handlers.cancel_deployment(self.store, cmd))
 
-    async def SubmitEvaluation(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+    async def SubmitEvaluation(
+        self, request: experts_pb2.SubmitEvaluationCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
         cmd = SubmitEvaluation.model_validate(
             {
                 "command_id": request.command_id,
@@ -190,7 +187,9 @@ class ExpertsServicer(experts_pb2_grpc.ExpertsServicer):
         )
         return ack(await handlers.submit_evaluation(self.store, cmd))
 
-    async def DeactivateExpert(self, request, context: grpc.aio.ServicerContext) -> common_pb2.CommandAck:
+    async def DeactivateExpert(
+        self, request: experts_pb2.DeactivateExpertCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
         cmd = DeactivateExpert.model_validate(
             {
                 "command_id": request.command_id,
@@ -203,11 +202,15 @@ class ExpertsServicer(experts_pb2_grpc.ExpertsServicer):
 
     # --- queries ---------------------------------------------------------------------------------
 
-    async def GetExpert(self, request, context: grpc.aio.ServicerContext) -> experts_pb2.Expert:
+    async def GetExpert(
+        self, request: experts_pb2.GetExpertQuery, context: grpc.aio.ServicerContext
+    ) -> experts_pb2.Expert:
         q = GetExpertQuery.model_validate({"expert_id": request.expert_id})
         return expert_pb(await handlers.get_expert(self.store, q.expert_id))
 
-    async def ListExperts(self, request, context: grpc.aio.ServicerContext) -> experts_pb2.ListExpertsResponse:
+    async def ListExperts(
+        self, request: experts_pb2.ListExpertsQuery, context: grpc.aio.ServicerContext
+    ) -> experts_pb2.ListExpertsResponse:
         q = ListExpertsQuery.model_validate(
             {
                 "background": request.background,
@@ -219,10 +222,12 @@ class ExpertsServicer(experts_pb2_grpc.ExpertsServicer):
                 "page_token": request.page_token,
             }
         )
-        rows, token = await self.roster.list_experts(self.store.pool, q)
+        rows, token = await self.queries.list_experts(q)
         return experts_pb2.ListExpertsResponse(experts=[expert_row_pb(r) for r in rows], next_page_token=token)
 
-    async def ListDeployments(self, request, context: grpc.aio.ServicerContext) -> experts_pb2.ListDeploymentsResponse:
+    async def ListDeployments(
+        self, request: experts_pb2.ListDeploymentsQuery, context: grpc.aio.ServicerContext
+    ) -> experts_pb2.ListDeploymentsResponse:
         q = ListDeploymentsQuery.model_validate(
             {
                 "year": request.year,
@@ -233,14 +238,14 @@ class ExpertsServicer(experts_pb2_grpc.ExpertsServicer):
                 "page_token": request.page_token,
             }
         )
-        rows, token = await self.roster.list_deployments(self.store.pool, q)
+        rows, token = await self.queries.list_deployments(q)
         return experts_pb2.ListDeploymentsResponse(
             deployments=[deployment_row_pb(r) for r in rows], next_page_token=token
         )
 
 
-def registrar(store: EventStore, roster: Roster, actions: ActivityLookup):  # type: ignore[no-untyped-def]
+def registrar(store: EventStore, queries: ExpertsQueries, actions: ActivityLookup) -> Registrar:
     def add(server: grpc.aio.Server) -> None:
-        experts_pb2_grpc.add_ExpertsServicer_to_server(ExpertsServicer(store, roster, actions), server)
+        experts_pb2_grpc.add_ExpertsServicer_to_server(ExpertsServicer(store, queries, actions), server)
 
     return add

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from mieux.common.v1 import common_pb2
 from mieux.experts.v1 import experts_pb2, experts_pb2_grpc
 
 from services.kernel.grpckit import call_metadata, channel
+from services.kernel.protos import date_pb
 from services.kernel.settings import Role, Settings, service_address
-
-
-def _date(iso: str) -> common_pb2.Date:
-    return common_pb2.Date(iso=iso)
 
 
 class ExpertsClient:
@@ -28,7 +26,7 @@ class ExpertsClient:
         async with channel(service_address("experts")) as ch:
             yield cls(experts_pb2_grpc.ExpertsStub(ch), settings.client_token(role), settings.grpc_deadline_s)
 
-    def _kw(self) -> dict:
+    def _kw(self) -> dict[str, Any]:
         return {"metadata": call_metadata(self.token), "timeout": self.deadline}
 
     async def register(
@@ -49,7 +47,7 @@ class ExpertsClient:
                 gender=gender,
                 background=background,
                 nationality=nationality,
-                registered_on=_date(registered_on),
+                registered_on=date_pb(registered_on),
                 themes=list(themes),
             ),
             **self._kw(),
@@ -70,7 +68,7 @@ class ExpertsClient:
         msg = experts_pb2.UpdateExpertProfileCommand(
             command_id=command_id,
             expert_id=expert_id,
-            updated_on=_date(updated_on),
+            updated_on=date_pb(updated_on),
             name=name,
             gender=gender,
             background=background,
@@ -94,7 +92,7 @@ class ExpertsClient:
                 expert_id=expert_id,
                 deployment_id=deployment_id,
                 reason=reason,
-                cancelled_on=_date(cancelled_on),
+                cancelled_on=date_pb(cancelled_on),
             ),
             **self._kw(),
         )
@@ -108,7 +106,7 @@ class ExpertsClient:
                 expert_id=expert_id,
                 deployment_id=deployment_id,
                 answers=[experts_pb2.Answer(question=q, score=s) for q, s in answers.items()],
-                submitted_on=_date(submitted_on),
+                submitted_on=date_pb(submitted_on),
             ),
             **self._kw(),
         )
@@ -118,7 +116,7 @@ class ExpertsClient:
     ) -> common_pb2.CommandAck:
         return await self.stub.DeactivateExpert(
             experts_pb2.DeactivateExpertCommand(
-                command_id=command_id, expert_id=expert_id, reason=reason, deactivated_on=_date(deactivated_on)
+                command_id=command_id, expert_id=expert_id, reason=reason, deactivated_on=date_pb(deactivated_on)
             ),
             **self._kw(),
         )

@@ -1,7 +1,7 @@
-"""The expert aggregate and its commands. Pure: no I/O.
+"""The expert aggregate: its fold, its rules (`check_...`) and its decisions. Pure: no I/O.
 
 Stream: `expert-<uuid>`, a uuid5 of the RegisterExpert command id (a retried registration lands on
-the same stream). Deployment and evaluation ids are uuid5s of their command ids too.
+the same stream). Deployment and evaluation ids are uuid5s of their command ids too (commands.py).
 
 Whether an activity exists and is not cancelled is asked of the actions service by the application
 layer (handlers.py); the answer comes into `Expert.deploy` as an `ActivityFacts` value.
@@ -9,14 +9,17 @@ layer (handlers.py); the answer comes into `Expert.deploy` as an `ActivityFacts`
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import date
-from typing import Annotated
 
-import pycountry
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
-
+from services.experts.commands import (
+    CancelDeployment,
+    DeactivateExpert,
+    DeployExpert,
+    RegisterExpert,
+    SubmitEvaluation,
+    UpdateExpertProfile,
+)
 from services.experts.events import (
     Answer,
     ExpertDeactivated,
@@ -27,153 +30,8 @@ from services.experts.events import (
     ExpertProfileUpdated,
     ExpertRegistered,
 )
-from services.kernel import reference
 from services.kernel.application import Aggregate
 from services.kernel.errors import NotFound, RuleBroken
-
-EXPERT_NAMESPACE = uuid.UUID("b3a4f0f2-8c1e-4d57-9f5e-2f0c8e1d7a31")
-DEPLOYMENT_NAMESPACE = uuid.UUID("0c9d5f6e-3b2a-4e71-8d4c-5a6b7c8d9e0f")
-EVALUATION_NAMESPACE = uuid.UUID("7e1a2b3c-4d5e-4f60-9a1b-2c3d4e5f6a7b")
-
-# The questions of the post-mission evaluation form, scored 1 (strongly disagree) to 5 (strongly agree).
-# The first is the one the MIEUX Annual Report 2017 publishes ("94.7% of experts agreed or strongly agreed
-# that the peer-to-peer approach and knowledge exchange with other (non-) EU MS was beneficial"); the
-# second is the overall rating the report quotes for partner authorities, asked of experts too (a choice).
-EVALUATION_QUESTIONS: dict[str, str] = {
-    "peer_to_peer_beneficial": (
-        "The peer-to-peer approach and knowledge exchange with other (non-) EU MS was beneficial"
-    ),
-    "overall_experience": "My overall experience with the MIEUX mission was good or excellent",
-}
-
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
-ExpertId = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^expert-[0-9a-f-]{36}$")]
-DeploymentId = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^dep-[0-9a-f-]{36}$")]
-ActivityId = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^\d{4}-\d{2,}/A\d+$")]
-CommandId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-
-
-def canonical_gender(v: str) -> str:
-    if v not in reference.genders():
-        raise ValueError(f"must be one of {', '.join(reference.genders())}")
-    return v
-
-
-def canonical_background(v: str) -> str:
-    backgrounds = reference.expert_backgrounds()
-    if v not in backgrounds:
-        raise ValueError(f"must be one of {', '.join(backgrounds)}")
-    return v
-
-
-def canonical_nationality(v: str) -> str:
-    """ISO 3166-1 alpha-2, upper case (`be` becomes `BE`, so one country is never counted twice)."""
-    code = v.strip().upper()
-    if len(code) != 2 or pycountry.countries.get(alpha_2=code) is None:
-        raise ValueError("not an ISO 3166-1 alpha-2 country code")
-    return code
-
-
-def canonical_themes(v: tuple[str, ...]) -> tuple[str, ...]:
-    known = reference.themes()
-    unknown = [t for t in v if t not in known]
-    if unknown:
-        raise ValueError(f"unknown themes {', '.join(unknown)}: must be keys of the reference themes")
-    return tuple(dict.fromkeys(v))  # in order, each once
-
-
-Gender = Annotated[str, AfterValidator(canonical_gender)]
-Background = Annotated[str, AfterValidator(canonical_background)]
-Nationality = Annotated[str, AfterValidator(canonical_nationality)]
-Themes = Annotated[tuple[str, ...], AfterValidator(canonical_themes)]
-
-
-class Command(BaseModel):
-    model_config = ConfigDict(frozen=True, str_strip_whitespace=True, extra="forbid")
-    command_id: CommandId
-
-
-class RegisterExpert(Command):
-    name: Text
-    gender: Gender
-    background: Background
-    nationality: Nationality
-    themes: Themes = ()
-    registered_on: date
-
-    @property
-    def expert_id(self) -> str:
-        """Derived from the command id, so a retried registration lands on the same stream."""
-        return f"expert-{uuid.uuid5(EXPERT_NAMESPACE, self.command_id)}"
-
-
-class UpdateExpertProfile(Command):
-    """Only the fields given change; `themes`, when given, replaces the list."""
-
-    expert_id: ExpertId
-    name: Text | None = None
-    gender: Gender | None = None
-    background: Background | None = None
-    nationality: Nationality | None = None
-    themes: Themes | None = None
-    updated_on: date
-
-
-class DeployExpert(Command):
-    expert_id: ExpertId
-    activity_id: ActivityId
-
-    @property
-    def deployment_id(self) -> str:
-        return f"dep-{uuid.uuid5(DEPLOYMENT_NAMESPACE, self.command_id)}"
-
-
-class CancelDeployment(Command):
-    expert_id: ExpertId
-    deployment_id: DeploymentId
-    reason: Text
-    cancelled_on: date
-
-
-class AnswerInput(BaseModel):
-    model_config = ConfigDict(frozen=True, str_strip_whitespace=True, extra="forbid")
-    question: str
-    score: int = Field(ge=1, le=5)
-
-    @field_validator("question")
-    @classmethod
-    def known_question(cls, v: str) -> str:
-        if v not in EVALUATION_QUESTIONS:
-            raise ValueError(f"must be one of {', '.join(EVALUATION_QUESTIONS)}")
-        return v
-
-
-class SubmitEvaluation(Command):
-    expert_id: ExpertId
-    deployment_id: DeploymentId
-    answers: tuple[AnswerInput, ...]
-    submitted_on: date
-
-    @field_validator("answers")
-    @classmethod
-    def each_question_once(cls, v: tuple[AnswerInput, ...]) -> tuple[AnswerInput, ...]:
-        if not v:
-            raise ValueError("at least one answer")
-        seen = [a.question for a in v]
-        twice = sorted({q for q in seen if seen.count(q) > 1})
-        if twice:
-            raise ValueError(f"question {', '.join(twice)} answered more than once")
-        return v
-
-    @property
-    def evaluation_id(self) -> str:
-        return f"eval-{uuid.uuid5(EVALUATION_NAMESPACE, self.command_id)}"
-
-
-class DeactivateExpert(Command):
-    expert_id: ExpertId
-    reason: Text
-    deactivated_on: date
 
 
 @dataclass(frozen=True)
@@ -223,6 +81,8 @@ class Evaluation:
 
 
 class Expert(Aggregate):
+    folds = ExpertEvent
+
     def __init__(self, stream_id: str) -> None:
         super().__init__(stream_id)
         self.profile: Profile | None = None

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from services.kernel.envelope import Event, event
+from services.kernel.envelope import Event
 
 
 class Answer(BaseModel):
@@ -23,16 +23,14 @@ class Answer(BaseModel):
     score: int
 
 
-class ExpertEvent(Event):
+class ExpertEvent(Event, abstract=True):
     source: ClassVar[str] = "experts"
     expert_id: str
 
 
-@event
 class ExpertRegistered(ExpertEvent):
     """An expert joins the pool (the Expert and Action Roster)."""
 
-    event_type: ClassVar[str] = "ExpertRegistered"
     name: str
     gender: str  # a value of reference.genders()
     background: str  # a key of reference.expert_backgrounds()
@@ -41,11 +39,9 @@ class ExpertRegistered(ExpertEvent):
     registered_on: date
 
 
-@event
 class ExpertProfileUpdated(ExpertEvent):
     """The whole profile after the update, and which fields changed."""
 
-    event_type: ClassVar[str] = "ExpertProfileUpdated"
     name: str
     gender: str
     background: str
@@ -55,11 +51,9 @@ class ExpertProfileUpdated(ExpertEvent):
     updated_on: date
 
 
-@event
 class ExpertDeployed(ExpertEvent):
     """The expert is deployed to an activity; the deployment's dates are the activity's."""
 
-    event_type: ClassVar[str] = "ExpertDeployed"
     deployment_id: str
     action_code: str  # YYYY-NN
     activity_id: str  # YYYY-NN/A<n>
@@ -67,9 +61,7 @@ class ExpertDeployed(ExpertEvent):
     ends_on: date
 
 
-@event
 class ExpertDeploymentCancelled(ExpertEvent):
-    event_type: ClassVar[str] = "ExpertDeploymentCancelled"
     deployment_id: str
     action_code: str
     activity_id: str
@@ -77,11 +69,9 @@ class ExpertDeploymentCancelled(ExpertEvent):
     cancelled_on: date
 
 
-@event
 class ExpertEvaluationSubmitted(ExpertEvent):
     """The expert's post-mission evaluation of one deployment."""
 
-    event_type: ClassVar[str] = "ExpertEvaluationSubmitted"
     evaluation_id: str
     deployment_id: str
     action_code: str
@@ -90,10 +80,8 @@ class ExpertEvaluationSubmitted(ExpertEvent):
     submitted_on: date
 
 
-@event
 class ExpertDeactivated(ExpertEvent):
     """The expert leaves the pool: no more deployments."""
 
-    event_type: ClassVar[str] = "ExpertDeactivated"
     reason: str
     deactivated_on: date

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from services.experts.actions import ActivityLookup
-from services.experts.domain import (
+from services.experts.commands import (
     CancelDeployment,
     DeactivateExpert,
     DeployExpert,
-    Expert,
     RegisterExpert,
     SubmitEvaluation,
     UpdateExpertProfile,
 )
-from services.kernel.application import execute, load
+from services.experts.domain import Expert
+from services.kernel.application import execute, first_result, load
 from services.kernel.errors import NotFound
-from services.kernel.store import AppendResult, EventStore, payload_hash
+from services.kernel.store import AppendResult, EventStore
 
 
 async def register_expert(store: EventStore, cmd: RegisterExpert) -> AppendResult:
@@ -23,16 +23,13 @@ async def register_expert(store: EventStore, cmd: RegisterExpert) -> AppendResul
         Expert,
         cmd.expert_id,
         lambda e: e.register(cmd),
-        command_id=cmd.command_id,
-        payload=cmd,
+        cmd,
         must_exist=False,
     )
 
 
 async def update_expert_profile(store: EventStore, cmd: UpdateExpertProfile) -> AppendResult:
-    return await execute(
-        store, Expert, cmd.expert_id, lambda e: e.update_profile(cmd), command_id=cmd.command_id, payload=cmd
-    )
+    return await execute(store, Expert, cmd.expert_id, lambda e: e.update_profile(cmd), cmd)
 
 
 async def deploy_expert(store: EventStore, actions: ActivityLookup, cmd: DeployExpert) -> AppendResult:
@@ -43,7 +40,7 @@ async def deploy_expert(store: EventStore, actions: ActivityLookup, cmd: DeployE
     expects the version the decision was made on, so a concurrent deployment of the same expert makes
     one of the two fail (ABORTED) rather than overlap.
     """
-    first = await store.command_result(cmd.command_id, payload_hash(cmd.model_dump(mode="json")))
+    first = await first_result(store, cmd)
     if first is not None:
         return first
     expert = await load(store, Expert, cmd.expert_id)
@@ -51,27 +48,19 @@ async def deploy_expert(store: EventStore, actions: ActivityLookup, cmd: DeployE
         raise NotFound(f"expert {cmd.expert_id} does not exist")
     expert.check_deployable()
     activity = await actions.get_activity(cmd.activity_id)
-    return await execute(
-        store, Expert, cmd.expert_id, lambda e: e.deploy(cmd, activity), command_id=cmd.command_id, payload=cmd
-    )
+    return await execute(store, Expert, cmd.expert_id, lambda e: e.deploy(cmd, activity), cmd)
 
 
 async def cancel_deployment(store: EventStore, cmd: CancelDeployment) -> AppendResult:
-    return await execute(
-        store, Expert, cmd.expert_id, lambda e: e.cancel_deployment(cmd), command_id=cmd.command_id, payload=cmd
-    )
+    return await execute(store, Expert, cmd.expert_id, lambda e: e.cancel_deployment(cmd), cmd)
 
 
 async def submit_evaluation(store: EventStore, cmd: SubmitEvaluation) -> AppendResult:
-    return await execute(
-        store, Expert, cmd.expert_id, lambda e: e.submit_evaluation(cmd), command_id=cmd.command_id, payload=cmd
-    )
+    return await execute(store, Expert, cmd.expert_id, lambda e: e.submit_evaluation(cmd), cmd)
 
 
 async def deactivate_expert(store: EventStore, cmd: DeactivateExpert) -> AppendResult:
-    return await execute(
-        store, Expert, cmd.expert_id, lambda e: e.deactivate(cmd), command_id=cmd.command_id, payload=cmd
-    )
+    return await execute(store, Expert, cmd.expert_id, lambda e: e.deactivate(cmd), cmd)
 
 
 async def get_expert(store: EventStore, expert_id: str) -> Expert:

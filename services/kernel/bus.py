@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -14,6 +14,28 @@ from aiokafka.structs import TopicPartition
 from services.kernel.settings import Settings
 
 log = logging.getLogger(__name__)
+
+DLQ_PARTITIONS = 1  # a dead-letter topic is read by people, in the order its letters came
+
+
+def dlq_topic(group: str) -> str:
+    """The dead-letter topic of a consumer group."""
+    return f"{group}.dlq"
+
+
+async def ensure_dlq(settings: Settings, group: str) -> None:
+    await ensure_topics(settings, [dlq_topic(group)], partitions=DLQ_PARTITIONS)
+
+
+async def send_dead(
+    producer: AIOKafkaProducer, group: str, raw: bytes | None, reason: str, origin: str, projection: str = ""
+) -> None:
+    """A message a consumer group could not decode or apply, onto its dead-letter topic: `origin` is the
+    topic it came from, `projection` the one that could not apply it (if any)."""
+    headers = [("reason", reason.encode()[:4000]), ("origin", origin.encode())]
+    if projection:
+        headers.append(("projection", projection.encode()))
+    await producer.send_and_wait(dlq_topic(group), value=raw or b"", headers=headers)
 
 
 def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
@@ -101,3 +123,22 @@ async def end_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> 
         return ends
     finally:
         await c.stop()
+
+
+async def group_offsets(settings: Settings, group: str, topics: Sequence[str]) -> dict[TopicPartition, tuple[int, int]]:
+    """Each partition of `topics` with (committed offset of `group`, end offset); 0 if never committed."""
+    c = consumer(settings, group_id=group)
+    await c.start()
+    try:
+        out = {}
+        for topic in topics:
+            for tp, end in (await end_offsets(settings, topic)).items():
+                out[tp] = (await c.committed(tp) or 0, end)
+        return out
+    finally:
+        await c.stop()
+
+
+async def group_lag(settings: Settings, group: str, topics: Sequence[str]) -> int:
+    """Lag of a consumer group as Kafka defines it: end offsets minus committed offsets."""
+    return sum(max(end - committed, 0) for committed, end in (await group_offsets(settings, group, topics)).values())

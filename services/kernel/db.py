@@ -1,8 +1,8 @@
 """PostgreSQL connections for the kernel: asyncpg connections lent from a small pool.
 
 asyncpg's own pool wraps every connection in a proxy and every release in `asyncio.shield` (a task of
-its own, one more turn of the event loop); measured here that is 40-55 us on each statement, a fifth of
-an append. This pool lends plain `asyncpg.Connection`s: taking one is a list pop, giving it back a push.
+its own, one more turn of the event loop, on every statement: the README's benchmark section says what
+that cost). This pool lends plain `asyncpg.Connection`s: taking one is a list pop, giving it back a push.
 
 A connection comes back to the pool only when it is certainly idle: the block that borrowed it ended
 normally or with an ordinary error, outside a transaction. A cancelled or timed-out statement, a lost

@@ -15,12 +15,27 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 class Event(BaseModel):
-    """Base of every domain event. Subclasses set `event_type` (past tense) and `schema_version`."""
+    """Base of every domain event: a subclass named in the past tense is an event type of that name,
+    registered in the global registry as it is declared. A base class of a context's events says
+    `abstract=True`; a test's event that must stay out of the global registry says `register=False`.
+    Subclasses set `source` and, once their data change shape, `schema_version` (with an upcaster)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     event_type: ClassVar[str]
     schema_version: ClassVar[int] = 1
     source: ClassVar[str]
+
+    def __init_subclass__(cls, abstract: bool = False, register: bool = True, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)  # the two flags are read once pydantic has built the class, below
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, abstract: bool = False, register: bool = True, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if abstract:
+            return
+        cls.event_type = cls.__name__
+        if register:
+            registry.register(cls)
 
 
 class Envelope(BaseModel):
@@ -53,7 +68,7 @@ class DecodeError(Exception):
     """The message cannot be turned into a known event: it goes to the dead-letter queue."""
 
 
-class UnknownEvent(Event):
+class UnknownEvent(Event, abstract=True):
     """An event type this reader does not know: skipped by projections (tolerant reader)."""
 
     event_type: ClassVar[str] = "<unknown>"
@@ -119,11 +134,6 @@ class Registry:
 
 
 registry = Registry()
-
-
-def event(cls: E) -> E:
-    """Class decorator: register an event type in the global registry."""
-    return registry.register(cls)
 
 
 def topic_for(service: str) -> str:

@@ -47,5 +47,17 @@ def fields(msg: Message, *, with_defaults: bool = False) -> dict[str, Any]:
     return out
 
 
-def date_pb(d: date | None) -> common_pb2.Date | None:
-    return common_pb2.Date(iso=d.isoformat()) if d is not None else None
+def date_pb(d: date | str | None) -> common_pb2.Date | None:
+    """A date (or its ISO string, as a client takes it) as a `mieux.common.v1.Date`; None or "" is unset."""
+    if d is None or d == "":
+        return None
+    return common_pb2.Date(iso=d if isinstance(d, str) else d.isoformat())
+
+
+def date_of(msg: Any) -> date | None:
+    """The date a `mieux.common.v1.Date` holds, or None when it is unset, empty or not a date."""
+    iso = getattr(msg, "iso", "")
+    try:
+        return date.fromisoformat(iso) if iso else None
+    except ValueError:
+        return None

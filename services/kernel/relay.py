@@ -4,8 +4,7 @@
   relay waits for the lock; if the holder dies its connection closes and the lock passes on.
 * Low latency: woken in-process by every append of this service process; events appended by other
   processes (another replica of the service) are found by a short poll (`MIEUX_RELAY_POLL_INTERVAL_S`,
-  0.05 s). No NOTIFY in the append: it would serialise every writer's commit on the notify queue lock
-  (measured: 8 clients 1,900 appends/s with it, 2,900 without).
+  0.05 s). No NOTIFY in the append: it would serialise every writer's commit on the notify queue lock.
 * Per-stream order: key = stream id, so one stream is one partition; aiokafka keeps one request in flight
   per broker, and the relay only moves its checkpoint after the broker acknowledged (acks=all) the
   whole batch. After a failure it backs off and publishes again from the checkpoint: at-least-once,

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from services.kernel import eventlog, metrics
 from services.kernel.db import Pool, create_pool
 from services.kernel.grpckit import READERS, Access, GrpcServer, Registrar, run_until_signalled
+from services.kernel.policy import Policy, PolicyRunner, policy_group
 from services.kernel.projection import Projection
 from services.kernel.relay import Relay
-from services.kernel.runner import Policy, PolicyRunner, ProjectionRunner, policy_group, projection_group
+from services.kernel.runner import ProjectionRunner, projection_group
 from services.kernel.settings import Role, Settings, service_port
 from services.kernel.store import EventStore
 

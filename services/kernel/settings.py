@@ -33,12 +33,11 @@ class SettingsError(RuntimeError):
     pass
 
 
-# Tansu's quirks, measured (DESIGN.md section 8): a waiting fetch returns after about half of
-# fetch_max_wait whatever arrives; a group join completes after about half the session timeout; its
-# in-memory engine spends time proportional to a partition's length on every fetch that returns data
-# (200 events/s for 10 s: the broker's CPU grew 1.8 -> 2.8 -> 4.0 -> 5.0 s over four runs on one 4-partition
-# topic, 1.8 -> 2.1 -> 2.3 s with 16 partitions), so dev-stack topics have 16 shorter partitions. The dev
-# stack writes these into stack.json; the defaults below are for Apache Kafka.
+# Tansu's quirks (DESIGN.md section 8, and the README's "Tansu's quirks"): a waiting fetch returns after
+# about half of fetch_max_wait whatever arrives; a group join completes after about half the session
+# timeout; its in-memory engine spends time proportional to a partition's length on every fetch that
+# returns data, so dev-stack topics have 16 shorter partitions. The dev stack writes these into
+# stack.json; the defaults below are for Apache Kafka.
 TANSU_SETTINGS = {
     "MIEUX_TOPIC_PARTITIONS": 16,
     "MIEUX_KAFKA_FETCH_MAX_WAIT_MS": 10,

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from mieux.common.v1 import common_pb2
 from mieux.logistics.v1 import logistics_pb2, logistics_pb2_grpc
 
 from services.kernel.grpckit import call_metadata, channel
+from services.kernel.protos import date_pb
 from services.kernel.settings import Role, Settings, service_address
 
 SegmentSpec = tuple[str, str, str]  # origin, destination, departs_on (ISO)
 
 
 def segments_pb(segments: Sequence[SegmentSpec]) -> list[logistics_pb2.Segment]:
-    return [logistics_pb2.Segment(origin=o, destination=d, departs_on=common_pb2.Date(iso=on)) for o, d, on in segments]
+    return [logistics_pb2.Segment(origin=o, destination=d, departs_on=date_pb(on)) for o, d, on in segments]
 
 
 class LogisticsClient:
@@ -30,7 +32,7 @@ class LogisticsClient:
         async with channel(service_address("logistics")) as ch:
             yield cls(logistics_pb2_grpc.LogisticsStub(ch), settings.client_token(role), settings.grpc_deadline_s)
 
-    def _kw(self) -> dict:
+    def _kw(self) -> dict[str, Any]:
         return {"metadata": call_metadata(self.token), "timeout": self.deadline}
 
     async def join_team(
@@ -43,16 +45,14 @@ class LogisticsClient:
                 name=name,
                 gender=gender,
                 role=role,
-                joined_on=common_pb2.Date(iso=joined_on),
+                joined_on=date_pb(joined_on),
             ),
             **self._kw(),
         )
 
     async def leave_team(self, *, command_id: str, member_id: str, left_on: str) -> common_pb2.CommandAck:
         return await self.stub.LeaveTeam(
-            logistics_pb2.LeaveTeamCommand(
-                command_id=command_id, member_id=member_id, left_on=common_pb2.Date(iso=left_on)
-            ),
+            logistics_pb2.LeaveTeamCommand(command_id=command_id, member_id=member_id, left_on=date_pb(left_on)),
             **self._kw(),
         )
 
@@ -80,7 +80,7 @@ class LogisticsClient:
                 segments=segments_pb(segments),
                 cabin_class=cabin_class,
                 fare=common_pb2.Money(amount=amount, currency=currency),
-                booked_on=common_pb2.Date(iso=booked_on),
+                booked_on=date_pb(booked_on),
             ),
             **self._kw(),
         )
@@ -103,7 +103,7 @@ class LogisticsClient:
                 segments=segments_pb(segments),
                 cabin_class=cabin_class,
                 fare=common_pb2.Money(amount=amount, currency=currency),
-                changed_on=common_pb2.Date(iso=changed_on),
+                changed_on=date_pb(changed_on),
             ),
             **self._kw(),
         )
@@ -116,7 +116,7 @@ class LogisticsClient:
                 command_id=command_id,
                 booking_id=booking_id,
                 reason=reason,
-                cancelled_on=common_pb2.Date(iso=cancelled_on),
+                cancelled_on=date_pb(cancelled_on),
             ),
             **self._kw(),
         )

@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from services.kernel.envelope import Event, event
+from services.kernel.envelope import Event
 
 CabinClass = Literal["economy", "premium_economy", "business", "first"]
 TravellerKind = Literal["expert", "team_member"]
@@ -31,13 +31,19 @@ class Fare(BaseModel):
     currency: str  # ISO 4217
 
 
-class LogisticsEvent(Event):
+class LogisticsEvent(Event, abstract=True):
     source: ClassVar[str] = "logistics"
 
 
-@event
-class TeamMemberJoined(LogisticsEvent):
-    event_type: ClassVar[str] = "TeamMemberJoined"
+class TeamEvent(LogisticsEvent, abstract=True):
+    """An event of the team's one stream (`team`)."""
+
+
+class BookingEvent(LogisticsEvent, abstract=True):
+    """An event of a booking's stream (`booking-<uuid>`)."""
+
+
+class TeamMemberJoined(TeamEvent):
     member_id: str
     name: str
     gender: str
@@ -45,16 +51,12 @@ class TeamMemberJoined(LogisticsEvent):
     joined_on: date
 
 
-@event
-class TeamMemberLeft(LogisticsEvent):
-    event_type: ClassVar[str] = "TeamMemberLeft"
+class TeamMemberLeft(TeamEvent):
     member_id: str
     left_on: date
 
 
-@event
-class FlightBooked(LogisticsEvent):
-    event_type: ClassVar[str] = "FlightBooked"
+class FlightBooked(BookingEvent):
     booking_id: str
     traveller_id: str
     traveller_kind: TravellerKind
@@ -66,11 +68,9 @@ class FlightBooked(LogisticsEvent):
     booked_on: date
 
 
-@event
-class FlightChanged(LogisticsEvent):
+class FlightChanged(BookingEvent):
     """The booking's itinerary or cabin changed: the new values replace the old ones."""
 
-    event_type: ClassVar[str] = "FlightChanged"
     booking_id: str
     traveller_id: str
     traveller_kind: TravellerKind
@@ -80,11 +80,9 @@ class FlightChanged(LogisticsEvent):
     changed_on: date
 
 
-@event
-class FlightCancelled(LogisticsEvent):
+class FlightCancelled(BookingEvent):
     """Final: a cancelled booking never changes again."""
 
-    event_type: ClassVar[str] = "FlightCancelled"
     booking_id: str
     traveller_id: str
     reason: str

@@ -1,18 +1,23 @@
 """`python -m services.requests`: the requests service (gRPC + relay + its projections)."""
 
+from services.kernel.grpckit import Registrar
 from services.kernel.service import Service
 from services.requests import api
 from services.requests.projections import RequestRegister, RequestsPerYear
+from services.requests.queries import RequestQueries
 
 
 def build() -> Service:
-    per_year, register = RequestsPerYear(), RequestRegister()
+    def registrars(svc: Service) -> list[Registrar]:
+        assert svc.store is not None
+        return [api.registrar(svc.store, RequestQueries(svc.store.pool))]
+
     return Service(
         name="requests",
         grpc_services=[api.SERVICE_NAME],
         access=api.ACCESS,
-        registrars=lambda svc: [api.registrar(svc.store, per_year, register)],
-        projections=[per_year, register],
+        registrars=registrars,
+        projections=[RequestsPerYear(), RequestRegister()],
     )
 
 

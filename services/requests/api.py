@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 from mieux.common.v1 import common_pb2
 from mieux.requests.v1 import requests_pb2, requests_pb2_grpc
@@ -11,19 +9,19 @@ from mieux.requests.v1 import requests_pb2, requests_pb2_grpc
 from services.kernel import paging, reference
 from services.kernel.application import load
 from services.kernel.errors import NotFound
-from services.kernel.grpckit import COMMANDERS, READERS
-from services.kernel.protos import ack, fields
+from services.kernel.grpckit import COMMANDERS, READERS, Registrar
+from services.kernel.protos import ack, date_pb, fields
 from services.kernel.store import EventStore
 from services.requests import handlers
-from services.requests.domain import (
+from services.requests.commands import (
     ApproveRequest,
     AssessEligibility,
     RejectRequest,
-    Request,
     SubmitRequest,
     WithdrawRequest,
 )
-from services.requests.projections import RequestRegister, RequestsPerYear
+from services.requests.domain import Request
+from services.requests.queries import RequestQueries
 
 SERVICE_NAME = "mieux.requests.v1.Requests"
 COMMANDS = ("SubmitRequest", "AssessEligibility", "ApproveRequest", "RejectRequest", "WithdrawRequest")
@@ -34,32 +32,39 @@ ACCESS = {
 }
 
 
-def date_pb(d: Any) -> common_pb2.Date:
-    return common_pb2.Date(iso=d.isoformat() if d else "")
-
-
 class RequestsServicer(requests_pb2_grpc.RequestsServicer):
-    def __init__(self, store: EventStore, per_year: RequestsPerYear, register: RequestRegister) -> None:
+    def __init__(self, store: EventStore, queries: RequestQueries) -> None:
         self.store = store
-        self.per_year = per_year
-        self.register = register
+        self.queries = queries
 
-    async def SubmitRequest(self, request, context):  # type: ignore[no-untyped-def]
+    async def SubmitRequest(
+        self, request: requests_pb2.SubmitRequestCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
         return ack(await handlers.submit_request(self.store, SubmitRequest.model_validate(fields(request))))
 
-    async def AssessEligibility(self, request, context):  # type: ignore[no-untyped-def]
+    async def AssessEligibility(
+        self, request: requests_pb2.AssessEligibilityCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
         return ack(await handlers.assess_eligibility(self.store, AssessEligibility.model_validate(fields(request))))
 
-    async def ApproveRequest(self, request, context):  # type: ignore[no-untyped-def]
+    async def ApproveRequest(
+        self, request: requests_pb2.ApproveRequestCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
         return ack(await handlers.approve_request(self.store, ApproveRequest.model_validate(fields(request))))
 
-    async def RejectRequest(self, request, context):  # type: ignore[no-untyped-def]
+    async def RejectRequest(
+        self, request: requests_pb2.RejectRequestCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
         return ack(await handlers.reject_request(self.store, RejectRequest.model_validate(fields(request))))
 
-    async def WithdrawRequest(self, request, context):  # type: ignore[no-untyped-def]
+    async def WithdrawRequest(
+        self, request: requests_pb2.WithdrawRequestCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
         return ack(await handlers.withdraw_request(self.store, WithdrawRequest.model_validate(fields(request))))
 
-    async def GetRequest(self, request, context):  # type: ignore[no-untyped-def]
+    async def GetRequest(
+        self, request: requests_pb2.GetRequestQuery, context: grpc.aio.ServicerContext
+    ) -> requests_pb2.Request:
         """Folded from the request's own events: always up to date with the last command."""
         r = await load(self.store, Request, request.request_id)
         if not r.exists or r.received is None:
@@ -83,7 +88,9 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
             version=r.version,
         )
 
-    async def ListRequests(self, request, context):  # type: ignore[no-untyped-def]
+    async def ListRequests(
+        self, request: requests_pb2.ListRequestsQuery, context: grpc.aio.ServicerContext
+    ) -> requests_pb2.RequestPage:
         size = paging.page_size(request.page_size)
         filters = {
             "year": request.year,
@@ -92,7 +99,7 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
             "status": request.status,
             "theme": request.theme,
         }
-        rows, token, total = await self.register.page(self.store.pool, filters, request.page_token, size)
+        rows, token, total = await self.queries.page(filters, request.page_token, size)
         return requests_pb2.RequestPage(
             requests=[
                 requests_pb2.Request(
@@ -117,13 +124,15 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
             total=total,
         )
 
-    async def GetRequestsPerYear(self, request, context):  # type: ignore[no-untyped-def]
-        rows = await self.per_year.query(self.store.pool)
+    async def GetRequestsPerYear(
+        self, request: requests_pb2.GetRequestsPerYearQuery, context: grpc.aio.ServicerContext
+    ) -> requests_pb2.RequestsPerYear:
+        rows = await self.queries.per_year()
         return requests_pb2.RequestsPerYear(years=[requests_pb2.YearCount(year=y, count=c) for y, c in rows])
 
 
-def registrar(store: EventStore, per_year: RequestsPerYear, register: RequestRegister):  # type: ignore[no-untyped-def]
+def registrar(store: EventStore, queries: RequestQueries) -> Registrar:
     def add(server: grpc.aio.Server) -> None:
-        requests_pb2_grpc.add_RequestsServicer_to_server(RequestsServicer(store, per_year, register), server)
+        requests_pb2_grpc.add_RequestsServicer_to_server(RequestsServicer(store, queries), server)
 
     return add

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+from google.protobuf.message import Message
 from mieux.common.v1 import common_pb2
 from mieux.requests.v1 import requests_pb2, requests_pb2_grpc
 
 from services.kernel.grpckit import call_metadata, channel
+from services.kernel.protos import date_pb
 from services.kernel.settings import Role, Settings, service_address
 
 
@@ -41,7 +44,7 @@ class RequestsClient:
                 partner=partner,
                 institution=institution,
                 institution_type=institution_type,
-                received_on=common_pb2.Date(iso=received_on),
+                received_on=date_pb(received_on),
                 title=title,
                 themes=list(themes),
             ),
@@ -49,14 +52,14 @@ class RequestsClient:
             timeout=self.deadline,
         )
 
-    async def _call(self, rpc, msg):  # type: ignore[no-untyped-def]
+    async def _call(self, rpc: Any, msg: Message) -> Any:
         return await rpc(msg, metadata=call_metadata(self.token), timeout=self.deadline)
 
     async def assess(self, *, command_id: str, request_id: str, assessed_on: str) -> common_pb2.CommandAck:
         return await self._call(
             self.stub.AssessEligibility,
             requests_pb2.AssessEligibilityCommand(
-                command_id=command_id, request_id=request_id, assessed_on=common_pb2.Date(iso=assessed_on)
+                command_id=command_id, request_id=request_id, assessed_on=date_pb(assessed_on)
             ),
         )
 
@@ -64,7 +67,7 @@ class RequestsClient:
         return await self._call(
             self.stub.ApproveRequest,
             requests_pb2.ApproveRequestCommand(
-                command_id=command_id, request_id=request_id, approved_on=common_pb2.Date(iso=approved_on)
+                command_id=command_id, request_id=request_id, approved_on=date_pb(approved_on)
             ),
         )
 
@@ -74,7 +77,7 @@ class RequestsClient:
             requests_pb2.RejectRequestCommand(
                 command_id=command_id,
                 request_id=request_id,
-                rejected_on=common_pb2.Date(iso=rejected_on),
+                rejected_on=date_pb(rejected_on),
                 reason=reason,
             ),
         )
@@ -87,7 +90,7 @@ class RequestsClient:
             requests_pb2.WithdrawRequestCommand(
                 command_id=command_id,
                 request_id=request_id,
-                withdrawn_on=common_pb2.Date(iso=withdrawn_on),
+                withdrawn_on=date_pb(withdrawn_on),
                 reason=reason,
             ),
         )
@@ -95,7 +98,7 @@ class RequestsClient:
     async def get(self, request_id: str) -> requests_pb2.Request:
         return await self._call(self.stub.GetRequest, requests_pb2.GetRequestQuery(request_id=request_id))
 
-    async def list(self, **filters) -> requests_pb2.RequestPage:  # type: ignore[no-untyped-def]
+    async def list(self, **filters: Any) -> requests_pb2.RequestPage:
         return await self._call(self.stub.ListRequests, requests_pb2.ListRequestsQuery(**filters))
 
     async def per_year(self) -> requests_pb2.RequestsPerYear:

@@ -1,4 +1,6 @@
-"""The request aggregate and its commands. Pure: no I/O."""
+"""The request aggregate, its rules (`check_...` guards) and what it decides with: the partners MIEUX
+knows (regional organisations from `data/`, countries from ISO 3166-1), the eligibility assessment and the
+naming of a request's stream. Pure: no I/O. Its commands are in commands.py."""
 
 from __future__ import annotations
 
@@ -6,10 +8,9 @@ import uuid
 from datetime import date
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import pycountry
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.kernel import reference
 from services.kernel.application import Aggregate
@@ -23,6 +24,15 @@ from services.requests.events import (
     RequestRejected,
     RequestWithdrawn,
 )
+
+if TYPE_CHECKING:
+    from services.requests.commands import (
+        ApproveRequest,
+        AssessEligibility,
+        RejectRequest,
+        SubmitRequest,
+        WithdrawRequest,
+    )
 
 INSTITUTION_TYPES = (
     "ministry",
@@ -39,22 +49,31 @@ REQUEST_NAMESPACE = uuid.UUID("6f1c2b1e-52b3-4f5e-9a39-6d0c1a4a2f10")
 
 @cache
 def regional_organisations() -> dict[str, str]:
+    """code -> name of the regional organisations that may request assistance."""
     return yaml.safe_load((Path(__file__).parent / "data" / "regional_organisations.yaml").read_text())
 
 
 @cache
-def eligibility() -> dict:
+def eligibility() -> dict[str, Any]:
+    """The countries each instrument covers and the institutions that may request only from a date."""
     return yaml.safe_load((Path(__file__).parent / "data" / "eligibility.yaml").read_text())
 
 
 def partner_of(code: str) -> tuple[PartnerKind, str] | None:
+    """(kind, name) of a known partner: a regional organisation, or a country by its common name."""
     orgs = regional_organisations()
     if code in orgs:
         return "regional_organisation", orgs[code]
-    country = pycountry.countries.get(alpha_2=code) if len(code) == 2 else None
-    if country is not None:
-        return "country", getattr(country, "common_name", None) or country.name
+    name = reference.country_name(code)
+    if name is not None:
+        return "country", name
     return None
+
+
+def request_id_for(command_id: str) -> str:
+    """A submitted request's stream id, derived from the command id: a retried submission lands on the same
+    stream."""
+    return f"req-{uuid.uuid5(REQUEST_NAMESPACE, command_id)}"
 
 
 def assess(partner: str, partner_kind: str, institution_type: str, received_on: date) -> tuple[str | None, list[str]]:
@@ -73,72 +92,10 @@ def assess(partner: str, partner_kind: str, institution_type: str, received_on: 
     return instrument, reasons
 
 
-class SubmitRequest(BaseModel):
-    model_config = ConfigDict(frozen=True, str_strip_whitespace=True)
-    command_id: str = Field(min_length=1, max_length=200)
-    partner: str = Field(min_length=2, max_length=40)
-    institution: str = Field(min_length=1, max_length=300)
-    institution_type: str
-    received_on: date
-    title: str = Field(min_length=1, max_length=300)
-    themes: tuple[str, ...] = ()
-
-    @field_validator("partner")
-    @classmethod
-    def known_partner(cls, v: str) -> str:
-        """The canonical code: `cr` becomes `CR`, so one partner is never counted twice."""
-        canonical = v.upper() if len(v) == 2 else v
-        if partner_of(canonical) is None:
-            raise ValueError("not an ISO 3166-1 alpha-2 country code nor a known regional organisation")
-        return canonical
-
-    @field_validator("themes")
-    @classmethod
-    def known_themes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [t for t in v if t not in reference.themes()]
-        if unknown:
-            raise ValueError(f"unknown theme(s) {', '.join(unknown)}; known: {', '.join(reference.themes())}")
-        return v
-
-    @field_validator("institution_type")
-    @classmethod
-    def known_institution_type(cls, v: str) -> str:
-        if v not in INSTITUTION_TYPES:
-            raise ValueError(f"must be one of {', '.join(INSTITUTION_TYPES)}")
-        return v
-
-    @property
-    def request_id(self) -> str:
-        """Derived from the command id, so a retried submission lands on the same stream."""
-        return f"req-{uuid.uuid5(REQUEST_NAMESPACE, self.command_id)}"
-
-
-class RequestCommand(BaseModel):
-    model_config = ConfigDict(frozen=True, str_strip_whitespace=True)
-    command_id: str = Field(min_length=1, max_length=200)
-    request_id: str = Field(min_length=1, max_length=200)
-
-
-class AssessEligibility(RequestCommand):
-    assessed_on: date
-
-
-class ApproveRequest(RequestCommand):
-    approved_on: date
-
-
-class RejectRequest(RequestCommand):
-    rejected_on: date
-    reason: str = Field(min_length=1, max_length=1000)
-
-
-class WithdrawRequest(RequestCommand):
-    withdrawn_on: date
-    reason: str = Field(min_length=1, max_length=1000)
-
-
 class Request(Aggregate):
     """received -> assessed -> approved | rejected; withdrawn at any time before a decision."""
+
+    folds = RequestEvent
 
     def __init__(self, stream_id: str) -> None:
         super().__init__(stream_id)

@@ -5,19 +5,17 @@ from __future__ import annotations
 from datetime import date
 from typing import ClassVar, Literal
 
-from services.kernel.envelope import Event, event
+from services.kernel.envelope import Event
 
 PartnerKind = Literal["country", "regional_organisation"]
 
 
-class RequestEvent(Event):
+class RequestEvent(Event, abstract=True):
     source: ClassVar[str] = "requests"
     request_id: str
 
 
-@event
 class RequestReceived(RequestEvent):
-    event_type: ClassVar[str] = "RequestReceived"
     partner: str
     partner_kind: PartnerKind
     partner_name: str
@@ -28,9 +26,7 @@ class RequestReceived(RequestEvent):
     themes: tuple[str, ...] = ()
 
 
-@event
 class RequestEligibilityAssessed(RequestEvent):
-    event_type: ClassVar[str] = "RequestEligibilityAssessed"
     eligible: bool
     # the instrument that makes the partner eligible (DCI, EDF, ENI, OAD) or "regional_organisation"
     instrument: str | None
@@ -38,11 +34,9 @@ class RequestEligibilityAssessed(RequestEvent):
     assessed_on: date
 
 
-@event
 class RequestApproved(RequestEvent):
     """The request becomes an Action: the actions service opens one on this event."""
 
-    event_type: ClassVar[str] = "RequestApproved"
     partner: str
     partner_kind: PartnerKind
     partner_name: str
@@ -52,15 +46,11 @@ class RequestApproved(RequestEvent):
     approved_on: date
 
 
-@event
 class RequestRejected(RequestEvent):
-    event_type: ClassVar[str] = "RequestRejected"
     reason: str
     rejected_on: date
 
 
-@event
 class RequestWithdrawn(RequestEvent):
-    event_type: ClassVar[str] = "RequestWithdrawn"
     reason: str
     withdrawn_on: date

@@ -1,16 +1,14 @@
-"""Read models of the requests service."""
+"""Read models of the requests service: their tables and how each event changes them. What the API reads
+from them is in queries.py."""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from datetime import date
-from typing import Any
 
 import asyncpg
 
-from services.kernel import paging, reference
-from services.kernel.db import Pool
+from services.kernel import reference
 from services.kernel.envelope import Envelope, Event, topic_for
 from services.kernel.projection import Projection
 from services.requests.events import (
@@ -45,17 +43,10 @@ class RequestsPerYear(Projection):
                 sorted(years.items()),
             )
 
-    async def query(self, pool: Pool) -> list[tuple[int, int]]:
-        rows = await pool.fetch("SELECT year, count FROM requests_views.requests_per_year ORDER BY year")
-        return [(r["year"], r["count"]) for r in rows]
-
 
 class RequestRegister(Projection):
-    """One row per request with its current status: ListRequests filters and pages over it.
-
-    Pages are keyset pages on an immutable total order (received_on, request_id): the page token is the
-    last row's key (paging.encode_key, opaque to clients), so a request added or changed between two pages
-    never makes a page repeat or skip a row."""
+    """One row per request with its current status: ListRequests filters and pages over it (queries.py),
+    in the order of its index (received_on, request_id)."""
 
     name = "request_register"
     topics = (topic_for("requests"),)
@@ -114,33 +105,3 @@ class RequestRegister(Projection):
                 await conn.execute(
                     f"UPDATE {t} SET status = $2 WHERE request_id = $1", event.request_id, status[type(event)]
                 )
-
-    async def page(
-        self, pool: Pool, filters: dict[str, Any], token: str, limit: int
-    ) -> tuple[list[asyncpg.Record], str, int]:
-        """A page of at most `limit` rows after `token`, the token of the next page ("" at the end), and
-        how many rows match the filters in all."""
-        after = paging.key_after(token, date, str)
-        where, args = ["true"], []
-        for column, value in filters.items():
-            if value in (None, "", 0):
-                continue
-            args.append(value)
-            if column == "year":
-                where.append(f"extract(year FROM received_on) = ${len(args)}")
-            elif column == "theme":
-                where.append(f"${len(args)} = ANY(themes)")
-            else:
-                where.append(f"{column} = ${len(args)}")
-        total = await pool.fetchval(f"SELECT count(*) FROM requests_views.requests WHERE {' AND '.join(where)}", *args)
-        if after:
-            args.extend(after)
-            where.append(f"(received_on, request_id) > (${len(args) - 1}, ${len(args)})")
-        args.append(limit + 1)
-        rows = await pool.fetch(
-            f"SELECT * FROM requests_views.requests WHERE {' AND '.join(where)} "
-            f"ORDER BY received_on, request_id LIMIT ${len(args)}",
-            *args,
-        )
-        page, nxt = paging.next_page(rows, limit, lambda r: [r["received_on"], r["request_id"]])
-        return page, nxt, total

@@ -1,5 +1,6 @@
 """`python -m services.stats`: the stats read side (gRPC queries + a projection per service topic)."""
 
+from services.kernel.grpckit import Registrar
 from services.kernel.service import Service
 from services.stats import api
 from services.stats.projections import all_projections
@@ -7,7 +8,7 @@ from services.stats.queries import StatsQueries
 
 
 def build() -> Service:
-    def registrars(svc: Service) -> list:
+    def registrars(svc: Service) -> list[Registrar]:
         assert svc.pool is not None
         pool = svc.pool
         return [api.registrar(lambda: StatsQueries(pool))]

@@ -8,7 +8,7 @@ from decimal import Decimal
 import grpc
 from mieux.stats.v1 import stats_pb2, stats_pb2_grpc
 
-from services.kernel.grpckit import READERS
+from services.kernel.grpckit import READERS, Registrar
 from services.kernel.protos import fields
 from services.stats import queries as q
 
@@ -80,26 +80,34 @@ class StatsServicer(stats_pb2_grpc.StatsServicer):
     def __init__(self, queries: Callable[[], q.StatsQueries]) -> None:
         self.queries = queries
 
-    async def GetYearAtAGlance(self, request, context: grpc.aio.ServicerContext) -> stats_pb2.YearAtAGlance:
+    async def GetYearAtAGlance(
+        self, request: stats_pb2.GetYearAtAGlanceQuery, context: grpc.aio.ServicerContext
+    ) -> stats_pb2.YearAtAGlance:
         query = q.YearQuery.model_validate(fields(request, with_defaults=True))
         return year_pb(await self.queries().year_at_a_glance(query.year))
 
-    async def GetRegionReport(self, request, context: grpc.aio.ServicerContext) -> stats_pb2.RegionReport:
+    async def GetRegionReport(
+        self, request: stats_pb2.GetRegionReportQuery, context: grpc.aio.ServicerContext
+    ) -> stats_pb2.RegionReport:
         query = q.YearQuery.model_validate(fields(request, with_defaults=True))
         regions, areas = await self.queries().region_report(query.year)
         return stats_pb2.RegionReport(
             year=query.year, regions=[region_row_pb(r) for r in regions], areas=[region_row_pb(a) for a in areas]
         )
 
-    async def GetRequestsPerYear(self, request, context: grpc.aio.ServicerContext) -> stats_pb2.RequestsPerYear:
+    async def GetRequestsPerYear(
+        self, request: stats_pb2.GetRequestsPerYearQuery, context: grpc.aio.ServicerContext
+    ) -> stats_pb2.RequestsPerYear:
         rows = await self.queries().requests_per_year()
         return stats_pb2.RequestsPerYear(years=[stats_pb2.YearCount(year=y, count=n) for y, n in rows])
 
-    async def ListYears(self, request, context: grpc.aio.ServicerContext) -> stats_pb2.YearList:
+    async def ListYears(
+        self, request: stats_pb2.ListYearsQuery, context: grpc.aio.ServicerContext
+    ) -> stats_pb2.YearList:
         return stats_pb2.YearList(years=await self.queries().years())
 
 
-def registrar(queries: Callable[[], q.StatsQueries]):  # type: ignore[no-untyped-def]
+def registrar(queries: Callable[[], q.StatsQueries]) -> Registrar:
     def add(server: grpc.aio.Server) -> None:
         stats_pb2_grpc.add_StatsServicer_to_server(StatsServicer(queries), server)
 

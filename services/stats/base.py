@@ -1,32 +1,13 @@
-"""The base of the stats projections: facts tables in one schema, and the statute-miles method."""
+"""The base of the stats projections: their facts tables live in one schema (`stats_views` by default;
+tests give each set of projections its own)."""
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
-from functools import cache
 from typing import Any
-
-import airportsdata
-from geographiclib.geodesic import Geodesic
 
 from services.kernel.projection import Projection
 
 SCHEMA = "stats_views"
-KM_PER_STATUTE_MILE = Decimal("1.609344")
-
-
-@cache
-def _airports() -> dict[str, dict[str, Any]]:
-    return airportsdata.load("IATA")
-
-
-def statute_miles(origin: str, destination: str) -> Decimal:
-    """Geodesic (WGS84) distance between two airports in statute miles, to three decimals (DESIGN.md
-    section 7; the same method as the logistics read model, computed here from the event's airports)."""
-    a, b = _airports()[origin], _airports()[destination]
-    metres = Geodesic.WGS84.Inverse(a["lat"], a["lon"], b["lat"], b["lon"])["s12"]
-    km = Decimal(repr(metres)) / 1000
-    return (km / KM_PER_STATUTE_MILE).quantize(Decimal("0.001"), ROUND_HALF_UP)
 
 
 class StatsProjection(Projection):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from mieux.stats.v1 import stats_pb2, stats_pb2_grpc
 
@@ -25,7 +26,7 @@ class StatsClient:
         async with channel(address or service_address("stats")) as ch:
             yield cls(stats_pb2_grpc.StatsStub(ch), settings.client_token(role), settings.grpc_deadline_s)
 
-    def _kw(self) -> dict:
+    def _kw(self) -> dict[str, Any]:
         return {"metadata": call_metadata(self.token), "timeout": self.deadline}
 
     async def year_at_a_glance(self, year: int) -> stats_pb2.YearAtAGlance:

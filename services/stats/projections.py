@@ -30,6 +30,7 @@ from services.experts.events import (
     ExpertProfileUpdated,
     ExpertRegistered,
 )
+from services.kernel import reference
 from services.kernel.envelope import Envelope, Event, topic_for
 from services.logistics.events import (
     FlightBooked,
@@ -40,7 +41,7 @@ from services.logistics.events import (
     TeamMemberLeft,
 )
 from services.requests.events import RequestReceived
-from services.stats.base import SCHEMA, StatsProjection, statute_miles
+from services.stats.base import SCHEMA, StatsProjection
 
 # --- requests ---------------------------------------------------------------------------------------
 
@@ -260,6 +261,10 @@ class StatsExperts(StatsProjection):
 
 
 class StatsLogistics(StatsProjection):
+    """Team stints and every version of each booking's itinerary. Each leg keeps its statute miles,
+    computed here from the event's airports (`reference.statute_miles`: geodesic on WGS84, to three
+    decimals, DESIGN.md section 7; the same method as the logistics read model)."""
+
     base_name = "stats_logistics"
     topics = (topic_for("logistics"),)
     table_names = ("team_joins", "team_leaves", "itineraries", "itinerary_legs", "bookings_cancelled")
@@ -325,7 +330,7 @@ class StatsLogistics(StatsProjection):
                         s.origin,
                         s.destination,
                         s.departs_on,
-                        statute_miles(s.origin, s.destination),
+                        reference.statute_miles(s.origin, s.destination),
                     )
                     for i, s in enumerate(segments, start=1)
                 ],

@@ -1,5 +1,5 @@
-"""`mieux dev up | status | down` as a developer runs them: a stack in the background that answers, then
-stops, leaving nothing running."""
+"""`mieux dev up | status | down` as a developer runs them (from the checkout, the stack's home the default
+relative `.mieux/`): a stack in the background that answers, then stops, leaving nothing running."""
 
 from __future__ import annotations
 
@@ -16,16 +16,19 @@ import asyncpg
 import pytest
 
 from services.kernel import bus
-from services.kernel.devstack import pid_alive
 from services.kernel.settings import Settings
+from services.ops.devstack import pid_alive
 
 pytestmark = pytest.mark.e2e
 
 
-def mieux(home: Path, *args: str) -> str:
+def mieux(checkout: Path, *args: str) -> str:
+    """`mieux dev ...` run in `checkout` as the README says, with no MIEUX_HOME: the home is `.mieux/` there."""
+    env = {k: v for k, v in os.environ.items() if k != "MIEUX_HOME"}
     proc = subprocess.run(
-        [sys.executable, "-m", "services.kernel.cli", "dev", *args],
-        env={**os.environ, "MIEUX_HOME": str(home), "COLUMNS": "200"},
+        [sys.executable, "-m", "services.ops.cli", "dev", *args],
+        cwd=checkout,
+        env={**env, "COLUMNS": "200"},
         capture_output=True,
         text=True,
         timeout=120,
@@ -48,23 +51,24 @@ async def answers(state: dict) -> int:
 
 
 def test_dev_up_status_down(monkeypatch: pytest.MonkeyPatch) -> None:
-    home = Path(tempfile.mkdtemp(prefix="mieux-test-dev-"))
-    home.chmod(0o755)  # PostgreSQL runs as another user when we are root
+    checkout = Path(tempfile.mkdtemp(prefix="mieux-test-dev-"))
+    checkout.chmod(0o755)  # PostgreSQL runs as another user when we are root
+    home = checkout / ".mieux"
     state: dict = {}
     try:
-        assert "PostgreSQL" in mieux(home, "up")
+        assert "PostgreSQL" in mieux(checkout, "up")
         state = json.loads((home / "stack.json").read_text())
-        status = mieux(home, "status").split()
+        status = mieux(checkout, "status").split()
         assert status == ["postgresql", "running", "broker", "running"]
         monkeypatch.setenv("MIEUX_HOME", str(home))
         assert asyncio.run(answers(state)) == Settings().topic_partitions
 
-        mieux(home, "up")  # a second `up` keeps the running stack
+        mieux(checkout, "up")  # a second `up` keeps the running stack
         again = json.loads((home / "stack.json").read_text())
         assert (again["pg_pid"], again["kafka_pid"]) == (state["pg_pid"], state["kafka_pid"])
     finally:
-        mieux(home, "down")
-        status = mieux(home, "status").split()
-        shutil.rmtree(home, ignore_errors=True)
+        mieux(checkout, "down")
+        status = mieux(checkout, "status").split()
+        shutil.rmtree(checkout, ignore_errors=True)
     assert status == ["postgresql", "stopped", "broker", "stopped"]
     assert not pid_alive(state.get("pg_pid")) and not pid_alive(state.get("kafka_pid"))

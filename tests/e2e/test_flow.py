@@ -18,9 +18,9 @@ from support import ServiceProcess, eventually, start_service
 from services.actions.client import ActionsClient
 from services.carbon.client import CarbonClient
 from services.experts.client import ExpertsClient
-from services.kernel.devstack import free_port
 from services.kernel.settings import Settings
 from services.logistics.client import LogisticsClient
+from services.ops.devstack import free_port
 from services.requests.client import RequestsClient
 
 pytestmark = pytest.mark.e2e
@@ -247,7 +247,7 @@ def mieux(args: list[str], env: dict[str, str]) -> str:
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-m", "services.kernel.cli", *args],
+        [sys.executable, "-m", "services.ops.cli", *args],
         env={**env, "COLUMNS": "300"},
         capture_output=True,
         text=True,

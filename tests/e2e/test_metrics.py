@@ -11,9 +11,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import eventually, start_service
 
-from services.kernel.devstack import free_port
 from services.kernel.runner import projection_group
 from services.kernel.settings import Settings
+from services.ops.devstack import free_port
 from services.requests.client import RequestsClient
 
 pytestmark = pytest.mark.e2e

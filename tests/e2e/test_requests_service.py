@@ -11,10 +11,11 @@ import pytest
 from support import Child, eventually, start_service
 
 from services.kernel import bus
-from services.kernel.devstack import free_port
-from services.kernel.runner import group_lag, projection_group
+from services.kernel.bus import group_lag
+from services.kernel.runner import projection_group
 from services.kernel.settings import Settings
 from services.kernel.store import EventStore, Metadata
+from services.ops.devstack import free_port
 from services.requests.events import RequestReceived
 
 pytestmark = pytest.mark.e2e
@@ -123,7 +124,7 @@ async def test_rebuild_gives_the_live_read_model(pool, service_env, port) -> Non
         live = await live_per_year(pool)
         assert live == await expected_per_year(pool)
         out = subprocess.run(
-            [sys.executable, "-m", "services.kernel.cli", "projections", "rebuild", "requests_per_year"],
+            [sys.executable, "-m", "services.ops.cli", "projections", "rebuild", "requests_per_year"],
             env=service_env,
             capture_output=True,
             text=True,
@@ -144,7 +145,7 @@ async def test_broker_restart_then_replay_gives_the_same_read_model(stack, pool,
         before = await live_per_year(pool)
         stack.restart_broker()  # Tansu keeps messages in memory: topics and offsets are gone
         out = subprocess.run(
-            [sys.executable, "-m", "services.kernel.cli", "replay", "requests", "--from", "1"],
+            [sys.executable, "-m", "services.ops.cli", "replay", "requests", "--from", "1"],
             env=service_env,
             capture_output=True,
             text=True,

@@ -19,11 +19,12 @@ from support import ServiceProcess, eventually, start_service
 from services.actions.client import ActionsClient
 from services.carbon.client import CarbonClient
 from services.experts.client import ExpertsClient
-from services.kernel.devstack import free_port
-from services.kernel.scenario import ReplayResult, Scenario, load, replay
+from services.kernel.reference import statute_miles
 from services.kernel.settings import Settings
 from services.logistics.client import LogisticsClient
-from services.logistics.domain import statute_miles
+from services.ops.devstack import free_port
+from services.ops.scenario import Scenario, load
+from services.ops.scenario_replay import ReplayResult, replay
 from services.requests.client import RequestsClient
 
 pytestmark = pytest.mark.e2e
@@ -136,16 +137,9 @@ async def test_a_scenario_replayed_twice_through_the_services(services, pool) ->
 
 
 def test_the_cli_replays_a_file_with_its_progress_bar(services) -> None:  # type: ignore[no-untyped-def]
-    """`python -m services.kernel.scenario` is not a CLI of its own: drive `register()` through argparse."""
-    code = (
-        "import argparse, sys\n"
-        "from services.kernel import scenario\n"
-        "p = argparse.ArgumentParser(prog='mieux'); sub = p.add_subparsers(dest='command', required=True)\n"
-        "scenario.register(sub)\n"
-        "args = p.parse_args(sys.argv[1:]); sys.exit(args.fn(args))\n"
-    )
+    """`mieux scenario replay FILE`, as a person runs it."""
     out = subprocess.run(
-        [sys.executable, "-c", code, "scenario", "replay", str(FILE)],
+        [sys.executable, "-m", "services.ops.cli", "scenario", "replay", str(FILE)],
         env={**os.environ, **services, "COLUMNS": "200"},
         capture_output=True,
         text=True,

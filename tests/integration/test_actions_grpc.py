@@ -23,11 +23,11 @@ from support import ServiceProcess, eventually, make_envelope, read_topic, start
 from services.actions.client import ActionsClient
 from services.kernel import bus
 from services.kernel.db import Pool
-from services.kernel.devstack import DevStack
 from services.kernel.envelope import Envelope, topic_for
 from services.kernel.grpckit import call_metadata, field_violations
 from services.kernel.paging import encode_key
 from services.kernel.settings import Settings
+from services.ops.devstack import DevStack
 from services.requests.events import RequestApproved
 
 pytestmark = pytest.mark.integration
@@ -589,7 +589,7 @@ async def test_a_rebuild_gives_the_live_read_model(
     live = await snapshot(pool)
     assert live[0] and live[1]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.kernel.cli", "projections", "rebuild", "actions_view",
+        sys.executable, "-m", "services.ops.cli", "projections", "rebuild", "actions_view",
         env={**stack_env, "MIEUX_ACTIONS_PORT": str(port)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip

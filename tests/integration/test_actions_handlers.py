@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from services.actions import handlers
-from services.actions.domain import AgreeActionFiche, OpenAction
+from services.actions.commands import AgreeActionFiche, OpenAction
 from services.actions.events import ActionFicheAgreed, ActionOpened
 from services.kernel.application import decode_all
 from services.kernel.errors import ConcurrencyError

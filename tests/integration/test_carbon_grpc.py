@@ -19,16 +19,17 @@ from mieux.carbon.v1 import carbon_pb2, carbon_pb2_grpc
 from mieux.common.v1 import common_pb2
 from support import eventually, make_envelope, start_service
 
-from services.carbon.domain import PurchaseOffsets
+from services.carbon.commands import PurchaseOffsets
+from services.carbon.queries import CarbonQueries
 from services.kernel import bus
 from services.kernel.db import Pool
-from services.kernel.devstack import DevStack
 from services.kernel.envelope import Envelope, topic_for
 from services.kernel.grpckit import call_metadata, field_violations
 from services.kernel.paging import encode_key
-from services.kernel.runner import command_id_for
+from services.kernel.policy import command_id_for
 from services.kernel.settings import Settings
 from services.logistics.events import Fare, FlightBooked, FlightCancelled, FlightChanged, Segment
+from services.ops.devstack import DevStack
 
 pytestmark = pytest.mark.integration
 
@@ -530,8 +531,6 @@ async def test_finance_may_read_but_not_command(stub, pool, tokens) -> None:
 
 
 async def test_footprint_and_offset_ledger_of_a_year(stub, pool, tokens) -> None:
-    from services.carbon.projections import FootprintView, OffsetLotsView
-
     year = 2091  # a year no other test uses
     a, b = new_booking(), new_booking()
     await publish(
@@ -557,17 +556,17 @@ async def test_footprint_and_offset_ledger_of_a_year(stub, pool, tokens) -> None
         retired_on=common_pb2.Date(iso=f"{year}-12-01"),
     )
     await wait_lot(stub, tokens["ops"], ack.stream_id, 2)
-    footprint = FootprintView()
+    queries = CarbonQueries(pool)
     expected = Decimal(ra.kg_co2e) + Decimal(rb.kg_co2e)
 
     async def footprint_counted() -> bool:
-        return await footprint.total_kg(pool, year) == expected
+        return await queries.footprint_total_kg(year) == expected
 
     await eventually(footprint_counted, 60, "the footprint of the year")
-    by_kind = {r["traveller_kind"]: r["kg_co2e"] for r in await footprint.query(pool, year)}
+    by_kind = {r["traveller_kind"]: r["kg_co2e"] for r in await queries.footprint(year)}
     assert by_kind == {"expert": Decimal(ra.kg_co2e), "team_member": Decimal(rb.kg_co2e)}
-    ledger = await OffsetLotsView().ledger(pool, year)
-    before = await OffsetLotsView().ledger(pool, year - 1)  # the balance carries the earlier years' lots
+    ledger = await queries.ledger(year)
+    before = await queries.ledger(year - 1)  # the balance carries the earlier years' lots
     assert (ledger.purchased, ledger.retired_against, ledger.balance - before.balance) == (5, 2, 3)
     assert ledger.cost == {"EUR": Decimal("50.00")}
     assert ledger.coverage(expected) == (Decimal(2000) / expected).quantize(Decimal("0.0001"))

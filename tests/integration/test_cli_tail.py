@@ -37,7 +37,7 @@ async def tail(stack_env: dict[str, str], *args: str) -> str:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.kernel.cli",
+        "services.ops.cli",
         "events",
         "tail",
         *args,

@@ -10,7 +10,7 @@ import pytest
 from support import eventually
 
 from services.kernel.db import Pool, create_pool
-from services.kernel.devstack import DevStack
+from services.ops.devstack import DevStack
 
 pytestmark = pytest.mark.integration
 

@@ -23,9 +23,9 @@ from mieux.experts.v1 import experts_pb2, experts_pb2_grpc
 from support import eventually, start_service
 
 from services.kernel.db import Pool
-from services.kernel.devstack import DevStack
 from services.kernel.grpckit import call_metadata, field_violations
 from services.kernel.paging import encode_key
+from services.ops.devstack import DevStack
 
 pytestmark = pytest.mark.integration
 
@@ -694,7 +694,7 @@ async def test_rebuilding_the_roster_from_read_all_gives_the_live_read_model(
     live = await roster_tables(pool)
     assert any(r[0] == expert for r in live[0])
     out = subprocess.run(
-        [sys.executable, "-m", "services.kernel.cli", "projections", "rebuild", "experts_roster"],
+        [sys.executable, "-m", "services.ops.cli", "projections", "rebuild", "experts_roster"],
         env={**stack_env, "MIEUX_EXPERTS_ADDR": f"127.0.0.1:{service}"},
         capture_output=True,
         text=True,

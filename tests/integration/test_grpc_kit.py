@@ -23,9 +23,9 @@ from mieux.requests.v1 import requests_pb2, requests_pb2_grpc
 from support import ServiceProcess, start_service
 
 from services.kernel.db import Pool
-from services.kernel.devstack import DevStack
 from services.kernel.grpckit import call_metadata, field_violations
-from services.requests.domain import SubmitRequest
+from services.ops.devstack import DevStack
+from services.requests.commands import SubmitRequest
 
 pytestmark = pytest.mark.integration
 

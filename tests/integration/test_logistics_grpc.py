@@ -24,10 +24,11 @@ from mieux.logistics.v1 import logistics_pb2, logistics_pb2_grpc
 from support import eventually, start_service
 
 from services.kernel.db import Pool
-from services.kernel.devstack import DevStack
 from services.kernel.grpckit import call_metadata, field_violations
 from services.kernel.paging import encode_key
-from services.logistics.domain import booking_id_for, statute_miles
+from services.kernel.reference import statute_miles
+from services.logistics.commands import booking_id_for
+from services.ops.devstack import DevStack
 
 pytestmark = pytest.mark.integration
 
@@ -726,7 +727,7 @@ async def test_a_rebuild_gives_the_live_read_models(
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "services.kernel.cli",
+            "services.ops.cli",
             "projections",
             "rebuild",
             name,

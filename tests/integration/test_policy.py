@@ -8,23 +8,20 @@ import pytest
 from support import eventually, make_envelope
 
 from services.kernel import bus
-from services.kernel.envelope import Envelope, Event, registry, topic_for
-from services.kernel.runner import Policy, PolicyRunner, command_id_for
+from services.kernel.envelope import Envelope, Event, topic_for
+from services.kernel.policy import Policy, PolicyRunner, command_id_for
 from services.kernel.settings import Settings
 from services.kernel.store import EventStore, Metadata
 
 pytestmark = pytest.mark.integration
 
 
-@registry.register
 class PolicyTestApproved(Event):
-    event_type: ClassVar[str] = "PolicyTestApproved"
     source: ClassVar[str] = "test"
     case: str
 
 
 class PolicyTestOpened(Event):
-    event_type: ClassVar[str] = "PolicyTestOpened"
     source: ClassVar[str] = "test"
     case: str
 

@@ -12,18 +12,17 @@ from prometheus_client import REGISTRY
 from support import eventually, make_envelope, read_topic
 
 from services.kernel import bus
+from services.kernel.bus import dlq_topic, group_lag
 from services.kernel.db import Pool
-from services.kernel.envelope import Envelope, Event, parse_message, registry, topic_for
+from services.kernel.envelope import Envelope, Event, parse_message, topic_for
 from services.kernel.projection import Projection, lock_key, rebuild
-from services.kernel.runner import ProjectionRunner, dlq_topic, group_lag
+from services.kernel.runner import ProjectionRunner
 from services.kernel.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 
-@registry.register
 class ProjectionTestTicked(Event):
-    event_type: ClassVar[str] = "ProjectionTestTicked"
     source: ClassVar[str] = "test"
     n: int
 

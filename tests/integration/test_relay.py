@@ -19,8 +19,7 @@ pytestmark = pytest.mark.integration
 META = Metadata(actor="tester")
 
 
-class Ticked(Event):
-    event_type: ClassVar[str] = "Ticked"
+class Ticked(Event, register=False):
     source: ClassVar[str] = "test"
     n: int
 

@@ -24,11 +24,12 @@ from services.actions.events import ActionOpened, ActivityCancelled, ActivityHel
 from services.carbon.events import FlightEmissionsCalculated, Money, OffsetsPurchased, OffsetsRetired
 from services.experts.events import ExpertDeployed, ExpertDeploymentCancelled, ExpertRegistered
 from services.kernel import bus
+from services.kernel.bus import group_lag
 from services.kernel.envelope import topic_for
 from services.kernel.grpckit import call_metadata, field_violations
-from services.kernel.runner import group_lag, projection_group
+from services.kernel.reference import statute_miles
+from services.kernel.runner import projection_group
 from services.kernel.settings import Settings
-from services.logistics.domain import statute_miles
 from services.logistics.events import Fare, FlightBooked, FlightCancelled, Segment, TeamMemberJoined, TeamMemberLeft
 from services.requests.events import RequestReceived
 from services.stats import cli

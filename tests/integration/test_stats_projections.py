@@ -42,7 +42,7 @@ from services.kernel import reference
 from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, topic_for, utcnow
 from services.kernel.projection import apply_batch, rebuild
-from services.logistics.domain import statute_miles as logistics_statute_miles
+from services.kernel.reference import statute_miles
 from services.logistics.events import (
     Fare,
     FlightBooked,
@@ -506,7 +506,7 @@ def expected(year: int) -> dict[str, Any]:
         if b.kind == "team_member" and not b.cancelled:
             for o, d, on in b.changed_to or b.segments:
                 if on.year == year:
-                    miles += logistics_statute_miles(o, d)
+                    miles += statute_miles(o, d)
     answers: dict[str, list[int]] = defaultdict(list)
     for _, _, on, given in EVALUATIONS:
         if on.year == year:
@@ -675,9 +675,9 @@ async def test_the_cases_that_change_a_figure(stats: Stats, history: History) ->
     # tm-2 left mid-year and counts; tm-3 left before the year; tm-4 joined after it
     assert y.team_members == 2
     # bk-3 was cancelled; bk-2 counts with its changed itinerary, bk-6 only with its 2017 flight
-    changed = logistics_statute_miles("VIE", "DKR") + logistics_statute_miles("DKR", "VIE")
-    bk1 = logistics_statute_miles("BRU", "TNR") + logistics_statute_miles("TNR", "BRU")
-    assert y.team_statute_miles == bk1 + changed + logistics_statute_miles("BRU", "MEX")
+    changed = statute_miles("VIE", "DKR") + statute_miles("DKR", "VIE")
+    bk1 = statute_miles("BRU", "TNR") + statute_miles("TNR", "BRU")
+    assert y.team_statute_miles == bk1 + changed + statute_miles("BRU", "MEX")
     # exp-4 was deactivated in 2017: in the pool of 2016, not of 2017
     assert (await stats.queries.year_at_a_glance(2016)).expert_pool == 3
     assert y.expert_pool == 4

@@ -13,8 +13,7 @@ from services.kernel.store import AppendResult, CommandReused, ConcurrencyError,
 pytestmark = pytest.mark.integration
 
 
-class Noted(Event):
-    event_type: ClassVar[str] = "Noted"
+class Noted(Event, register=False):
     source: ClassVar[str] = "test"
     text: str
 

@@ -9,20 +9,15 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from services.actions.domain import (
-    Action,
+from services.actions.commands import (
     AgreeActionFiche,
     CancelActivity,
     CloseAction,
     OpenAction,
     PlanActivity,
     RecordActivityHeld,
-    Register,
-    next_code,
-    roman,
-    short_name,
-    title_for,
 )
+from services.actions.domain import Action, Register, next_code, roman, short_name, title_for
 from services.actions.events import (
     ActionClosed,
     ActionFicheAgreed,

@@ -10,15 +10,14 @@ import pytest
 from pydantic import ValidationError
 
 from services.carbon import method
-from services.carbon.domain import (
+from services.carbon.commands import (
     CalculateFlightEmissions,
-    FlightEmissions,
-    OffsetLot,
     PurchaseOffsets,
     RecalculateFlightEmissions,
     RetireOffsets,
     ReverseFlightEmissions,
 )
+from services.carbon.domain import FlightEmissions, OffsetLot
 from services.carbon.events import (
     FlightEmissionsCalculated,
     FlightEmissionsReversed,

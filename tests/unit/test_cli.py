@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.kernel.cli import main, parse_since
+from services.ops.cli import main, parse_since
 
 
 def test_events_schema_prints_the_envelope_and_every_event_with_its_topic_and_schema(capsys) -> None:

@@ -31,10 +31,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import services
 from services.carbon.settings import CarbonSettings
-from services.kernel import catalog
+from services.kernel.bus import DLQ_PARTITIONS, dlq_topic
 from services.kernel.envelope import topic_for
-from services.kernel.runner import Policy, dlq_topic, projection_group
+from services.kernel.policy import Policy
+from services.kernel.projection import Projection
+from services.kernel.runner import projection_group
 from services.kernel.settings import SERVICE_PORTS, Settings, hash_token
+from services.ops import catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -95,34 +98,34 @@ def test_the_code_facts_are_found() -> None:
     assert "MIEUX_TOPIC_PARTITIONS" not in settings_without_default()
 
 
-def _service_main(svc: str) -> ModuleType:
-    return importlib.import_module(f"services.{svc}.__main__")
-
-
 @cache
 def consumer_groups() -> dict[str, list[str]]:
     """service -> the consumer groups its process runs (mieux.<service>.projections for all its projections,
     mieux.<service>.<policy> for each policy), read from the Service each `python -m services.<service>` builds."""
-    return {svc: [g for g, _ in _service_main(svc).build().consumer_groups()] for svc in SERVICE_PORTS}
+    return {svc: [g for g, _ in built.consumer_groups()] for svc, built in catalog.services().items()}
 
 
-def test_every_catalogued_projection_and_policy_runs_in_its_service() -> None:
-    """Each service runs the projections the catalogue gives it (projections.py), on one consumer group,
-    and each policy of its context's policies.py on a group of its own."""
-    for svc in SERVICE_PORTS:
-        built = _service_main(svc).build()
-        catalogued = {name for name, (owner, _) in catalog.projections().items() if owner == svc}
-        assert {p.name for p in built.projections} == catalogued, svc
-        policies: set[str] = set()
-        if importlib.util.find_spec(f"services.{svc}.policies") is not None:
-            mod = importlib.import_module(f"services.{svc}.policies")
-            policies = {
-                obj.name
-                for obj in vars(mod).values()
-                if isinstance(obj, type) and issubclass(obj, Policy) and obj.__module__ == mod.__name__
-            }
+def declared(module: str, base: type) -> set[str]:
+    """The names of the classes of `base` a context's module declares (none if it has no such module)."""
+    if importlib.util.find_spec(module) is None:
+        return set()
+    mod = importlib.import_module(module)
+    return {
+        obj.name
+        for obj in vars(mod).values()
+        if isinstance(obj, type) and issubclass(obj, base) and obj.__module__ == mod.__name__ and hasattr(obj, "name")
+    }
+
+
+def test_every_declared_projection_and_policy_runs_in_its_service() -> None:
+    """Each service runs every projection its context's projections.py declares, on one consumer group, and
+    each policy of its policies.py on a group of its own: nothing is declared and left out of the service."""
+    for svc, built in catalog.services().items():
+        projections = declared(f"services.{svc}.projections", Projection)
+        assert {p.name for p in built.projections} == projections, svc
+        policies = declared(f"services.{svc}.policies", Policy)
         assert {p.name for p in built.policies} == policies, svc
-        expected = ([projection_group(svc)] if catalogued else []) + sorted(f"mieux.{svc}.{p}" for p in policies)
+        expected = ([projection_group(svc)] if projections else []) + sorted(f"mieux.{svc}.{p}" for p in policies)
         assert sorted(consumer_groups()[svc]) == sorted(expected), svc
     assert set(catalog.CONTEXTS) == set(SERVICE_PORTS)
 
@@ -136,11 +139,8 @@ def dlq_topics() -> set[str]:
 
 
 def dlq_partitions() -> int:
-    """The partitions the runners give a dead-letter topic they create (runner.py)."""
-    src = (ROOT / "services" / "kernel" / "runner.py").read_text()
-    found = set(re.findall(r"dlq_topic\(self\.group\)\],\s*partitions=(\d+)", src))
-    assert len(found) == 1, found
-    return int(found.pop())
+    """The partitions the runners give a dead-letter topic they create (bus.ensure_dlq)."""
+    return DLQ_PARTITIONS
 
 
 def check_env(env: dict[str, Any], where: str) -> None:

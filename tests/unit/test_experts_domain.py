@@ -12,16 +12,15 @@ from mieux.common.v1 import common_pb2
 from pydantic import BaseModel, ValidationError
 
 from services.experts.actions import facts_of
-from services.experts.domain import (
-    ActivityFacts,
+from services.experts.commands import (
     CancelDeployment,
     DeactivateExpert,
     DeployExpert,
-    Expert,
     RegisterExpert,
     SubmitEvaluation,
     UpdateExpertProfile,
 )
+from services.experts.domain import ActivityFacts, Expert
 from services.experts.events import (
     Answer,
     ExpertDeactivated,
@@ -31,7 +30,7 @@ from services.experts.events import (
     ExpertProfileUpdated,
     ExpertRegistered,
 )
-from services.experts.projections import ListDeploymentsQuery, ListExpertsQuery
+from services.experts.queries import ListDeploymentsQuery, ListExpertsQuery
 from services.kernel.envelope import Event
 from services.kernel.errors import NotFound, RuleBroken, from_validation_error
 

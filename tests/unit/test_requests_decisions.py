@@ -7,14 +7,14 @@ from datetime import date
 import pytest
 
 from services.kernel.errors import RuleBroken
-from services.requests.domain import (
+from services.requests.commands import (
     ApproveRequest,
     AssessEligibility,
     RejectRequest,
-    Request,
     SubmitRequest,
     WithdrawRequest,
 )
+from services.requests.domain import Request
 from services.requests.events import (
     RequestApproved,
     RequestEligibilityAssessed,

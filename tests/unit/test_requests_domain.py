@@ -11,7 +11,8 @@ from pydantic import ValidationError
 
 from services.kernel.envelope import Event
 from services.kernel.errors import RuleBroken, from_validation_error
-from services.requests.domain import Request, SubmitRequest
+from services.requests.commands import SubmitRequest
+from services.requests.domain import Request
 from services.requests.events import RequestReceived
 
 VALID: dict[str, Any] = {

@@ -13,8 +13,8 @@ import pytest
 
 from services.actions.domain import MAX_ACTIVITIES, title_for
 from services.kernel import reference
-from services.kernel.scenario import ActivityEntry, Scenario, load
-from services.logistics.domain import is_airport, statute_miles
+from services.kernel.reference import is_airport, statute_miles
+from services.ops.scenario import ActivityEntry, Scenario, load
 from services.requests.domain import assess, partner_of
 
 FILE = Path(__file__).resolve().parents[2] / "scenarios" / "2017.yaml"

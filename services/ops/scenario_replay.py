@@ -1,19 +1,13 @@
-"""Scenarios: years of operations as data (`scenarios/*.yaml`), replayed through the gRPC APIs only.
+"""Replaying a scenario through the gRPC APIs only (`mieux scenario replay FILE`, and the demo).
 
-`mieux scenario replay FILE` (and the demo, through `replay()`) sends every entry of the file as commands
-to the services with the typed clients: the team, the expert roster, the requests (approved one at a time,
-in date order, each waited for until the actions service has opened its action, so codes come out in
-order), the actions' fiches and activities, the deployments, the flights and the carbon offsets. Nothing is
-written to a database directly.
-
-Every command id is derived from the file: `<id_prefix>:<section>:<key>[:<step>]`, so a second replay is
-answered with the first results and appends nothing. The file's `report:` section (the published figures the
-data is built to give) is never read here.
+Every entry of the file is sent as commands to the services with the typed clients: the team, the expert
+roster, the requests (approved one at a time, in date order, each waited for until the actions service
+has opened its action, so codes come out in order), the actions' fiches and activities, the deployments,
+the flights and the carbon offsets. Nothing is written to a database directly.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
 from collections import defaultdict
@@ -21,12 +15,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import grpc
-import yaml
 from mieux.common.v1 import common_pb2
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -35,6 +27,15 @@ from services.carbon.client import CarbonClient
 from services.experts.client import ExpertsClient
 from services.kernel.settings import Settings
 from services.logistics.client import LogisticsClient
+from services.ops.scenario import (
+    ActionEntry,
+    DeploymentEntry,
+    ExpertEntry,
+    FlightEntry,
+    RequestEntry,
+    Scenario,
+    load,
+)
 from services.requests.client import RequestsClient
 
 T = TypeVar("T")
@@ -43,198 +44,11 @@ CONCURRENCY = 8
 ACTION_WAIT_S = 60.0
 
 
-# --- the file -------------------------------------------------------------------------------------
-
-
-class _Entry(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Money(_Entry):
-    amount: str
-    currency: str
-
-
-class TeamEntry(_Entry):
-    key: str = Field(min_length=1)
-    name: str
-    gender: str
-    role: str
-    joined_on: date
-    left_on: date | None = None
-
-
-class RequestEntry(_Entry):
-    key: str = Field(min_length=1)
-    partner: str
-    institution: str
-    institution_type: str
-    received_on: date
-    title: str
-    themes: tuple[str, ...] = ()
-    assessed_on: date | None = None
-    decision: Literal["approved", "rejected", "withdrawn"] | None = None
-    decided_on: date | None = None
-    reason: str = ""
-    # the code the actions service gives on approval, and the partner's n-th action it is
-    action: str | None = None
-    follow_up: int | None = None
-
-
-class Fiche(_Entry):
-    agreed_on: date
-    summary: str = ""
-
-
-class Held(_Entry):
-    male: int = Field(ge=0)
-    female: int = Field(ge=0)
-    other: int = Field(default=0, ge=0)
-
-
-class Cancelled(_Entry):
-    cancelled_on: date
-    reason: str
-
-
-class ActivityEntry(_Entry):
-    n: int = Field(ge=1)
-    title: str
-    type: str
-    starts_on: date
-    ends_on: date
-    country: str
-    city: str = ""
-    airport: str = ""
-    held: Held | None = None
-    cancelled: Cancelled | None = None
-
-
-class ActionEntry(_Entry):
-    code: str
-    partner: str
-    report_name: str = ""
-    follow_up: int | None = None
-    fiche: Fiche | None = None
-    activities: tuple[ActivityEntry, ...] = ()
-    closed_on: date | None = None
-
-    @field_validator("code", mode="before")
-    @classmethod
-    def as_text(cls, v: Any) -> str:
-        return str(v)
-
-
-class ExpertEntry(_Entry):
-    key: str = Field(min_length=1)
-    name: str
-    gender: str
-    background: str
-    nationality: str
-    registered_on: date
-    themes: tuple[str, ...] = ()
-    deactivated_on: date | None = None
-    deactivation_reason: str = "no longer available"
-
-
-class DeploymentEntry(_Entry):
-    expert: str
-    activity: str
-    cancelled: Cancelled | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.expert}@{self.activity}"
-
-
-class FlightChange(_Entry):
-    segments: tuple[tuple[str, str, date], ...]
-    cabin: str
-    fare: Money
-    changed_on: date
-
-
-class FlightEntry(_Entry):
-    key: str = Field(min_length=1)
-    traveller: str
-    activity: str = ""
-    segments: tuple[tuple[str, str, date], ...]
-    cabin: str
-    fare: Money
-    booked_on: date
-    change: FlightChange | None = None
-    cancelled: Cancelled | None = None
-
-    def flown(self) -> tuple[tuple[str, str, date], ...]:
-        """The itinerary flown: none if cancelled, the changed one if changed."""
-        if self.cancelled is not None:
-            return ()
-        return self.change.segments if self.change is not None else self.segments
-
-
-class Retirement(_Entry):
-    key: str
-    quantity: int = Field(gt=0)
-    against_year: int
-    retired_on: date
-
-
-class OffsetEntry(_Entry):
-    key: str
-    registry: str
-    project: str
-    vintage_year: int
-    quantity: int = Field(gt=0)
-    unit_price: Money
-    purchased_on: date
-    retirements: tuple[Retirement, ...] = ()
-
-
-class Scenario(_Entry):
-    name: str
-    id_prefix: str = Field(min_length=1)
-    report: dict[str, Any] = Field(default_factory=dict)  # published figures: for the tests, never replayed
-    team: tuple[TeamEntry, ...] = ()
-    requests: tuple[RequestEntry, ...] = ()
-    actions: tuple[ActionEntry, ...] = ()
-    experts: tuple[ExpertEntry, ...] = ()
-    deployments: tuple[DeploymentEntry, ...] = ()
-    flights: tuple[FlightEntry, ...] = ()
-    offsets: tuple[OffsetEntry, ...] = ()
-
-    def cid(self, section: str, key: str, step: str = "") -> str:
-        """The command id of an entry's command: fixed by the file, so a replay is idempotent."""
-        return f"{self.id_prefix}:{section}:{key}" + (f":{step}" if step else "")
-
-    def approvals(self) -> list[RequestEntry]:
-        """Approved requests in the order they are approved (the order their actions' codes follow)."""
-        approved = [r for r in self.requests if r.decision == "approved"]
-        return sorted(approved, key=lambda r: (r.decided_on or date.min, r.action or ""))
-
-    def commands(self) -> int:
-        """How many commands a replay sends (the progress bar's total)."""
-        n = len(self.team) + sum(1 for t in self.team if t.left_on)
-        n += len(self.experts) + sum(1 for e in self.experts if e.deactivated_on)
-        n += sum(1 + bool(r.assessed_on) + bool(r.decision) for r in self.requests)
-        for a in self.actions:
-            n += (a.fiche is not None) + (a.closed_on is not None)
-            n += sum(1 + (x.held is not None) + (x.cancelled is not None) for x in a.activities)
-        n += len(self.deployments) + sum(1 for d in self.deployments if d.cancelled)
-        n += sum(1 + (f.change is not None) + (f.cancelled is not None) for f in self.flights)
-        n += sum(1 + len(o.retirements) for o in self.offsets)
-        return n
-
-
-def load(path: str | Path) -> Scenario:
-    """Read and validate a scenario file (structure only; the services check the rules when replayed)."""
-    return Scenario.model_validate(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+# --- replay ---------------------------------------------------------------------------------------
 
 
 class ScenarioError(Exception):
     """The services did not do what the file expects (e.g. an action code taken by another request)."""
-
-
-# --- replay ---------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -670,30 +484,3 @@ async def replay(
             bar.phase("done")
     r.result.seconds = time.monotonic() - start
     return r.result
-
-
-# --- CLI ------------------------------------------------------------------------------------------
-
-
-def _cmd_replay(args: argparse.Namespace) -> int:
-    console = Console()
-    try:
-        result = asyncio.run(replay(args.file, Settings(), progress=not args.no_progress, console=console))
-    except ScenarioError as e:
-        console.print(f"[red]scenario {args.file}[/]: {e}")
-        return 1
-    console.print(
-        f"{args.file}: {result.commands} commands in {result.seconds:.1f} s, {result.appended} appended, "
-        f"{result.duplicates} answered with their first result (sent before)"
-    )
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add `mieux scenario replay FILE` to the CLI."""
-    sc = sub.add_parser("scenario", help="years of operations as data, replayed through the gRPC APIs")
-    ss = sc.add_subparsers(dest="scenario_command", required=True)
-    rp = ss.add_parser("replay", help="send a scenario file's commands to the running services (safe to repeat)")
-    rp.add_argument("file", help="e.g. scenarios/2017.yaml")
-    rp.add_argument("--no-progress", action="store_true", help="no progress bar")
-    rp.set_defaults(fn=_cmd_replay)

@@ -11,7 +11,6 @@ it, and stops every process it started, whatever happens.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import os
 import shutil
@@ -20,11 +19,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from services.kernel.catalog import CONTEXTS
-from services.kernel.devstack import DevStack, free_port
-from services.kernel.processes import Processes, serving
-from services.kernel.runner import group_lag
+from services.kernel.bus import group_lag
 from services.kernel.settings import Settings
+from services.ops import catalog
+from services.ops.catalog import CONTEXTS
+from services.ops.devstack import DevStack, free_port
+from services.ops.processes import Processes, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "scenarios" / "2017.yaml"
@@ -38,12 +38,6 @@ async def wait_until(check, timeout: float, what: str) -> float:  # type: ignore
             return time.monotonic() - start
         await asyncio.sleep(0.05)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def consumer_groups() -> list[tuple[str, tuple[str, ...]]]:
-    """Every consumer group with its topics, as the services build them."""
-    services = [importlib.import_module(f"services.{ctx}.__main__").build() for ctx in CONTEXTS]
-    return [g for svc in services for g in svc.consumer_groups()]
 
 
 async def unpublished(settings: Settings) -> int:
@@ -74,8 +68,8 @@ async def caught_up(settings: Settings, groups: list[tuple[str, tuple[str, ...]]
 
 
 async def run_demo(console: Console) -> int:
-    from services.kernel import cli_ops
-    from services.kernel.scenario import replay
+    from services.carbon.cli import carbon_cmd
+    from services.ops.scenario_replay import replay
     from services.stats.cli import regions_table, year_json, year_table
     from services.stats.client import StatsClient
 
@@ -115,7 +109,7 @@ async def run_demo(console: Console) -> int:
             f"{again.duplicates} answered with their first result"
         )
 
-        groups = consumer_groups()
+        groups = catalog.consumer_groups()
         t = await wait_until(lambda: caught_up(settings, groups), 300, "every relay and consumer group to catch up")
         console.print(
             f"[green]✓[/] every relay published everything and all {len(groups)} consumer groups "
@@ -130,7 +124,7 @@ async def run_demo(console: Console) -> int:
         figures = year_json(year)
         (out / f"stats-{YEAR}.json").write_text(json.dumps(figures, indent=2))
         csv_path = out / f"carbon-{YEAR}.csv"
-        await cli_ops.carbon_cmd(type("Args", (), {"year": YEAR, "csv": str(csv_path)})())  # type: ignore[arg-type]
+        await carbon_cmd(type("Args", (), {"year": YEAR, "csv": str(csv_path)})())  # type: ignore[arg-type]
         console.print(f"[green]✓[/] wrote {out / f'stats-{YEAR}.json'} and {csv_path}")
         return 0
     finally:

@@ -119,6 +119,10 @@ class DevStack:
     fsync: bool = True
     state: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # absolute: PostgreSQL runs in its data directory and takes its socket and lock paths from here
+        self.home = Path(self.home).resolve()
+
     @property
     def state_file(self) -> Path:
         return self.home / "stack.json"

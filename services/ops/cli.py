@@ -1,0 +1,381 @@
+"""`mieux`: the command line for people (ops, finance, developers)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from services.kernel.settings import SERVICE_PORTS, Settings
+from services.ops import catalog
+
+console = Console()
+
+
+# --- dev stack -------------------------------------------------------------------------------------
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from services.ops.devstack import DevStack
+
+    s = DevStack(Settings().mieux_home)
+    if args.action == "up":
+        st = s.up()
+        console.print(f"PostgreSQL  [green]{st['database_url']}[/] (pid {st['pg_pid']})")
+        console.print(f"Broker      [green]{st['kafka_bootstrap_servers']}[/] (Tansu, pid {st['kafka_pid']})")
+        console.print(f"State and tokens in {s.home}/ ; stop with `mieux dev down`")
+    elif args.action == "down":
+        s.down()
+        console.print("dev stack stopped")
+    else:
+        for name, ok in s.status().items():
+            console.print(f"{name:12} {'[green]running[/]' if ok else '[red]stopped[/]'}")
+    return 0
+
+
+# --- events ----------------------------------------------------------------------------------------
+
+
+def cmd_events_schema(args: argparse.Namespace) -> int:
+    from services.kernel.envelope import Envelope, registry
+
+    catalog.load_events()
+    out = {"envelope": Envelope.model_json_schema(), "events": registry.catalogue()}
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def parse_since(text: str) -> datetime:
+    """An ISO time, or a duration back from now: 30s, 15m, 2h, 1d."""
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+    if text[-1:] in units and text[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(**{units[text[-1]]: int(text[:-1])})
+    t = datetime.fromisoformat(text)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def print_headers(headers: dict[str, str]) -> None:
+    for k, v in headers.items():
+        console.print(f"    [yellow]{escape(k)}[/]: {escape(v)}", highlight=False)
+
+
+async def _tail(args: argparse.Namespace) -> int:
+    from aiokafka.structs import TopicPartition
+
+    from services.kernel import bus
+    from services.kernel.envelope import DecodeError, parse_message
+
+    settings = Settings()
+    c = bus.consumer(settings, group_id=None, enable_auto_commit=False)
+    await c.start()
+    try:
+        parts = c.partitions_for_topic(args.topic)
+        if not parts:
+            await c._client.force_metadata_update()
+            parts = c.partitions_for_topic(args.topic) or set()
+        if not parts:
+            console.print(f"[red]no topic {args.topic}[/]")
+            return 2
+        tps = [TopicPartition(args.topic, p) for p in sorted(parts)]
+        c.assign(tps)
+        since_ms = int(parse_since(args.since).timestamp() * 1000) if args.since else None
+        ends = await bus.end_offsets(
+            settings, args.topic
+        )  # as fetch responses give them (Tansu's ListOffsets counts batches)
+        if args.from_beginning or since_ms is not None:
+            # Tansu answers offsets_for_times near a partition's end, so --since reads from the
+            # beginning and filters on each record's timestamp
+            await c.seek_to_beginning(*tps)
+        else:
+            for tp, end in ends.items():
+                c.seek(tp, end)
+
+        async def at_end() -> bool:
+            return all([await c.position(tp) >= ends.get(tp, 0) for tp in tps])
+
+        seen = 0
+        while args.limit is None or seen < args.limit:
+            if args.exit_at_end and await at_end():
+                return 0
+            batches = await c.getmany(timeout_ms=1000)
+            for msgs in batches.values():
+                for m in msgs:
+                    if since_ms is not None and m.timestamp < since_ms:
+                        continue
+                    # a dead letter's headers say why (reason) and where it came from (origin, projection)
+                    headers = {k: (v or b"").decode(errors="replace") for k, v in m.headers or ()}
+                    try:
+                        env = parse_message(m.value)
+                    except DecodeError as e:
+                        if args.json:
+                            bad = {"undecodable": str(e), "partition": m.partition, "offset": m.offset}
+                            print(json.dumps({**bad, **({"headers": headers} if headers else {})}), flush=True)
+                        else:
+                            console.print(f"[red]p{m.partition}@{m.offset} undecodable: {escape(str(e))}[/]")
+                            print_headers(headers)
+                        continue
+                    if args.type and env.event_type not in args.type:
+                        continue
+                    if args.stream and env.stream_id != args.stream:
+                        continue
+                    seen += 1
+                    if args.json:
+                        line = env.model_dump_json()
+                        print(line if not headers else json.dumps({**json.loads(line), "headers": headers}), flush=True)
+                    else:
+                        console.print(
+                            f"[dim]{env.recorded_at:%Y-%m-%d %H:%M:%S}[/] p{m.partition}@{m.offset} "
+                            f"[bold]{escape(env.event_type)}[/] {escape(env.stream_id)} v{env.stream_version} "
+                            f"by {escape(env.actor)} {escape(json.dumps(env.data)[:160])}",
+                            highlight=False,
+                        )
+                        print_headers(headers)
+                    if args.limit is not None and seen >= args.limit:
+                        return 0
+        return 0
+    finally:
+        await c.stop()
+
+
+def cmd_events_tail(args: argparse.Namespace) -> int:
+    catalog.load_events()
+    try:
+        return asyncio.run(_tail(args))
+    except KeyboardInterrupt:
+        return 0
+
+
+# --- replay and projections ------------------------------------------------------------------------
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from services.kernel.db import create_pool
+    from services.kernel.relay import request_replay
+    from services.kernel.store import EventStore
+
+    async def go() -> str:
+        settings = Settings()
+        pool = await create_pool(settings.dsn())
+        try:
+            store = EventStore(pool, args.service)
+            return await request_replay(store, settings, args.from_position)
+        finally:
+            await pool.close()
+
+    console.print(f"replay {args.service} from position {args.from_position}: {asyncio.run(go())}")
+    return 0
+
+
+async def needs_rebuild(settings: Settings) -> dict[str, datetime]:
+    """Projections flagged by their runner as lacking the events before they joined their group."""
+    import asyncpg
+
+    conn = await asyncpg.connect(settings.dsn())
+    try:
+        if await conn.fetchval("SELECT to_regclass('projections.needs_rebuild')") is None:
+            return {}
+        rows = await conn.fetch("SELECT projection, since FROM projections.needs_rebuild")
+        return {r["projection"]: r["since"] for r in rows}
+    finally:
+        await conn.close()
+
+
+def cmd_projections(args: argparse.Namespace) -> int:
+    from services.kernel.bus import group_lag
+    from services.kernel.db import create_pool
+    from services.kernel.eventlog import sources_of
+    from services.kernel.projection import rebuild
+    from services.kernel.runner import projection_group
+
+    catalog.load_events()
+    known = catalog.projections()
+
+    async def go() -> int:
+        settings = Settings()
+        if args.action == "lag":
+            flagged = await needs_rebuild(settings)
+            table = Table("projection", "service", "lag (events)", "history")
+            for name, (svc, p) in sorted(known.items()):
+                lag = await group_lag(settings, projection_group(svc), p.topics)
+                history = "complete"
+                if name in flagged:
+                    history = f"[red]incomplete since {flagged[name]:%Y-%m-%d %H:%M}: rebuild it[/]"
+                table.add_row(name, svc, str(lag), history)
+            console.print(table)
+            return 0
+        names = sorted(known) if args.all else args.names
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            missing = ", ".join(unknown) or "(none given)"
+            console.print(f"[red]unknown projection(s): {missing}[/]; known: {', '.join(sorted(known))}")
+            return 2
+        pool = await create_pool(settings.dsn())
+        try:
+            for name in names:
+                _, p = known[name]
+                async with pool.acquire() as conn:
+                    await p.setup(conn)
+                n = await rebuild(pool, p, sources_of(p, settings, "ops"))
+                console.print(f"rebuilt [bold]{name}[/] from {n} events")
+        finally:
+            await pool.close()
+        return 0
+
+    return asyncio.run(go())
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """The whole stack in the foreground: the dev stack and every service on its fixed port."""
+    import importlib.util
+    import os
+    import signal
+
+    from services.kernel.settings import service_address
+    from services.ops.devstack import DevStack
+    from services.ops.processes import Processes, serving
+
+    async def go() -> int:
+        home = Settings().mieux_home.resolve()
+        stack = DevStack(home)
+        ours = not all(stack.status().values())
+        stack.up()
+        env = {**os.environ, "MIEUX_HOME": str(home)}
+        names = [n for n in SERVICE_PORTS if importlib.util.find_spec(f"services.{n}.__main__")]
+        procs = Processes()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            for n in names:
+                await procs.start(n, env)
+            deadline = loop.time() + 90
+            waiting = set(names)
+            while waiting and loop.time() < deadline and not stop.is_set() and not procs.exited():
+                waiting = {n for n in waiting if not await serving(service_address(n))}
+                await asyncio.sleep(0.1)
+            table = Table("service", "address", "health")
+            for n in names:
+                table.add_row(n, service_address(n), "[red]not serving[/]" if n in waiting else "[green]SERVING[/]")
+            console.print(table)
+            if waiting or procs.exited():
+                console.print(f"[red]not all services came up: {sorted(waiting) or procs.exited()}[/]")
+                return 1
+            console.print("all services up; Ctrl-C or SIGTERM stops everything")
+            while not stop.is_set():
+                if procs.exited():
+                    console.print(f"[red]a service exited: {procs.exited()}[/]")
+                    return 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+            return 0
+        finally:
+            await procs.stop()
+            if ours:
+                stack.down()
+            console.print("stopped")
+
+    return asyncio.run(go())
+
+
+def cmd_scenario_replay(args: argparse.Namespace) -> int:
+    from services.ops.scenario_replay import ScenarioError, replay
+
+    try:
+        result = asyncio.run(replay(args.file, Settings(), progress=not args.no_progress, console=console))
+    except ScenarioError as e:
+        console.print(f"[red]scenario {args.file}[/]: {e}")
+        return 1
+    console.print(
+        f"{args.file}: {result.commands} commands in {result.seconds:.1f} s, {result.appended} appended, "
+        f"{result.duplicates} answered with their first result (sent before)"
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from services.ops.demo import run_demo
+
+    return asyncio.run(run_demo(console))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mieux", description="MIEUX back office")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("dev", help="the embedded dev stack (PostgreSQL + Tansu) in the background")
+    d.add_argument("action", choices=["up", "down", "status"])
+    d.set_defaults(fn=cmd_dev)
+
+    e = sub.add_parser("events", help="the event catalogue and the streams")
+    esub = e.add_subparsers(dest="events_command", required=True)
+    es = esub.add_parser("schema", help="print the JSON Schema catalogue of every event")
+    es.set_defaults(fn=cmd_events_schema)
+    et = esub.add_parser("tail", help="follow a topic")
+    et.add_argument("topic")
+    g = et.add_mutually_exclusive_group()
+    g.add_argument("--from-beginning", action="store_true")
+    g.add_argument("--since", help="ISO time or a duration back from now (30s, 15m, 2h, 1d)")
+    et.add_argument("--type", action="append", help="only these event types (repeatable)")
+    et.add_argument("--stream", help="only this stream id")
+    et.add_argument("--json", action="store_true", help="one envelope per line, as JSON")
+    et.add_argument("--limit", type=int, help="stop after this many events")
+    et.add_argument("--exit-at-end", action="store_true", help="stop at the topic's end as it was at start")
+    et.set_defaults(fn=cmd_events_tail)
+
+    r = sub.add_parser("replay", help="republish a service's events from its store to its topic")
+    r.add_argument("service", choices=sorted(SERVICE_PORTS))
+    r.add_argument("--from", dest="from_position", type=int, default=1, help="first position to republish")
+    r.set_defaults(fn=cmd_replay)
+
+    pr = sub.add_parser("projections", help="read models: lag, rebuild")
+    pr.add_argument("action", choices=["lag", "rebuild"])
+    pr.add_argument("names", nargs="*")
+    pr.add_argument("--all", action="store_true")
+    pr.set_defaults(fn=cmd_projections)
+
+    for ctx in catalog.CONTEXTS:
+        importlib.import_module(f"services.{ctx}.cli").register(sub)
+    sc = sub.add_parser("scenario", help="years of operations as data, replayed through the gRPC APIs")
+    ss = sc.add_subparsers(dest="scenario_command", required=True)
+    rp = ss.add_parser("replay", help="send a scenario file's commands to the running services (safe to repeat)")
+    rp.add_argument("file", help="e.g. scenarios/2017.yaml")
+    rp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rp.set_defaults(fn=cmd_scenario_replay)
+
+    up = sub.add_parser("up", help="the dev stack and every service in the foreground (Ctrl-C stops all)")
+    up.set_defaults(fn=cmd_up)
+
+    dm = sub.add_parser("demo", help="run the product end to end on the embedded stack and print what it measured")
+    dm.set_defaults(fn=cmd_demo)
+
+    args = p.parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except Exception as e:  # a person reads this: one clear line, not a traceback
+        import grpc
+
+        from services.kernel.grpckit import field_violations
+        from services.kernel.settings import SettingsError
+
+        if isinstance(e, SettingsError):
+            console.print(f"[red]{e}[/]")
+            return 2
+        if isinstance(e, grpc.aio.AioRpcError):
+            console.print(f"[red]{e.code().name}[/]: {e.details()}")
+            for f, why in field_violations(e):
+                console.print(f"  [bold]{f}[/]: {why}")
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The commands of the requests service: what may be asked of a request, validated at the edge (pydantic).
+
+Malformed input (a partner that is neither an ISO 3166-1 alpha-2 country nor a known regional
+organisation, an unknown theme or institution type, a missing date or reason) is refused here
+(INVALID_ARGUMENT); the rules a request's history decides on are the aggregate's (domain.py).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from pydantic import Field, field_validator
+
+from services.kernel import reference
+from services.kernel.command import Command
+from services.requests.domain import INSTITUTION_TYPES, partner_of, request_id_for
+
+
+class SubmitRequest(Command):
+    partner: str = Field(min_length=2, max_length=40)
+    institution: str = Field(min_length=1, max_length=300)
+    institution_type: str
+    received_on: date
+    title: str = Field(min_length=1, max_length=300)
+    themes: tuple[str, ...] = ()
+
+    @field_validator("partner")
+    @classmethod
+    def known_partner(cls, v: str) -> str:
+        """The canonical code: `cr` becomes `CR`, so one partner is never counted twice."""
+        canonical = v.upper() if len(v) == 2 else v
+        if partner_of(canonical) is None:
+            raise ValueError("not an ISO 3166-1 alpha-2 country code nor a known regional organisation")
+        return canonical
+
+    @field_validator("themes")
+    @classmethod
+    def known_themes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [t for t in v if t not in reference.themes()]
+        if unknown:
+            raise ValueError(f"unknown theme(s) {', '.join(unknown)}; known: {', '.join(reference.themes())}")
+        return v
+
+    @field_validator("institution_type")
+    @classmethod
+    def known_institution_type(cls, v: str) -> str:
+        if v not in INSTITUTION_TYPES:
+            raise ValueError(f"must be one of {', '.join(INSTITUTION_TYPES)}")
+        return v
+
+    @property
+    def request_id(self) -> str:
+        """Derived from the command id, so a retried submission lands on the same stream."""
+        return request_id_for(self.command_id)
+
+
+class RequestCommand(Command):
+    """A command on a request already submitted."""
+
+    request_id: str = Field(min_length=1, max_length=200)
+
+
+class AssessEligibility(RequestCommand):
+    assessed_on: date
+
+
+class ApproveRequest(RequestCommand):
+    approved_on: date
+
+
+class RejectRequest(RequestCommand):
+    rejected_on: date
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+class WithdrawRequest(RequestCommand):
+    withdrawn_on: date
+    reason: str = Field(min_length=1, max_length=1000)
