@@ -1,7 +1,9 @@
-"""Fixtures: the real dev stack (embedded PostgreSQL + Tansu) on free loopback ports, always stopped."""
+"""Fixtures: the real dev stack (embedded PostgreSQL + Tansu) on free loopback ports, always stopped; its
+tokens; a pool on its database; a fresh schema name."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -37,6 +39,12 @@ def stack(request: pytest.FixtureRequest) -> Iterator[DevStack]:
 def stack_env(stack: DevStack) -> dict[str, str]:
     """Environment for a child process (a service, the CLI) that uses the test stack."""
     return {**os.environ, "MIEUX_HOME": str(stack.home)}
+
+
+@pytest.fixture(scope="session")
+def tokens(stack: DevStack) -> dict[str, str]:
+    """The stack's client tokens by role (`service`, `ops`, `finance`, `admin`), as the CLI reads them."""
+    return json.loads((stack.home / "tokens.json").read_text())
 
 
 @pytest.fixture

@@ -13,14 +13,13 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from support import ServiceProcess, eventually, start_service
+from support import ServiceProcess, eventually, running_together
 
 from services.actions.client import ActionsClient
 from services.carbon.client import CarbonClient
 from services.experts.client import ExpertsClient
 from services.kernel.settings import Settings
 from services.logistics.client import LogisticsClient
-from services.ops.devstack import free_port
 from services.requests.client import RequestsClient
 
 pytestmark = pytest.mark.e2e
@@ -29,28 +28,9 @@ RUN = uuid.uuid4().hex[:8]
 
 
 @pytest.fixture(scope="module")
-def services(stack, stack_env, monkeypatch_module) -> Iterator[dict[str, ServiceProcess]]:
-    ports = {name: free_port() for name in SERVICES}
-    addrs = {f"MIEUX_{n.upper()}_ADDR": f"127.0.0.1:{p}" for n, p in ports.items()}
-    for k, v in addrs.items():
-        monkeypatch_module.setenv(k, v)  # the clients in this test find the services there too
-    started: dict[str, ServiceProcess] = {}
-    try:
-        for name in SERVICES:
-            started[name] = start_service(name, {**stack_env, **addrs}, port=ports[name])
+def services(stack_env: dict[str, str]) -> Iterator[dict[str, ServiceProcess]]:
+    with running_together(SERVICES, stack_env) as started:  # the clients in this test find them too
         yield started
-    finally:
-        for svc in started.values():
-            svc.stop()
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
-    mp = pytest.MonkeyPatch()
-    try:
-        yield mp
-    finally:
-        mp.undo()
 
 
 def cid(name: str) -> str:

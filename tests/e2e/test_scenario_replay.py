@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support import ServiceProcess, eventually, start_service
+from support import eventually, running_together
 
 from services.actions.client import ActionsClient
 from services.carbon.client import CarbonClient
@@ -22,7 +22,6 @@ from services.experts.client import ExpertsClient
 from services.kernel.reference import statute_miles
 from services.kernel.settings import Settings
 from services.logistics.client import LogisticsClient
-from services.ops.devstack import free_port
 from services.ops.scenario import Scenario, load
 from services.ops.scenario_replay import ReplayResult, replay
 from services.requests.client import RequestsClient
@@ -33,28 +32,10 @@ FILE = Path(__file__).with_name("scenario_small.yaml")
 
 
 @pytest.fixture(scope="module")
-def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
-    mp = pytest.MonkeyPatch()
-    try:
-        yield mp
-    finally:
-        mp.undo()
-
-
-@pytest.fixture(scope="module")
-def services(stack, stack_env, monkeypatch_module) -> Iterator[dict[str, str]]:  # type: ignore[no-untyped-def]
-    ports = {name: free_port() for name in SERVICES}
-    addrs = {f"MIEUX_{n.upper()}_ADDR": f"127.0.0.1:{p}" for n, p in ports.items()}
-    for k, v in addrs.items():
-        monkeypatch_module.setenv(k, v)  # the replay's clients find the services there
-    started: list[ServiceProcess] = []
-    try:
-        for name in SERVICES:
-            started.append(start_service(name, {**stack_env, **addrs}, port=ports[name]))
-        yield {**stack_env, **addrs}
-    finally:
-        for svc in started:
-            svc.stop()
+def services(stack_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """The five services; yields the environment (with their addresses) for a child process of the CLI."""
+    with running_together(SERVICES, stack_env) as started:  # the replay's clients find them too
+        yield {**stack_env, **{f"MIEUX_{n.upper()}_ADDR": svc.target for n, svc in started.items()}}
 
 
 async def store_counts(pool) -> dict[str, int]:  # type: ignore[no-untyped-def]

@@ -5,10 +5,9 @@ nothing), then every command and query over gRPC with its status codes, and noth
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import date
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from mieux.actions.v1 import actions_pb2, actions_pb2_grpc
 from mieux.common.v1 import common_pb2
-from support import ServiceProcess, eventually, make_envelope, read_topic, start_service
+from support import ServiceProcess, eventually, grpc_stub, make_envelope, read_topic, running_service
 
 from services.actions.client import ActionsClient
 from services.kernel import bus
@@ -27,7 +26,6 @@ from services.kernel.envelope import Envelope, topic_for
 from services.kernel.grpckit import call_metadata, field_violations
 from services.kernel.paging import encode_key
 from services.kernel.settings import Settings
-from services.ops.devstack import DevStack
 from services.requests.events import RequestApproved
 
 pytestmark = pytest.mark.integration
@@ -40,12 +38,9 @@ REQUESTS_TOPIC = topic_for("requests")
 
 
 @pytest.fixture(scope="module")
-def service(stack_env: dict[str, str]) -> Iterator[ServiceProcess]:
-    svc = start_service("actions", stack_env)
-    try:
+async def service(stack_env: dict[str, str]) -> AsyncIterator[ServiceProcess]:
+    async with running_service("actions", stack_env) as svc:
         yield svc
-    finally:
-        assert svc.stop() == 0, svc.output()[-4000:]
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +49,9 @@ def port(service: ServiceProcess) -> int:
 
 
 @pytest.fixture(scope="module")
-def tokens(stack: DevStack) -> dict[str, str]:
-    return json.loads((stack.home / "tokens.json").read_text())
-
-
-@pytest.fixture(scope="module")
-async def stub(service: ServiceProcess, port: int) -> AsyncIterator[actions_pb2_grpc.ActionsStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        yield actions_pb2_grpc.ActionsStub(ch)
+async def stub(service: ServiceProcess) -> AsyncIterator[actions_pb2_grpc.ActionsStub]:
+    async with grpc_stub(actions_pb2_grpc.ActionsStub, service.target) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -38,13 +38,6 @@ async def openings(store: EventStore) -> list[ActionOpened]:
     return [e for e in decode_all(envs) if isinstance(e, ActionOpened)]
 
 
-@pytest.fixture
-async def store(pool, schema) -> EventStore:
-    s = EventStore(pool, schema)
-    await s.setup()
-    return s
-
-
 async def test_concurrent_openings_take_distinct_codes_and_count_follow_ups(store: EventStore) -> None:
     # one partner approved in two years at once: codes race within a year, follow-ups across both
     cmds = [opening(i, year=2040 + 2 * (i % 2)) for i in range(8)]

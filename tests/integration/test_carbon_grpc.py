@@ -4,8 +4,6 @@ over gRPC, errors and status codes, idempotency, read models with filters and pa
 
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import date
@@ -17,7 +15,7 @@ import grpc
 import pytest
 from mieux.carbon.v1 import carbon_pb2, carbon_pb2_grpc
 from mieux.common.v1 import common_pb2
-from support import eventually, make_envelope, start_service
+from support import eventually, grpc_stub, make_envelope, running_service
 
 from services.carbon.commands import PurchaseOffsets
 from services.carbon.queries import CarbonQueries
@@ -29,7 +27,6 @@ from services.kernel.paging import encode_key
 from services.kernel.policy import command_id_for
 from services.kernel.settings import Settings
 from services.logistics.events import Fare, FlightBooked, FlightCancelled, FlightChanged, Segment
-from services.ops.devstack import DevStack
 
 pytestmark = pytest.mark.integration
 
@@ -41,23 +38,15 @@ LOGISTICS = topic_for("logistics")
 
 
 @pytest.fixture(scope="module")
-async def carbon(stack: DevStack, stack_env: dict[str, str]) -> AsyncIterator[int]:
-    svc = await asyncio.to_thread(start_service, "carbon", stack_env, timeout=90)
-    try:
+async def carbon(stack_env: dict[str, str]) -> AsyncIterator[int]:
+    async with running_service("carbon", stack_env) as svc:
         yield svc.port
-    finally:
-        assert svc.stop() == 0, svc.output()[-4000:]
-
-
-@pytest.fixture(scope="module")
-def tokens(stack: DevStack) -> dict[str, str]:
-    return json.loads((stack.home / "tokens.json").read_text())
 
 
 @pytest.fixture
 async def stub(carbon: int) -> AsyncIterator[carbon_pb2_grpc.CarbonStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{carbon}") as ch:
-        yield carbon_pb2_grpc.CarbonStub(ch)
+    async with grpc_stub(carbon_pb2_grpc.CarbonStub, carbon) as s:
+        yield s
 
 
 async def refused(coro: Any) -> grpc.aio.AioRpcError:

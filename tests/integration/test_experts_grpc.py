@@ -8,11 +8,10 @@ child as MIEUX_ACTIONS_ADDR (the lead's end-to-end test runs the real chain).
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -20,12 +19,11 @@ import pytest
 from mieux.actions.v1 import actions_pb2, actions_pb2_grpc
 from mieux.common.v1 import common_pb2
 from mieux.experts.v1 import experts_pb2, experts_pb2_grpc
-from support import eventually, start_service
+from support import eventually, grpc_double, grpc_stub, running_service
 
 from services.kernel.db import Pool
 from services.kernel.grpckit import call_metadata, field_violations
 from services.kernel.paging import encode_key
-from services.ops.devstack import DevStack
 
 pytestmark = pytest.mark.integration
 
@@ -102,37 +100,22 @@ class FakeActions(actions_pb2_grpc.ActionsServicer):
 
 
 @pytest.fixture(scope="module")
-def tokens(stack: DevStack) -> dict[str, str]:
-    return json.loads((stack.home / "tokens.json").read_text())
-
-
-@pytest.fixture(scope="module")
 async def actions(tokens: dict[str, str]) -> AsyncIterator[tuple[FakeActions, int]]:
     fake = FakeActions(tokens["service"])
-    server = grpc.aio.server()
-    actions_pb2_grpc.add_ActionsServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
+    async with grpc_double(actions_pb2_grpc.add_ActionsServicer_to_server, fake) as port:
         yield fake, port
-    finally:
-        await server.stop(1)
 
 
 @pytest.fixture(scope="module")
-def service(stack_env: dict[str, str], actions: tuple[FakeActions, int]) -> Iterator[int]:
-    svc = start_service("experts", stack_env, MIEUX_ACTIONS_ADDR=f"127.0.0.1:{actions[1]}")
-    try:
+async def service(stack_env: dict[str, str], actions: tuple[FakeActions, int]) -> AsyncIterator[int]:
+    async with running_service("experts", stack_env, MIEUX_ACTIONS_ADDR=f"127.0.0.1:{actions[1]}") as svc:
         yield svc.port
-    finally:
-        code = svc.stop()
-        assert code == 0, svc.output()[-4000:]
 
 
 @pytest.fixture
 async def stub(service: int) -> AsyncIterator[experts_pb2_grpc.ExpertsStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{service}") as ch:
-        yield experts_pb2_grpc.ExpertsStub(ch)
+    async with grpc_stub(experts_pb2_grpc.ExpertsStub, service) as s:
+        yield s
 
 
 # --- helpers -----------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ nothing stored for a refused command, ABORTED never a silent overwrite, auth, an
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,14 +20,13 @@ import pytest
 from mieux.common.v1 import common_pb2
 from mieux.experts.v1 import experts_pb2, experts_pb2_grpc
 from mieux.logistics.v1 import logistics_pb2, logistics_pb2_grpc
-from support import eventually, start_service
+from support import eventually, grpc_double, grpc_stub, running_service
 
 from services.kernel.db import Pool
 from services.kernel.grpckit import call_metadata, field_violations
 from services.kernel.paging import encode_key
 from services.kernel.reference import statute_miles
 from services.logistics.commands import booking_id_for
-from services.ops.devstack import DevStack
 
 pytestmark = pytest.mark.integration
 
@@ -68,38 +66,20 @@ class ExpertsDouble(experts_pb2_grpc.ExpertsServicer):
 @pytest.fixture(scope="module")
 async def experts() -> AsyncIterator[tuple[ExpertsDouble, int]]:
     double = ExpertsDouble()
-    server = grpc.aio.server()
-    experts_pb2_grpc.add_ExpertsServicer_to_server(double, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
+    async with grpc_double(experts_pb2_grpc.add_ExpertsServicer_to_server, double) as port:
         yield double, port
-    finally:
-        await server.stop(1)
 
 
 @pytest.fixture(scope="module")
 async def service(stack_env: dict[str, str], experts: tuple[ExpertsDouble, int]) -> AsyncIterator[int]:
-    # in a thread, so the experts double (on this event loop) answers while the service starts
-    svc = await asyncio.to_thread(
-        start_service, "logistics", stack_env, timeout=90, MIEUX_EXPERTS_ADDR=f"127.0.0.1:{experts[1]}"
-    )
-    try:
+    async with running_service("logistics", stack_env, MIEUX_EXPERTS_ADDR=f"127.0.0.1:{experts[1]}") as svc:
         yield svc.port
-    finally:
-        code = svc.stop()
-        assert code == 0, svc.output()[-4000:]
-
-
-@pytest.fixture(scope="module")
-def tokens(stack: DevStack) -> dict[str, str]:
-    return json.loads((stack.home / "tokens.json").read_text())
 
 
 @pytest.fixture
 async def stub(service: int) -> AsyncIterator[logistics_pb2_grpc.LogisticsStub]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{service}") as ch:
-        yield logistics_pb2_grpc.LogisticsStub(ch)
+    async with grpc_stub(logistics_pb2_grpc.LogisticsStub, service) as s:
+        yield s
 
 
 # --- helpers --------------------------------------------------------------------------------------------
@@ -582,14 +562,14 @@ async def test_list_bookings_filters_and_pages(ops: Caller, finance: Caller) -> 
 
 
 async def test_team_list_itineraries_miles_and_air_miles_per_team_member(ops: Caller, finance: Caller) -> None:
-    """In 1990 (a year no other test uses): two members on the team at some time, one of them left; one
-    expert. Air miles per member = team members' non-cancelled 1990 flights / 2."""
-    year = 1990
+    """In 2001 (a year no other test uses): two members on the team at some time, one of them left; one
+    expert. Air miles per member = team members' non-cancelled 2001 flights / 2."""
+    year = 2001
     a, b, c = uid("tm"), uid("tm"), uid("tm")
-    await ops("JoinTeam", join_cmd(a, "1989-06-01"))
-    await ops("JoinTeam", join_cmd(b, "1990-03-01", name="Ben Ode", gender="male"))
-    await ops("LeaveTeam", logistics_pb2.LeaveTeamCommand(command_id=uid("c"), member_id=b, left_on=d("1990-09-30")))
-    await ops("JoinTeam", join_cmd(c, "1991-01-07"))  # not on the team in 1990
+    await ops("JoinTeam", join_cmd(a, "2000-06-01"))
+    await ops("JoinTeam", join_cmd(b, "2001-03-01", name="Ben Ode", gender="male"))
+    await ops("LeaveTeam", logistics_pb2.LeaveTeamCommand(command_id=uid("c"), member_id=b, left_on=d("2001-09-30")))
+    await ops("JoinTeam", join_cmd(c, "2002-01-07"))  # not on the team in 2001
     activity = uid("act")
 
     def book_for(traveller: str, kind: str, legs: tuple[tuple[str, str, str], ...]) -> Awaitable[Any]:
@@ -599,20 +579,20 @@ async def test_team_list_itineraries_miles_and_air_miles_per_team_member(ops: Ca
                 traveller_id=traveller,
                 traveller_kind=kind,
                 activity_id=activity,
-                action_code="1990-01",
+                action_code="2001-01",
                 segments=segs(*legs),
-                booked_on=d("1990-04-01"),
+                booked_on=d("2001-04-01"),
             ),
         )
 
-    await book_for(a, "team_member", (("BRU", "NBO", "1990-05-02"), ("NBO", "BRU", "1990-05-09")))
-    await book_for(b, "team_member", (("BRU", "LIM", "1990-06-02"),))
-    await book_for("exp-active", "expert", (("BRU", "NBO", "1990-05-02"),))
-    dropped = await book_for(a, "team_member", (("BRU", "BKK", "1990-07-01"),))
+    await book_for(a, "team_member", (("BRU", "NBO", "2001-05-02"), ("NBO", "BRU", "2001-05-09")))
+    await book_for(b, "team_member", (("BRU", "LIM", "2001-06-02"),))
+    await book_for("exp-active", "expert", (("BRU", "NBO", "2001-05-02"),))
+    dropped = await book_for(a, "team_member", (("BRU", "BKK", "2001-07-01"),))
     await ops(
         "CancelFlight",
         logistics_pb2.CancelFlightCommand(
-            command_id=uid("c"), booking_id=dropped.stream_id, reason="x", cancelled_on=d("1990-05-01")
+            command_id=uid("c"), booking_id=dropped.stream_id, reason="x", cancelled_on=d("2001-05-01")
         ),
     )
     team_miles = 2 * statute_miles("BRU", "NBO") + statute_miles("BRU", "LIM")
@@ -642,7 +622,7 @@ async def test_team_list_itineraries_miles_and_air_miles_per_team_member(ops: Ca
     assert sorted((x.traveller_id, x.origin, x.destination) for x in all_legs) == sorted(
         [(a, "BRU", "NBO"), ("exp-active", "BRU", "NBO"), (a, "NBO", "BRU"), (b, "BRU", "LIM")]
     )
-    assert [x.departs_on.iso for x in all_legs] == ["1990-05-02", "1990-05-02", "1990-05-09", "1990-06-02"]
+    assert [x.departs_on.iso for x in all_legs] == ["2001-05-02", "2001-05-02", "2001-05-09", "2001-06-02"]
     assert len(all_legs) == 4 and not any(x.cancelled for x in all_legs)
     with_cancelled = await finance(
         "ListItineraries", logistics_pb2.ListItinerariesQuery(traveller_id=a, year=year, include_cancelled=True)
@@ -675,12 +655,12 @@ async def test_team_list_itineraries_miles_and_air_miles_per_team_member(ops: Ca
     await until(  # the team stream is one ordered stream: c joined after b left
         lambda: finance("GetTeamMember", logistics_pb2.GetTeamMemberQuery(member_id=c)), lambda m: True, "c on the team"
     )
-    in_1990 = await team(year=year)
-    assert {a, b} <= in_1990 and c not in in_1990
+    in_2001 = await team(year=year)
+    assert {a, b} <= in_2001 and c not in in_2001
     assert b in await team(status="left") and a not in await team(status="left")
     member = await finance("GetTeamMember", logistics_pb2.GetTeamMemberQuery(member_id=b))
     assert (member.name, member.gender, member.status) == ("Ben Ode", "male", "left")
-    assert [(s.joined_on.iso, s.left_on.iso) for s in member.stints] == [("1990-03-01", "1990-09-30")]
+    assert [(s.joined_on.iso, s.left_on.iso) for s in member.stints] == [("2001-03-01", "2001-09-30")]
 
 
 # --- rebuild --------------------------------------------------------------------------------------------

@@ -24,13 +24,6 @@ class Ticked(Event, register=False):
     n: int
 
 
-@pytest.fixture
-async def store(pool, schema) -> EventStore:
-    s = EventStore(pool, schema)
-    await s.setup()
-    return s
-
-
 @contextlib.asynccontextmanager
 async def running(relay: Relay):
     task = asyncio.create_task(relay.run())

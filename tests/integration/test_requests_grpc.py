@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import base64
-import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from mieux.common.v1 import common_pb2
 from mieux.requests.v1 import requests_pb2, requests_pb2_grpc
-from support import ServiceProcess, eventually, start_service
+from support import ServiceProcess, eventually, grpc_stub, running_service
 
 from services.kernel import paging
 from services.kernel.grpckit import call_metadata, field_violations
@@ -21,23 +20,15 @@ D = common_pb2.Date
 
 
 @pytest.fixture(scope="module")
-def service(stack, stack_env) -> Iterator[ServiceProcess]:
-    svc = start_service("requests", stack_env)
-    try:
+async def service(stack_env: dict[str, str]) -> AsyncIterator[ServiceProcess]:
+    async with running_service("requests", stack_env) as svc:
         yield svc
-    finally:
-        svc.stop()
-
-
-@pytest.fixture(scope="module")
-def tokens(stack) -> dict[str, str]:
-    return json.loads((stack.home / "tokens.json").read_text())
 
 
 @pytest.fixture
 async def stub(service) -> AsyncIterator[requests_pb2_grpc.RequestsStub]:
-    async with grpc.aio.insecure_channel(service.target) as ch:
-        yield requests_pb2_grpc.RequestsStub(ch)
+    async with grpc_stub(requests_pb2_grpc.RequestsStub, service.target) as s:
+        yield s
 
 
 @pytest.fixture

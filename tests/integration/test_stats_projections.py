@@ -1,58 +1,47 @@
 """The stats projections against the real PostgreSQL, through the kernel's apply path
 (`services.kernel.projection.apply_batch` with Envelope bytes, and `rebuild`).
 
-A small hand-made history of every service (requests, actions, experts, logistics, carbon) whose
-figures are worked out here from the scenario's own data, figure by figure (DESIGN.md section 6),
-including a cancelled activity, a cancelled deployment, an expert deployed twice in a year, a cancelled
-and a changed flight, a team member who left mid-year. Then: any order of arrival, duplicates and
+The small hand-made history of every service in tests/history.py (requests, actions, experts, logistics,
+carbon), whose figures are worked out here from the scenario's own data, figure by figure (DESIGN.md
+section 6), including a cancelled activity, a cancelled deployment, an expert deployed twice in a year, a
+cancelled and a changed flight, a team member who left mid-year. Then: any order of arrival, duplicates and
 replays, and a rebuild equal to the live tables, table by table.
 """
 
 from __future__ import annotations
 
 import random
-import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import pytest
+from history import (
+    BOOKINGS,
+    CANCELLED_ACTIVITIES,
+    DEPLOYMENTS,
+    EMISSIONS,
+    EVALUATIONS,
+    EXPERTS,
+    HELD,
+    LOTS,
+    PROFILE_UPDATES,
+    REQUESTS,
+    RETIREMENTS,
+    TEAM,
+    History,
+    Stint,
+    build_history,
+)
 
-from services.actions.events import ActionOpened, ActivityCancelled, ActivityHeld, ActivityPlanned
-from services.carbon.events import (
-    FlightEmissionsCalculated,
-    FlightEmissionsReversed,
-    Money,
-    OffsetsPurchased,
-    OffsetsRetired,
-)
-from services.experts.events import (
-    Answer,
-    ExpertDeactivated,
-    ExpertDeployed,
-    ExpertDeploymentCancelled,
-    ExpertEvaluationSubmitted,
-    ExpertProfileUpdated,
-    ExpertRegistered,
-)
 from services.kernel import reference
 from services.kernel.db import Pool
-from services.kernel.envelope import Envelope, Event, topic_for, utcnow
+from services.kernel.envelope import Envelope, registry, topic_for
 from services.kernel.projection import apply_batch, rebuild
 from services.kernel.reference import statute_miles
-from services.logistics.events import (
-    Fare,
-    FlightBooked,
-    FlightCancelled,
-    FlightChanged,
-    Segment,
-    TeamMemberJoined,
-    TeamMemberLeft,
-)
-from services.requests.events import RequestReceived
 from services.stats.base import StatsProjection
 from services.stats.projections import all_projections
 from services.stats.queries import StatsQueries, YearAtAGlance
@@ -60,411 +49,6 @@ from services.stats.queries import StatsQueries, YearAtAGlance
 pytestmark = pytest.mark.integration
 
 D = date.fromisoformat
-
-
-# --- building a history -----------------------------------------------------------------------------
-
-
-@dataclass
-class History:
-    """Envelopes in the order their services stored them; per stream, versions count up."""
-
-    envelopes: list[Envelope] = field(default_factory=list)
-    versions: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-
-    def add(self, stream: str, event: Event) -> Envelope:
-        self.versions[stream] += 1
-        now = utcnow()
-        env = Envelope(
-            event_id=uuid.uuid4(),
-            event_type=event.event_type,
-            schema_version=event.schema_version,
-            source=event.source,
-            stream_id=stream,
-            stream_version=self.versions[stream],
-            position=len(self.envelopes) + 1,
-            occurred_at=now,
-            recorded_at=now,
-            correlation_id="test",
-            causation_id="",
-            actor="tester",
-            data=event.model_dump(mode="json"),
-        )
-        self.envelopes.append(env)
-        return env
-
-    def of(self, source: str) -> list[Envelope]:
-        return [e for e in self.envelopes if e.source == source]
-
-
-@dataclass(frozen=True)
-class Held:
-    activity_id: str
-    action_code: str
-    starts_on: date
-    partner: str
-    region: str
-    male: int
-    female: int
-    other: int
-
-
-@dataclass(frozen=True)
-class Expert:
-    expert_id: str
-    gender: str
-    background: str
-    registered_on: date
-    deactivated_on: date | None = None
-
-
-@dataclass(frozen=True)
-class Deployment:
-    deployment_id: str
-    expert_id: str
-    activity_id: str
-    starts_on: date
-    cancelled: bool = False
-
-
-@dataclass(frozen=True)
-class Stint:
-    member_id: str
-    joined_on: date
-    left_on: date | None = None
-
-
-@dataclass(frozen=True)
-class Booking:
-    booking_id: str
-    traveller_id: str
-    kind: str
-    segments: tuple[tuple[str, str, date], ...]
-    changed_to: tuple[tuple[str, str, date], ...] | None = None
-    cancelled: bool = False
-
-
-@dataclass(frozen=True)
-class Emission:
-    booking_id: str
-    kind: str
-    kg: Decimal
-    year: int
-    sign: int  # +1 calculated, -1 reversed
-
-
-# The scenario, as data. The expected figures below are computed from these lists, never typed in.
-REQUESTS = [("req-1", "MG", D("2016-05-01")), ("req-2", "MG", D("2017-03-08")), ("req-3", "SN", D("2017-10-10"))]
-REQUESTS += [("req-4", "MX", D("2019-01-02"))]  # no request in 2018: a zero year between the first and last
-ACTIONS = [("2016-01", "MX", "lac", D("2016-03-01")), ("2017-01", "MG", "africa_ces", D("2017-02-01"))]
-ACTIONS += [("2017-02", "SN", "africa_west", D("2017-04-01"))]
-HELD = [
-    Held("2016-01/A1", "2016-01", D("2016-11-10"), "MX", "lac", 7, 3, 0),
-    Held("2016-01/A2", "2016-01", D("2017-01-15"), "MX", "lac", 3, 3, 0),  # an older action, held in 2017
-    Held("2017-01/A1", "2017-01", D("2017-03-01"), "MG", "africa_ces", 10, 5, 0),
-    Held("2017-01/A3", "2017-01", D("2017-09-01"), "MG", "africa_ces", 2, 2, 0),  # MG twice: one partner
-    Held("2017-02/A1", "2017-02", D("2017-06-05"), "SN", "africa_west", 4, 6, 1),
-]
-CANCELLED_ACTIVITIES = [("2017-01/A2", "2017-01", "africa_ces", "MG", D("2017-05-01"))]
-EXPERTS = [
-    Expert("exp-1", "female", "eu_ms_administration", D("2015-01-01")),
-    Expert("exp-2", "male", "southern_administration", D("2016-02-01")),
-    Expert("exp-3", "male", "icmpd", D("2017-04-01")),  # then updated to academia
-    Expert("exp-4", "female", "ngo", D("2016-06-01"), deactivated_on=D("2017-06-30")),
-    Expert("exp-5", "male", "private_consultant", D("2017-12-31")),
-    Expert("exp-6", "female", "eu_ms_administration", D("2018-01-01")),
-]
-PROFILE_UPDATES = {"exp-3": "academia"}
-DEPLOYMENTS = [
-    Deployment("dep-1", "exp-1", "2017-01/A1", D("2017-03-01")),
-    Deployment("dep-2", "exp-1", "2017-02/A1", D("2017-06-05")),  # exp-1 deployed twice in 2017
-    Deployment("dep-3", "exp-2", "2017-01/A3", D("2017-09-01"), cancelled=True),
-    Deployment("dep-4", "exp-3", "2016-01/A2", D("2017-01-15")),
-    Deployment("dep-5", "exp-4", "2016-01/A1", D("2016-11-10")),
-    Deployment("dep-6", "exp-5", "2017-01/A2", D("2017-05-01")),  # to the activity that was cancelled
-]
-EVALUATIONS = [  # evaluation id, deployment, submitted on, answers
-    ("ev-1", "dep-1", D("2017-03-10"), {"objectives_met": 5, "logistics": 3}),
-    ("ev-2", "dep-4", D("2017-02-01"), {"objectives_met": 4, "logistics": 2}),
-    ("ev-3", "dep-2", D("2017-06-10"), {"objectives_met": 2, "logistics": 4}),
-    ("ev-4", "dep-5", D("2016-11-20"), {"objectives_met": 1, "logistics": 1}),
-]
-TEAM = [
-    Stint("tm-1", D("2015-01-01")),
-    Stint("tm-2", D("2016-01-01"), D("2017-06-30")),  # left mid-2017: on the team in 2017
-    Stint("tm-3", D("2015-03-01"), D("2016-12-31")),  # left before 2017
-    Stint("tm-4", D("2018-01-01")),
-]
-BOOKINGS = [
-    Booking("bk-1", "tm-1", "team_member", (("BRU", "TNR", D("2017-02-27")), ("TNR", "BRU", D("2017-03-05")))),
-    Booking(
-        "bk-2",
-        "tm-2",
-        "team_member",
-        (("BRU", "DKR", D("2017-06-01")),),
-        changed_to=(("VIE", "DKR", D("2017-06-02")), ("DKR", "VIE", D("2017-06-08"))),
-    ),
-    Booking("bk-3", "tm-1", "team_member", (("BRU", "MEX", D("2017-01-10")),), cancelled=True),
-    Booking("bk-4", "tm-3", "team_member", (("BRU", "MEX", D("2016-11-08")),)),
-    Booking("bk-5", "exp-1", "expert", (("BRU", "TNR", D("2017-02-27")),)),
-    Booking("bk-6", "tm-1", "team_member", (("BRU", "MEX", D("2017-12-30")), ("MEX", "BRU", D("2018-01-05")))),
-]
-EMISSIONS = [
-    Emission("bk-1", "team_member", Decimal("1234.5"), 2017, +1),
-    Emission("bk-2", "team_member", Decimal("500.25"), 2017, +1),
-    Emission("bk-2", "team_member", Decimal("500.25"), 2017, -1),  # changed: reversed and calculated again
-    Emission("bk-2", "team_member", Decimal("640.125"), 2017, +1),
-    Emission("bk-3", "team_member", Decimal("800"), 2017, +1),
-    Emission("bk-3", "team_member", Decimal("800"), 2017, -1),  # cancelled
-    Emission("bk-4", "team_member", Decimal("900"), 2016, +1),
-    Emission("bk-5", "expert", Decimal("1100"), 2017, +1),
-]
-LOTS = [("lot-1", 40, D("2017-12-15")), ("lot-2", 10, D("2016-12-01"))]
-RETIREMENTS = [
-    ("lot-1", 25, 2017, D("2018-01-10")),
-    ("lot-1", 5, 2016, D("2018-01-11")),
-    ("lot-2", 10, 2016, D("2017-01-05")),
-]
-
-
-def _segments(specs: Iterable[tuple[str, str, date]]) -> tuple[Segment, ...]:
-    return tuple(Segment(origin=o, destination=d, departs_on=on) for o, d, on in specs)
-
-
-def build_history() -> History:
-    h = History()
-    for rid, partner, on in REQUESTS:
-        kind = "country"
-        h.add(
-            f"req-{rid}",
-            RequestReceived(
-                request_id=rid,
-                partner=partner,
-                partner_kind=kind,
-                partner_name=partner,
-                institution="Ministry",
-                institution_type="ministry",
-                received_on=on,
-                title=f"request {rid}",
-            ),
-        )
-    region_of = {code: region for code, _, region, _ in ACTIONS}
-    for code, partner, region, opened in ACTIONS:
-        h.add(
-            code,
-            ActionOpened(
-                action_code=code,
-                request_id=f"req-for-{code}",
-                partner=partner,
-                partner_kind="country",
-                partner_name=partner,
-                region=region,
-                title=partner,
-                follow_up=1,
-                year=opened.year,
-                opened_on=opened,
-            ),
-        )
-    planned = [(a.activity_id, a.action_code, a.partner, a.region, a.starts_on) for a in HELD]
-    planned += [(aid, code, partner, region, on) for aid, code, region, partner, on in CANCELLED_ACTIVITIES]
-    for n, (aid, code, partner, region, on) in enumerate(planned, start=1):
-        h.add(
-            code,
-            ActivityPlanned(
-                action_code=code,
-                activity_id=aid,
-                number=n,
-                title=aid,
-                activity_type="workshop",
-                starts_on=on,
-                ends_on=on,
-                country=partner,
-                partner=partner,
-                region=region,
-            ),
-        )
-    for a in HELD:
-        assert region_of[a.action_code] == a.region
-        h.add(
-            a.action_code,
-            ActivityHeld(
-                action_code=a.action_code,
-                activity_id=a.activity_id,
-                activity_type="workshop",
-                starts_on=a.starts_on,
-                ends_on=a.starts_on,
-                country=a.partner,
-                partner=a.partner,
-                region=a.region,
-                participants_male=a.male,
-                participants_female=a.female,
-                participants_other=a.other,
-            ),
-        )
-    for aid, code, _, _, on in CANCELLED_ACTIVITIES:
-        h.add(code, ActivityCancelled(action_code=code, activity_id=aid, cancelled_on=on, reason="postponed"))
-    for e in EXPERTS:
-        profile = {"name": e.expert_id, "gender": e.gender, "nationality": "FR"}
-        h.add(
-            e.expert_id,
-            ExpertRegistered(expert_id=e.expert_id, background=e.background, registered_on=e.registered_on, **profile),
-        )
-        if e.expert_id in PROFILE_UPDATES:
-            h.add(
-                e.expert_id,
-                ExpertProfileUpdated(
-                    expert_id=e.expert_id,
-                    background=PROFILE_UPDATES[e.expert_id],
-                    changed=("background",),
-                    updated_on=e.registered_on,
-                    **profile,
-                ),
-            )
-    for d in DEPLOYMENTS:
-        code = d.activity_id.split("/")[0]
-        h.add(
-            d.expert_id,
-            ExpertDeployed(
-                expert_id=d.expert_id,
-                deployment_id=d.deployment_id,
-                action_code=code,
-                activity_id=d.activity_id,
-                starts_on=d.starts_on,
-                ends_on=d.starts_on,
-            ),
-        )
-        if d.cancelled:
-            h.add(
-                d.expert_id,
-                ExpertDeploymentCancelled(
-                    expert_id=d.expert_id,
-                    deployment_id=d.deployment_id,
-                    action_code=code,
-                    activity_id=d.activity_id,
-                    reason="sick",
-                    cancelled_on=d.starts_on,
-                ),
-            )
-    deployments = {d.deployment_id: d for d in DEPLOYMENTS}
-    for ev, dep, on, answers in EVALUATIONS:
-        d = deployments[dep]
-        h.add(
-            d.expert_id,
-            ExpertEvaluationSubmitted(
-                expert_id=d.expert_id,
-                evaluation_id=ev,
-                deployment_id=dep,
-                action_code=d.activity_id.split("/")[0],
-                activity_id=d.activity_id,
-                answers=tuple(Answer(question=q, score=s) for q, s in answers.items()),
-                submitted_on=on,
-            ),
-        )
-    for e in EXPERTS:
-        if e.deactivated_on:
-            h.add(
-                e.expert_id, ExpertDeactivated(expert_id=e.expert_id, reason="retired", deactivated_on=e.deactivated_on)
-            )
-    for s in TEAM:
-        h.add(
-            "team",
-            TeamMemberJoined(
-                member_id=s.member_id, name=s.member_id, gender="female", role="PO", joined_on=s.joined_on
-            ),
-        )
-    for s in TEAM:
-        if s.left_on:
-            h.add("team", TeamMemberLeft(member_id=s.member_id, left_on=s.left_on))
-    fare = Fare(amount="500.00", currency="EUR")
-    for b in BOOKINGS:
-        h.add(
-            b.booking_id,
-            FlightBooked(
-                booking_id=b.booking_id,
-                traveller_id=b.traveller_id,
-                traveller_kind=b.kind,
-                segments=_segments(b.segments),
-                cabin_class="economy",
-                fare=fare,
-                booked_on=D("2016-01-01"),
-            ),
-        )
-        if b.changed_to:
-            h.add(
-                b.booking_id,
-                FlightChanged(
-                    booking_id=b.booking_id,
-                    traveller_id=b.traveller_id,
-                    traveller_kind=b.kind,
-                    segments=_segments(b.changed_to),
-                    cabin_class="economy",
-                    fare=fare,
-                    changed_on=D("2016-02-01"),
-                ),
-            )
-        if b.cancelled:
-            h.add(
-                b.booking_id,
-                FlightCancelled(
-                    booking_id=b.booking_id, traveller_id=b.traveller_id, reason="x", cancelled_on=D("2016-03-01")
-                ),
-            )
-    common: dict[str, Any] = {
-        "cabin_class": "economy",
-        "segments": (),
-        "distance_km": Decimal(1),
-        "distance_miles": Decimal(1),
-        "factor_set": "DESNZ 2025",
-        "factor_year": 2025,
-        "radiative_forcing": True,
-        "distance_uplift_applied": False,
-    }
-    calculated_at: dict[str, int] = {}
-    for em in EMISSIONS:
-        stream = f"emissions-{em.booking_id}"
-        ids = {"booking_id": em.booking_id, "traveller_id": "t", "traveller_kind": em.kind}
-        figures = {"kg_co2e": em.kg, "departure_year": em.year}
-        if em.sign > 0:
-            env = h.add(
-                stream,
-                FlightEmissionsCalculated(**ids, **figures, **common, calculated_on=D("2017-01-01"), cause="booked"),
-            )
-            calculated_at[em.booking_id] = env.stream_version
-        else:
-            h.add(
-                stream,
-                FlightEmissionsReversed(
-                    **ids,
-                    **figures,
-                    **common,
-                    reverses_version=calculated_at[em.booking_id],
-                    reversed_on=D("2017-01-02"),
-                    cause="changed",
-                ),
-            )
-    price = Money(amount=Decimal("12.50"), currency="EUR")
-    for lot, qty, on in LOTS:
-        h.add(
-            f"lot-{lot}",
-            OffsetsPurchased(
-                lot_id=lot,
-                registry="Gold Standard",
-                project="A project",
-                vintage_year=on.year,
-                quantity=qty,
-                unit_price=price,
-                total_cost=Money(amount=price.amount * qty, currency="EUR"),
-                purchased_on=on,
-            ),
-        )
-    held_by_lot = {lot: qty for lot, qty, _ in LOTS}
-    for lot, qty, against, on in RETIREMENTS:
-        held_by_lot[lot] -= qty
-        h.add(
-            f"lot-{lot}",
-            OffsetsRetired(lot_id=lot, quantity=qty, against_year=against, retired_on=on, remaining=held_by_lot[lot]),
-        )
-    return h
 
 
 # --- the expected figures, from the scenario's data -------------------------------------------------
@@ -758,8 +342,6 @@ async def test_duplicates_and_replays_change_no_figure(stats: Stats, history: Hi
     # and even applied again past the tracking table, the facts are keyed by their ids
     async with stats.pool.acquire() as conn, conn.transaction():
         for env in history.envelopes:
-            from services.kernel.envelope import registry
-
             await stats.projection_for(env).apply(conn, env, registry.decode(env))
     assert await stats.tables() == tables
     assert await all_figures(stats.queries) == before

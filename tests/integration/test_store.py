@@ -21,13 +21,6 @@ class Noted(Event, register=False):
 META = Metadata(actor="tester")
 
 
-@pytest.fixture
-async def store(pool, schema) -> EventStore:
-    s = EventStore(pool, schema)
-    await s.setup()
-    return s
-
-
 async def test_append_and_read_stream(store: EventStore) -> None:
     r = await store.append("s-1", 0, [Noted(text="a"), Noted(text="b")], META)
     assert (r.first_version, r.last_version) == (1, 2)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from support import given_when_then, violated_fields
 
 from services.actions.commands import (
     AgreeActionFiche,
@@ -27,7 +28,7 @@ from services.actions.events import (
     ActivityPlanned,
 )
 from services.kernel.envelope import Event
-from services.kernel.errors import NotFound, RuleBroken, from_validation_error
+from services.kernel.errors import NotFound, RuleBroken
 
 CODE = "2017-03"
 
@@ -116,10 +117,6 @@ def cancelled(n: int) -> ActivityCancelled:
 CLOSED = ActionClosed(action_code=CODE, closed_on=date(2018, 6, 30), activities_held=0)
 
 
-def given_when_then(given: Sequence[Event], when: Callable[[Action], Sequence[Event]], code: str = CODE) -> list[Event]:
-    return list(when(Action.fold(code, given)))
-
-
 def plan(**over: Any) -> PlanActivity:
     return PlanActivity.model_validate({**PLAN, **over})
 
@@ -151,18 +148,12 @@ def close() -> CloseAction:
     return CloseAction.model_validate({"command_id": "close", "action_code": CODE, "closed_on": "2018-06-30"})
 
 
-def violated_fields(model: type, data: dict[str, Any]) -> list[str]:
-    with pytest.raises(ValidationError) as e:
-        model.model_validate(data)
-    return [v.field for v in from_validation_error(e.value).violations]
-
-
 # --- opening: codes and titles -------------------------------------------------------------------
 
 
 def test_opening_records_action_opened_with_region_title_and_year() -> None:
     cmd = OpenAction.model_validate(OPEN)
-    events = given_when_then([], lambda a: a.open(cmd, follow_up=3))
+    events = given_when_then(Action, CODE, [], lambda a: a.open(cmd, follow_up=3))
     assert events == [opened()]
     assert events[0].title == "Costa Rica III"  # type: ignore[attr-defined]
 
@@ -170,18 +161,18 @@ def test_opening_records_action_opened_with_region_title_and_year() -> None:
 def test_an_action_code_is_never_given_twice() -> None:
     cmd = OpenAction.model_validate(OPEN)
     with pytest.raises(RuleBroken, match="never given twice"):
-        given_when_then([opened()], lambda a: a.open(cmd, follow_up=1))
+        given_when_then(Action, CODE, [opened()], lambda a: a.open(cmd, follow_up=1))
 
 
 def test_an_action_takes_a_code_of_its_approval_year() -> None:
     cmd = OpenAction.model_validate(OPEN)
     with pytest.raises(RuleBroken, match="code of that year"):
-        given_when_then([], lambda a: a.open(cmd, follow_up=1), code="2018-01")
+        given_when_then(Action, "2018-01", [], lambda a: a.open(cmd, follow_up=1))
 
 
 def test_region_comes_from_the_reference_data_of_the_partner() -> None:
     cmd = OpenAction.model_validate({**OPEN, "partner": "GH", "partner_name": "Ghana", "region": "whatever"})
-    [ev] = given_when_then([], lambda a: a.open(cmd, follow_up=1))
+    [ev] = given_when_then(Action, CODE, [], lambda a: a.open(cmd, follow_up=1))
     assert isinstance(ev, ActionOpened)
     assert (ev.region, ev.title) == ("africa_west", "Ghana")
 
@@ -229,7 +220,7 @@ def test_titles_use_a_countrys_common_name() -> None:
 def test_follow_up_numbers_start_at_one() -> None:
     cmd = OpenAction.model_validate(OPEN)
     with pytest.raises(RuleBroken, match="from 1"):
-        given_when_then([], lambda a: a.open(cmd, follow_up=0))
+        given_when_then(Action, CODE, [], lambda a: a.open(cmd, follow_up=0))
 
 
 # --- the action fiche ----------------------------------------------------------------------------
@@ -237,13 +228,13 @@ def test_follow_up_numbers_start_at_one() -> None:
 
 def test_agreeing_the_fiche_records_it() -> None:
     cmd = AgreeActionFiche.model_validate({"command_id": "f", "action_code": CODE, "agreed_on": "2017-11-30"})
-    assert given_when_then([opened()], lambda a: a.agree_fiche(cmd)) == [FICHE]
+    assert given_when_then(Action, CODE, [opened()], lambda a: a.agree_fiche(cmd)) == [FICHE]
 
 
 def test_the_fiche_is_agreed_once() -> None:
     cmd = AgreeActionFiche.model_validate({"command_id": "f", "action_code": CODE, "agreed_on": "2017-12-01"})
     with pytest.raises(RuleBroken, match="already agreed"):
-        given_when_then([opened(), FICHE], lambda a: a.agree_fiche(cmd))
+        given_when_then(Action, CODE, [opened(), FICHE], lambda a: a.agree_fiche(cmd))
 
 
 # --- planning ------------------------------------------------------------------------------------
@@ -251,11 +242,11 @@ def test_the_fiche_is_agreed_once() -> None:
 
 def test_activities_are_planned_only_after_the_fiche_is_agreed() -> None:
     with pytest.raises(RuleBroken, match="only after the action fiche is agreed"):
-        given_when_then([opened()], lambda a: a.plan_activity(plan()))
+        given_when_then(Action, CODE, [opened()], lambda a: a.plan_activity(plan()))
 
 
 def test_planning_numbers_activities_in_the_action() -> None:
-    [ev] = given_when_then([opened(), FICHE, planned(1)], lambda a: a.plan_activity(plan()))
+    [ev] = given_when_then(Action, CODE, [opened(), FICHE, planned(1)], lambda a: a.plan_activity(plan()))
     assert isinstance(ev, ActivityPlanned)
     assert (ev.activity_id, ev.number, ev.partner, ev.region, ev.airport) == (f"{CODE}/A2", 2, "CR", "lac", "SJO")
 
@@ -263,14 +254,14 @@ def test_planning_numbers_activities_in_the_action() -> None:
 def test_at_most_seven_activities() -> None:
     seven = [planned(n) for n in range(1, 8)]
     with pytest.raises(RuleBroken, match="at most 7 activities"):
-        given_when_then([opened(), FICHE, *seven], lambda a: a.plan_activity(plan()))
-    [ev] = given_when_then([opened(), FICHE, *seven[:6]], lambda a: a.plan_activity(plan()))
+        given_when_then(Action, CODE, [opened(), FICHE, *seven], lambda a: a.plan_activity(plan()))
+    [ev] = given_when_then(Action, CODE, [opened(), FICHE, *seven[:6]], lambda a: a.plan_activity(plan()))
     assert isinstance(ev, ActivityPlanned) and ev.number == 7
 
 
 def test_a_cancelled_activity_does_not_count_towards_the_seven() -> None:
     given = [opened(), FICHE, *[planned(n) for n in range(1, 8)], cancelled(3)]
-    [ev] = given_when_then(given, lambda a: a.plan_activity(plan()))
+    [ev] = given_when_then(Action, CODE, given, lambda a: a.plan_activity(plan()))
     assert isinstance(ev, ActivityPlanned) and ev.activity_id == f"{CODE}/A8"
 
 
@@ -278,29 +269,29 @@ def test_a_cancelled_activity_does_not_count_towards_the_seven() -> None:
 
 
 def test_holding_a_planned_activity_records_participants_by_gender() -> None:
-    events = given_when_then([opened(), FICHE, planned(1)], lambda a: a.record_held(hold(1)))
+    events = given_when_then(Action, CODE, [opened(), FICHE, planned(1)], lambda a: a.record_held(hold(1)))
     assert events == [held(1)]
 
 
 def test_holding_records_the_actual_dates_when_given() -> None:
     cmd = hold(1, starts_on="2017-12-10", ends_on="2017-12-11")
-    [ev] = given_when_then([opened(), FICHE, planned(1)], lambda a: a.record_held(cmd))
+    [ev] = given_when_then(Action, CODE, [opened(), FICHE, planned(1)], lambda a: a.record_held(cmd))
     assert isinstance(ev, ActivityHeld) and (ev.starts_on, ev.ends_on) == (date(2017, 12, 10), date(2017, 12, 11))
 
 
 def test_an_activity_is_held_once() -> None:
     with pytest.raises(RuleBroken, match="held once"):
-        given_when_then([opened(), FICHE, planned(1), held(1)], lambda a: a.record_held(hold(1)))
+        given_when_then(Action, CODE, [opened(), FICHE, planned(1), held(1)], lambda a: a.record_held(hold(1)))
 
 
 def test_a_cancelled_activity_cannot_be_held() -> None:
     with pytest.raises(RuleBroken, match="was cancelled"):
-        given_when_then([opened(), FICHE, planned(1), cancelled(1)], lambda a: a.record_held(hold(1)))
+        given_when_then(Action, CODE, [opened(), FICHE, planned(1), cancelled(1)], lambda a: a.record_held(hold(1)))
 
 
 def test_an_activity_never_planned_cannot_be_held() -> None:
     with pytest.raises(NotFound, match="never planned"):
-        given_when_then([opened(), FICHE, planned(1)], lambda a: a.record_held(hold(2)))
+        given_when_then(Action, CODE, [opened(), FICHE, planned(1)], lambda a: a.record_held(hold(2)))
 
 
 def test_participants_by_gender_are_never_negative() -> None:
@@ -317,17 +308,21 @@ def test_participants_by_gender_are_never_negative() -> None:
 
 
 def test_cancelling_a_planned_activity() -> None:
-    assert given_when_then([opened(), FICHE, planned(1)], lambda a: a.cancel_activity(cancel(1))) == [cancelled(1)]
+    assert given_when_then(Action, CODE, [opened(), FICHE, planned(1)], lambda a: a.cancel_activity(cancel(1))) == [
+        cancelled(1)
+    ]
 
 
 def test_a_held_activity_cannot_be_cancelled() -> None:
     with pytest.raises(RuleBroken, match="cannot be cancelled"):
-        given_when_then([opened(), FICHE, planned(1), held(1)], lambda a: a.cancel_activity(cancel(1)))
+        given_when_then(Action, CODE, [opened(), FICHE, planned(1), held(1)], lambda a: a.cancel_activity(cancel(1)))
 
 
 def test_an_activity_is_cancelled_once() -> None:
     with pytest.raises(RuleBroken, match="already cancelled"):
-        given_when_then([opened(), FICHE, planned(1), cancelled(1)], lambda a: a.cancel_activity(cancel(1)))
+        given_when_then(
+            Action, CODE, [opened(), FICHE, planned(1), cancelled(1)], lambda a: a.cancel_activity(cancel(1))
+        )
 
 
 # --- closing -------------------------------------------------------------------------------------
@@ -335,13 +330,13 @@ def test_an_activity_is_cancelled_once() -> None:
 
 def test_closing_counts_the_activities_held() -> None:
     given = [opened(), FICHE, planned(1), held(1), planned(2), cancelled(2)]
-    [ev] = given_when_then(given, lambda a: a.close(close()))
+    [ev] = given_when_then(Action, CODE, given, lambda a: a.close(close()))
     assert isinstance(ev, ActionClosed) and ev.activities_held == 1
 
 
 def test_an_action_with_planned_activities_cannot_be_closed() -> None:
     with pytest.raises(RuleBroken, match="still has planned activities"):
-        given_when_then([opened(), FICHE, planned(1)], lambda a: a.close(close()))
+        given_when_then(Action, CODE, [opened(), FICHE, planned(1)], lambda a: a.close(close()))
 
 
 @pytest.mark.parametrize(
@@ -360,10 +355,10 @@ def test_an_action_with_planned_activities_cannot_be_closed() -> None:
 def test_nothing_changes_after_closure(when: Callable[[Action], Sequence[Event]]) -> None:
     given: list[Event] = [opened(), FICHE, planned(1), held(1), planned(2), cancelled(2), CLOSED]
     with pytest.raises(RuleBroken, match="nothing changes after closure"):
-        given_when_then(given, when)
+        given_when_then(Action, CODE, given, when)
     given.pop()  # the same command is accepted, or refused for another reason, before closure
     try:
-        given_when_then(given, when)
+        given_when_then(Action, CODE, given, when)
     except RuleBroken as e:
         assert "closure" not in str(e)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from datetime import date
 from typing import Any
 
@@ -10,6 +9,7 @@ import pytest
 from mieux.actions.v1 import actions_pb2
 from mieux.common.v1 import common_pb2
 from pydantic import BaseModel, ValidationError
+from support import fields_of, given_when_then, violated_fields
 
 from services.experts.actions import facts_of
 from services.experts.commands import (
@@ -31,8 +31,7 @@ from services.experts.events import (
     ExpertRegistered,
 )
 from services.experts.queries import ListDeploymentsQuery, ListExpertsQuery
-from services.kernel.envelope import Event
-from services.kernel.errors import NotFound, RuleBroken, from_validation_error
+from services.kernel.errors import NotFound, RuleBroken
 
 EXPERT = "expert-00000000-0000-5000-8000-000000000001"
 DEP1 = "dep-00000000-0000-5000-8000-0000000000d1"
@@ -85,33 +84,19 @@ def activity(
     )
 
 
-def given_when_then(given: Sequence[Event], when: Callable[[Expert], Sequence[Event]]) -> list[Event]:
-    return list(when(Expert.fold(EXPERT, given)))
-
-
-def fields_of(e: ValidationError) -> list[str]:
-    return [v.field for v in from_validation_error(e).violations]
-
-
-def invalid(model: type[BaseModel], data: dict[str, Any]) -> list[str]:
-    with pytest.raises(ValidationError) as info:
-        model.model_validate(data)
-    return fields_of(info.value)
-
-
 # --- RegisterExpert ------------------------------------------------------------------------------
 
 
 def test_registering_records_expert_registered_with_the_canonical_nationality() -> None:
     cmd = RegisterExpert.model_validate({**REGISTER, "nationality": "nl"})
-    events = given_when_then([], lambda e: e.register(cmd))
+    events = given_when_then(Expert, EXPERT, [], lambda e: e.register(cmd))
     assert events == [REGISTERED]
 
 
 def test_registering_twice_breaks_a_rule() -> None:
     cmd = RegisterExpert.model_validate(REGISTER)
     with pytest.raises(RuleBroken, match="already registered"):
-        given_when_then([REGISTERED], lambda e: e.register(cmd))
+        given_when_then(Expert, EXPERT, [REGISTERED], lambda e: e.register(cmd))
 
 
 def test_the_expert_id_is_a_uuid5_of_the_command_id() -> None:
@@ -138,7 +123,7 @@ def test_the_expert_id_is_a_uuid5_of_the_command_id() -> None:
     ],
 )
 def test_register_expert_validation_names_the_field(over: dict[str, Any], field: str) -> None:
-    assert invalid(RegisterExpert, {**REGISTER, **over}) == [field]
+    assert violated_fields(RegisterExpert, {**REGISTER, **over}) == [field]
 
 
 def test_every_reference_background_and_gender_is_accepted() -> None:
@@ -159,7 +144,9 @@ def update(**over: Any) -> UpdateExpertProfile:
 
 
 def test_a_profile_update_records_the_whole_profile_and_what_changed() -> None:
-    [e] = given_when_then([REGISTERED], lambda x: x.update_profile(update(background="private_consultant")))
+    [e] = given_when_then(
+        Expert, EXPERT, [REGISTERED], lambda x: x.update_profile(update(background="private_consultant"))
+    )
     assert e == ExpertProfileUpdated(
         expert_id=EXPERT,
         name=REGISTERED.name,
@@ -175,18 +162,22 @@ def test_a_profile_update_records_the_whole_profile_and_what_changed() -> None:
 
 
 def test_themes_given_replace_the_list_and_may_clear_it() -> None:
-    [e] = given_when_then([REGISTERED], lambda x: x.update_profile(update(themes=[])))
+    [e] = given_when_then(Expert, EXPERT, [REGISTERED], lambda x: x.update_profile(update(themes=[])))
     assert isinstance(e, ExpertProfileUpdated) and e.themes == () and e.changed == ("themes",)
 
 
 def test_an_update_that_changes_nothing_breaks_a_rule() -> None:
     with pytest.raises(RuleBroken, match="changes nothing"):
-        given_when_then([REGISTERED], lambda x: x.update_profile(update(gender="female", nationality="nl")))
+        given_when_then(
+            Expert, EXPERT, [REGISTERED], lambda x: x.update_profile(update(gender="female", nationality="nl"))
+        )
 
 
 def test_an_update_before_the_registration_breaks_a_rule() -> None:
     with pytest.raises(RuleBroken, match="registered on 2016-05-02"):
-        given_when_then([REGISTERED], lambda x: x.update_profile(update(name="T. v. V.", updated_on="2016-01-01")))
+        given_when_then(
+            Expert, EXPERT, [REGISTERED], lambda x: x.update_profile(update(name="T. v. V.", updated_on="2016-01-01"))
+        )
 
 
 @pytest.mark.parametrize(
@@ -201,7 +192,7 @@ def test_an_update_before_the_registration_breaks_a_rule() -> None:
 )
 def test_update_validation_names_the_field(over: dict[str, Any], field: str) -> None:
     data = {"command_id": "c", "expert_id": EXPERT, "updated_on": "2017-01-10", **over}
-    assert invalid(UpdateExpertProfile, data) == [field]
+    assert violated_fields(UpdateExpertProfile, data) == [field]
 
 
 # --- DeployExpert --------------------------------------------------------------------------------
@@ -213,7 +204,7 @@ def deploy(activity_id: str = "2017-03/A2", command_id: str = "cmd-deploy") -> D
 
 def test_deploying_to_a_planned_activity_takes_the_activity_dates() -> None:
     cmd = deploy()
-    [e] = given_when_then([REGISTERED], lambda x: x.deploy(cmd, activity()))
+    [e] = given_when_then(Expert, EXPERT, [REGISTERED], lambda x: x.deploy(cmd, activity()))
     assert e == ExpertDeployed(
         expert_id=EXPERT,
         deployment_id=cmd.deployment_id,
@@ -226,24 +217,24 @@ def test_deploying_to_a_planned_activity_takes_the_activity_dates() -> None:
 
 
 def test_deploying_to_a_held_activity_is_allowed() -> None:
-    [e] = given_when_then([REGISTERED], lambda x: x.deploy(deploy(), activity(status="held")))
+    [e] = given_when_then(Expert, EXPERT, [REGISTERED], lambda x: x.deploy(deploy(), activity(status="held")))
     assert isinstance(e, ExpertDeployed)
 
 
 def test_deploying_to_a_cancelled_activity_breaks_a_rule() -> None:
     with pytest.raises(RuleBroken, match="activity 2017-03/A2 is cancelled"):
-        given_when_then([REGISTERED], lambda x: x.deploy(deploy(), activity(status="cancelled")))
+        given_when_then(Expert, EXPERT, [REGISTERED], lambda x: x.deploy(deploy(), activity(status="cancelled")))
 
 
 def test_deploying_to_an_activity_without_dates_breaks_a_rule() -> None:
     with pytest.raises(RuleBroken, match="has no dates"):
-        given_when_then([REGISTERED], lambda x: x.deploy(deploy(), activity(starts=None)))
+        given_when_then(Expert, EXPERT, [REGISTERED], lambda x: x.deploy(deploy(), activity(starts=None)))
 
 
 def test_a_deactivated_expert_cannot_be_deployed() -> None:
     gone = ExpertDeactivated(expert_id=EXPERT, reason="retired", deactivated_on=date(2017, 1, 31))
     with pytest.raises(RuleBroken, match="deactivated on 2017-01-31"):
-        given_when_then([REGISTERED, gone], lambda x: x.deploy(deploy(), activity()))
+        given_when_then(Expert, EXPERT, [REGISTERED, gone], lambda x: x.deploy(deploy(), activity()))
     with pytest.raises(RuleBroken):
         Expert.fold(EXPERT, [REGISTERED, gone]).check_deployable()
 
@@ -251,18 +242,18 @@ def test_a_deactivated_expert_cannot_be_deployed() -> None:
 def test_overlapping_deployments_of_one_expert_break_a_rule() -> None:
     first = deployed(starts="2017-05-12", ends="2017-05-15")  # ends the day the new activity starts
     with pytest.raises(RuleBroken, match="cannot overlap"):
-        given_when_then([REGISTERED, first], lambda x: x.deploy(deploy(), activity()))
+        given_when_then(Expert, EXPERT, [REGISTERED, first], lambda x: x.deploy(deploy(), activity()))
 
 
 def test_deploying_twice_to_one_activity_breaks_a_rule() -> None:
     first = deployed(activity="2017-03/A2", starts="2017-05-15", ends="2017-05-19")
     with pytest.raises(RuleBroken, match="already deployed to activity 2017-03/A2"):
-        given_when_then([REGISTERED, first], lambda x: x.deploy(deploy(command_id="other"), activity()))
+        given_when_then(Expert, EXPERT, [REGISTERED, first], lambda x: x.deploy(deploy(command_id="other"), activity()))
 
 
 def test_back_to_back_deployments_are_allowed() -> None:
     first = deployed(starts="2017-05-10", ends="2017-05-14")  # ends the day before
-    [e] = given_when_then([REGISTERED, first], lambda x: x.deploy(deploy(), activity()))
+    [e] = given_when_then(Expert, EXPERT, [REGISTERED, first], lambda x: x.deploy(deploy(), activity()))
     assert isinstance(e, ExpertDeployed)
 
 
@@ -276,13 +267,13 @@ def test_a_cancelled_deployment_does_not_block_the_dates() -> None:
         reason="ill",
         cancelled_on=date(2017, 5, 1),
     )
-    [e] = given_when_then([REGISTERED, first, cancelled], lambda x: x.deploy(deploy(), activity()))
+    [e] = given_when_then(Expert, EXPERT, [REGISTERED, first, cancelled], lambda x: x.deploy(deploy(), activity()))
     assert isinstance(e, ExpertDeployed)
 
 
 @pytest.mark.parametrize("activity_id", ["2017-03", "A2", "2017-3/A2", "2017-03/2", ""])
 def test_deploy_validation_names_the_activity_id(activity_id: str) -> None:
-    assert invalid(DeployExpert, {"command_id": "c", "expert_id": EXPERT, "activity_id": activity_id}) == [
+    assert violated_fields(DeployExpert, {"command_id": "c", "expert_id": EXPERT, "activity_id": activity_id}) == [
         "activity_id"
     ]
 
@@ -314,7 +305,7 @@ def cancel(dep: str = DEP1) -> CancelDeployment:
 
 
 def test_cancelling_a_deployment_records_it_and_frees_the_dates() -> None:
-    [e] = given_when_then([REGISTERED, deployed()], lambda x: x.cancel_deployment(cancel()))
+    [e] = given_when_then(Expert, EXPERT, [REGISTERED, deployed()], lambda x: x.cancel_deployment(cancel()))
     assert e == ExpertDeploymentCancelled(
         expert_id=EXPERT,
         deployment_id=DEP1,
@@ -328,24 +319,24 @@ def test_cancelling_a_deployment_records_it_and_frees_the_dates() -> None:
 
 def test_cancelling_an_unknown_deployment_is_not_found() -> None:
     with pytest.raises(NotFound, match=DEP2):
-        given_when_then([REGISTERED, deployed()], lambda x: x.cancel_deployment(cancel(DEP2)))
+        given_when_then(Expert, EXPERT, [REGISTERED, deployed()], lambda x: x.cancel_deployment(cancel(DEP2)))
 
 
 def test_cancelling_twice_breaks_a_rule() -> None:
-    [c] = given_when_then([REGISTERED, deployed()], lambda x: x.cancel_deployment(cancel()))
+    [c] = given_when_then(Expert, EXPERT, [REGISTERED, deployed()], lambda x: x.cancel_deployment(cancel()))
     with pytest.raises(RuleBroken, match="already cancelled"):
-        given_when_then([REGISTERED, deployed(), c], lambda x: x.cancel_deployment(cancel()))
+        given_when_then(Expert, EXPERT, [REGISTERED, deployed(), c], lambda x: x.cancel_deployment(cancel()))
 
 
 def test_an_evaluated_deployment_cannot_be_cancelled() -> None:
-    [ev] = given_when_then([REGISTERED, deployed()], lambda x: x.submit_evaluation(evaluate()))
+    [ev] = given_when_then(Expert, EXPERT, [REGISTERED, deployed()], lambda x: x.submit_evaluation(evaluate()))
     with pytest.raises(RuleBroken, match="was evaluated"):
-        given_when_then([REGISTERED, deployed(), ev], lambda x: x.cancel_deployment(cancel()))
+        given_when_then(Expert, EXPERT, [REGISTERED, deployed(), ev], lambda x: x.cancel_deployment(cancel()))
 
 
 def test_cancel_validation_names_the_field() -> None:
     data = {"command_id": "c", "expert_id": EXPERT, "deployment_id": "d1", "reason": "", "cancelled_on": "x"}
-    assert sorted(invalid(CancelDeployment, data)) == ["cancelled_on", "deployment_id", "reason"]
+    assert sorted(violated_fields(CancelDeployment, data)) == ["cancelled_on", "deployment_id", "reason"]
 
 
 # --- SubmitEvaluation ----------------------------------------------------------------------------
@@ -365,7 +356,7 @@ def evaluate(dep: str = DEP1, on: str = "2017-03-10", **answers: int) -> SubmitE
 
 def test_an_evaluation_records_the_answers_and_the_deployment() -> None:
     cmd = evaluate(peer_to_peer_beneficial=4, overall_experience=2)
-    [e] = given_when_then([REGISTERED, deployed()], lambda x: x.submit_evaluation(cmd))
+    [e] = given_when_then(Expert, EXPERT, [REGISTERED, deployed()], lambda x: x.submit_evaluation(cmd))
     assert e == ExpertEvaluationSubmitted(
         expert_id=EXPERT,
         evaluation_id=cmd.evaluation_id,
@@ -391,32 +382,36 @@ def test_scores_one_and_five_are_accepted(score: int) -> None:
 
 def test_an_unknown_question_a_repeated_question_or_no_answer_is_invalid() -> None:
     base = {"command_id": "c", "expert_id": EXPERT, "deployment_id": DEP1, "submitted_on": "2017-03-10"}
-    assert invalid(SubmitEvaluation, {**base, "answers": [{"question": "food", "score": 3}]}) == ["answers.0.question"]
+    assert violated_fields(SubmitEvaluation, {**base, "answers": [{"question": "food", "score": 3}]}) == [
+        "answers.0.question"
+    ]
     twice = [{"question": "overall_experience", "score": 3}, {"question": "overall_experience", "score": 4}]
-    assert invalid(SubmitEvaluation, {**base, "answers": twice}) == ["answers"]
-    assert invalid(SubmitEvaluation, {**base, "answers": []}) == ["answers"]
+    assert violated_fields(SubmitEvaluation, {**base, "answers": twice}) == ["answers"]
+    assert violated_fields(SubmitEvaluation, {**base, "answers": []}) == ["answers"]
 
 
 def test_evaluating_a_cancelled_deployment_breaks_a_rule() -> None:
-    [c] = given_when_then([REGISTERED, deployed()], lambda x: x.cancel_deployment(cancel()))
+    [c] = given_when_then(Expert, EXPERT, [REGISTERED, deployed()], lambda x: x.cancel_deployment(cancel()))
     with pytest.raises(RuleBroken, match="was cancelled"):
-        given_when_then([REGISTERED, deployed(), c], lambda x: x.submit_evaluation(evaluate()))
+        given_when_then(Expert, EXPERT, [REGISTERED, deployed(), c], lambda x: x.submit_evaluation(evaluate()))
 
 
 def test_a_deployment_is_evaluated_once() -> None:
-    [ev] = given_when_then([REGISTERED, deployed()], lambda x: x.submit_evaluation(evaluate()))
+    [ev] = given_when_then(Expert, EXPERT, [REGISTERED, deployed()], lambda x: x.submit_evaluation(evaluate()))
     with pytest.raises(RuleBroken, match="already evaluated"):
-        given_when_then([REGISTERED, deployed(), ev], lambda x: x.submit_evaluation(evaluate()))
+        given_when_then(Expert, EXPERT, [REGISTERED, deployed(), ev], lambda x: x.submit_evaluation(evaluate()))
 
 
 def test_an_evaluation_before_the_deployment_starts_breaks_a_rule() -> None:
     with pytest.raises(RuleBroken, match="before it takes place"):
-        given_when_then([REGISTERED, deployed()], lambda x: x.submit_evaluation(evaluate(on="2017-03-05")))
+        given_when_then(
+            Expert, EXPERT, [REGISTERED, deployed()], lambda x: x.submit_evaluation(evaluate(on="2017-03-05"))
+        )
 
 
 def test_evaluating_an_unknown_deployment_is_not_found() -> None:
     with pytest.raises(NotFound):
-        given_when_then([REGISTERED, deployed()], lambda x: x.submit_evaluation(evaluate(dep=DEP2)))
+        given_when_then(Expert, EXPERT, [REGISTERED, deployed()], lambda x: x.submit_evaluation(evaluate(dep=DEP2)))
 
 
 # --- DeactivateExpert ----------------------------------------------------------------------------
@@ -427,29 +422,29 @@ def deactivate(on: str = "2017-12-31") -> DeactivateExpert:
 
 
 def test_deactivating_records_the_date_and_the_expert_is_inactive() -> None:
-    [e] = given_when_then([REGISTERED, deployed()], lambda x: x.deactivate(deactivate()))
+    [e] = given_when_then(Expert, EXPERT, [REGISTERED, deployed()], lambda x: x.deactivate(deactivate()))
     assert e == ExpertDeactivated(expert_id=EXPERT, reason="retired", deactivated_on=date(2017, 12, 31))
     folded = Expert.fold(EXPERT, [REGISTERED, deployed(), e])
     assert folded.exists and not folded.active and folded.version == 3
 
 
 def test_deactivating_twice_breaks_a_rule() -> None:
-    [e] = given_when_then([REGISTERED], lambda x: x.deactivate(deactivate()))
+    [e] = given_when_then(Expert, EXPERT, [REGISTERED], lambda x: x.deactivate(deactivate()))
     with pytest.raises(RuleBroken, match="deactivated on 2017-12-31"):
-        given_when_then([REGISTERED, e], lambda x: x.deactivate(deactivate()))
+        given_when_then(Expert, EXPERT, [REGISTERED, e], lambda x: x.deactivate(deactivate()))
 
 
 def test_deactivating_before_the_registration_breaks_a_rule() -> None:
     with pytest.raises(RuleBroken, match="cannot precede"):
-        given_when_then([REGISTERED], lambda x: x.deactivate(deactivate("2016-01-01")))
+        given_when_then(Expert, EXPERT, [REGISTERED], lambda x: x.deactivate(deactivate("2016-01-01")))
 
 
 def test_deactivating_while_deployed_later_breaks_a_rule_until_the_deployment_is_cancelled() -> None:
     later = deployed(starts="2018-02-01", ends="2018-02-03")
     with pytest.raises(RuleBroken, match="cancel deployment"):
-        given_when_then([REGISTERED, later], lambda x: x.deactivate(deactivate()))
-    [c] = given_when_then([REGISTERED, later], lambda x: x.cancel_deployment(cancel()))
-    [e] = given_when_then([REGISTERED, later, c], lambda x: x.deactivate(deactivate()))
+        given_when_then(Expert, EXPERT, [REGISTERED, later], lambda x: x.deactivate(deactivate()))
+    [c] = given_when_then(Expert, EXPERT, [REGISTERED, later], lambda x: x.cancel_deployment(cancel()))
+    [e] = given_when_then(Expert, EXPERT, [REGISTERED, later, c], lambda x: x.deactivate(deactivate()))
     assert isinstance(e, ExpertDeactivated)
 
 
@@ -471,7 +466,7 @@ def test_deactivating_while_deployed_later_breaks_a_rule_until_the_deployment_is
     ],
 )
 def test_query_filters_are_validated(model: type[BaseModel], data: dict[str, Any], field: str) -> None:
-    assert invalid(model, data) == [field]
+    assert violated_fields(model, data) == [field]
 
 
 def test_empty_filters_mean_any_and_a_page_has_a_default_size() -> None:

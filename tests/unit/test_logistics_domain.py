@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from support import given_when_then, violated_fields
 
 from services.kernel.envelope import Event
-from services.kernel.errors import RuleBroken, from_validation_error
+from services.kernel.errors import RuleBroken
 from services.kernel.reference import geodesic_km, statute_miles
 from services.logistics.commands import BookFlight, CancelFlight, ChangeFlight, JoinTeam, LeaveTeam, booking_id_for
 from services.logistics.domain import TEAM_STREAM, Booking, ExpertRecord, Team
@@ -85,20 +84,6 @@ def team_given(*events: Event) -> Team:
     return Team.fold(TEAM_STREAM, events)
 
 
-def booking_when(given: Sequence[Event], when: Callable[[Booking], Sequence[Event]]) -> list[Event]:
-    return list(when(Booking.fold(BOOKING, given)))
-
-
-def team_when(given: Sequence[Event], when: Callable[[Team], Sequence[Event]]) -> list[Event]:
-    return list(when(team_given(*given)))
-
-
-def violated_fields(model: type, data: dict[str, Any]) -> list[str]:
-    with pytest.raises(ValidationError) as info:
-        model.model_validate(data)
-    return [v.field for v in from_validation_error(info.value).violations]
-
-
 # --- the team ---------------------------------------------------------------------------------------
 
 
@@ -111,43 +96,43 @@ def test_joining_the_team_records_team_member_joined() -> None:
         role="Project Officer",
         joined_on="2016-09-01",
     )
-    assert team_when([], lambda t: t.join(cmd)) == [JOINED]
+    assert given_when_then(Team, TEAM_STREAM, [], lambda t: t.join(cmd)) == [JOINED]
 
 
 def test_a_member_cannot_join_twice() -> None:
     cmd = JoinTeam(command_id="c2", member_id="tm-1", name="Ana", gender="female", role="PO", joined_on="2017-01-01")
     with pytest.raises(RuleBroken, match="cannot join twice"):
-        team_when([JOINED], lambda t: t.join(cmd))
+        given_when_then(Team, TEAM_STREAM, [JOINED], lambda t: t.join(cmd))
 
 
 def test_a_member_who_left_may_rejoin_after_the_day_they_left() -> None:
     cmd = JoinTeam(command_id="c3", member_id="tm-1", name="Ana", gender="female", role="PO", joined_on="2017-09-01")
-    [ev] = team_when([JOINED, LEFT], lambda t: t.join(cmd))
+    [ev] = given_when_then(Team, TEAM_STREAM, [JOINED, LEFT], lambda t: t.join(cmd))
     assert isinstance(ev, TeamMemberJoined) and ev.joined_on == date(2017, 9, 1)
 
 
 def test_a_member_cannot_rejoin_on_or_before_the_day_they_left() -> None:
     cmd = JoinTeam(command_id="c4", member_id="tm-1", name="Ana", gender="female", role="PO", joined_on="2017-06-30")
     with pytest.raises(RuleBroken, match="rejoin only after"):
-        team_when([JOINED, LEFT], lambda t: t.join(cmd))
+        given_when_then(Team, TEAM_STREAM, [JOINED, LEFT], lambda t: t.join(cmd))
 
 
 def test_leaving_the_team_records_team_member_left() -> None:
     cmd = LeaveTeam(command_id="c5", member_id="tm-1", left_on="2017-06-30")
-    assert team_when([JOINED], lambda t: t.leave(cmd)) == [LEFT]
+    assert given_when_then(Team, TEAM_STREAM, [JOINED], lambda t: t.leave(cmd)) == [LEFT]
 
 
 @pytest.mark.parametrize("given", [[], [JOINED, LEFT]], ids=["never joined", "already left"])
 def test_a_member_cannot_leave_if_not_on_the_team(given: list[Event]) -> None:
     cmd = LeaveTeam(command_id="c6", member_id="tm-1", left_on="2017-12-31")
     with pytest.raises(RuleBroken, match="not on the team"):
-        team_when(given, lambda t: t.leave(cmd))
+        given_when_then(Team, TEAM_STREAM, given, lambda t: t.leave(cmd))
 
 
 def test_a_member_cannot_leave_before_joining() -> None:
     cmd = LeaveTeam(command_id="c7", member_id="tm-1", left_on="2016-08-31")
     with pytest.raises(RuleBroken, match="cannot leave before"):
-        team_when([JOINED], lambda t: t.leave(cmd))
+        given_when_then(Team, TEAM_STREAM, [JOINED], lambda t: t.leave(cmd))
 
 
 def test_join_team_input_is_validated_field_by_field() -> None:
@@ -170,22 +155,24 @@ def test_on_team_on_covers_the_days_from_joining_to_leaving() -> None:
 def test_booking_a_flight_for_an_active_expert_records_flight_booked() -> None:
     cmd = book()
     assert cmd.booking_id == BOOKING
-    assert booking_when([], lambda b: b.book(cmd, expert=ACTIVE, team=Team())) == [BOOKED]
+    assert given_when_then(Booking, BOOKING, [], lambda b: b.book(cmd, expert=ACTIVE, team=Team())) == [BOOKED]
 
 
 def test_an_unknown_expert_cannot_travel() -> None:
     with pytest.raises(RuleBroken, match="not an expert"):
-        booking_when([], lambda b: b.book(book(), expert=None, team=Team()))
+        given_when_then(Booking, BOOKING, [], lambda b: b.book(book(), expert=None, team=Team()))
 
 
 def test_a_deactivated_expert_cannot_travel() -> None:
     with pytest.raises(RuleBroken, match="deactivated"):
-        booking_when([], lambda b: b.book(book(), expert=ExpertRecord("exp-1", active=False), team=Team()))
+        given_when_then(
+            Booking, BOOKING, [], lambda b: b.book(book(), expert=ExpertRecord("exp-1", active=False), team=Team())
+        )
 
 
 def test_a_team_member_on_the_team_on_the_booking_date_may_travel() -> None:
     cmd = book(traveller_id="tm-1", traveller_kind="team_member", booked_on="2017-06-30")
-    [ev] = booking_when([], lambda b: b.book(cmd, expert=None, team=team_given(JOINED, LEFT)))
+    [ev] = given_when_then(Booking, BOOKING, [], lambda b: b.book(cmd, expert=None, team=team_given(JOINED, LEFT)))
     assert isinstance(ev, FlightBooked) and ev.traveller_kind == "team_member" and ev.traveller_id == "tm-1"
 
 
@@ -199,19 +186,19 @@ def test_someone_not_on_the_team_on_the_booking_date_cannot_travel_as_a_team_mem
 ) -> None:
     cmd = book(traveller_id="tm-1", traveller_kind="team_member", booked_on=booked_on)
     with pytest.raises(RuleBroken, match="not on the team"):
-        booking_when([], lambda b: b.book(cmd, expert=None, team=team_given(*given)))
+        given_when_then(Booking, BOOKING, [], lambda b: b.book(cmd, expert=None, team=team_given(*given)))
 
 
 def test_an_expert_is_not_a_team_member() -> None:
     """Being an active expert does not make anyone a team member."""
     cmd = book(traveller_kind="team_member")
     with pytest.raises(RuleBroken, match="not on the team"):
-        booking_when([], lambda b: b.book(cmd, expert=ACTIVE, team=Team()))
+        given_when_then(Booking, BOOKING, [], lambda b: b.book(cmd, expert=ACTIVE, team=Team()))
 
 
 def test_a_booking_is_made_once() -> None:
     with pytest.raises(RuleBroken, match="already made"):
-        booking_when([BOOKED], lambda b: b.book(book(), expert=ACTIVE, team=Team()))
+        given_when_then(Booking, BOOKING, [BOOKED], lambda b: b.book(book(), expert=ACTIVE, team=Team()))
 
 
 # --- booking: input -----------------------------------------------------------------------------------
@@ -282,7 +269,7 @@ def test_cancel_flight_needs_a_reason() -> None:
 
 def test_changing_a_booking_records_the_new_itinerary_for_the_same_traveller() -> None:
     cmd = ChangeFlight.model_validate(CHANGE)
-    assert booking_when([BOOKED], lambda b: b.change(cmd)) == [
+    assert given_when_then(Booking, BOOKING, [BOOKED], lambda b: b.change(cmd)) == [
         FlightChanged(
             booking_id=BOOKING,
             traveller_id="exp-1",
@@ -298,12 +285,12 @@ def test_changing_a_booking_records_the_new_itinerary_for_the_same_traveller() -
 def test_a_change_cannot_predate_the_booking() -> None:
     cmd = ChangeFlight.model_validate({**CHANGE, "changed_on": "2017-02-19"})
     with pytest.raises(RuleBroken, match="cannot be changed before"):
-        booking_when([BOOKED], lambda b: b.change(cmd))
+        given_when_then(Booking, BOOKING, [BOOKED], lambda b: b.change(cmd))
 
 
 def test_cancelling_a_booking_records_flight_cancelled() -> None:
     cmd = CancelFlight.model_validate(CANCEL)
-    assert booking_when([BOOKED], lambda b: b.cancel(cmd)) == [
+    assert given_when_then(Booking, BOOKING, [BOOKED], lambda b: b.cancel(cmd)) == [
         FlightCancelled(
             booking_id=BOOKING, traveller_id="exp-1", reason="activity postponed", cancelled_on=date(2017, 3, 2)
         )
@@ -313,24 +300,26 @@ def test_cancelling_a_booking_records_flight_cancelled() -> None:
 def test_a_cancellation_cannot_predate_the_booking() -> None:
     cmd = CancelFlight.model_validate({**CANCEL, "cancelled_on": "2017-01-01"})
     with pytest.raises(RuleBroken, match="cannot be cancelled before"):
-        booking_when([BOOKED], lambda b: b.cancel(cmd))
+        given_when_then(Booking, BOOKING, [BOOKED], lambda b: b.cancel(cmd))
 
 
 def test_a_cancelled_booking_cannot_be_changed() -> None:
     cancelled = FlightCancelled(booking_id=BOOKING, traveller_id="exp-1", reason="x", cancelled_on=date(2017, 3, 2))
     with pytest.raises(RuleBroken, match="cancelled booking is final"):
-        booking_when([BOOKED, cancelled], lambda b: b.change(ChangeFlight.model_validate(CHANGE)))
+        given_when_then(Booking, BOOKING, [BOOKED, cancelled], lambda b: b.change(ChangeFlight.model_validate(CHANGE)))
 
 
 def test_a_cancelled_booking_cannot_be_cancelled_again() -> None:
     cancelled = FlightCancelled(booking_id=BOOKING, traveller_id="exp-1", reason="x", cancelled_on=date(2017, 3, 2))
     with pytest.raises(RuleBroken, match="cancelled booking is final"):
-        booking_when([BOOKED, cancelled], lambda b: b.cancel(CancelFlight.model_validate(CANCEL)))
+        given_when_then(Booking, BOOKING, [BOOKED, cancelled], lambda b: b.cancel(CancelFlight.model_validate(CANCEL)))
 
 
 def test_a_changed_booking_can_still_be_cancelled() -> None:
-    changed = booking_when([BOOKED], lambda b: b.change(ChangeFlight.model_validate(CHANGE)))
-    [ev] = booking_when([BOOKED, *changed], lambda b: b.cancel(CancelFlight.model_validate(CANCEL)))
+    changed = given_when_then(Booking, BOOKING, [BOOKED], lambda b: b.change(ChangeFlight.model_validate(CHANGE)))
+    [ev] = given_when_then(
+        Booking, BOOKING, [BOOKED, *changed], lambda b: b.cancel(CancelFlight.model_validate(CANCEL))
+    )
     assert isinstance(ev, FlightCancelled)
 
 

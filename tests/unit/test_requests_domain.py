@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from datetime import date
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from support import fields_of, given_when_then
 
-from services.kernel.envelope import Event
-from services.kernel.errors import RuleBroken, from_validation_error
+from services.kernel.errors import RuleBroken
 from services.requests.commands import SubmitRequest
 from services.requests.domain import Request
 from services.requests.events import RequestReceived
@@ -30,16 +29,9 @@ def command(**over: Any) -> SubmitRequest:
     return SubmitRequest.model_validate({**VALID, **over})
 
 
-def given_when_then(
-    given: Sequence[Event], when: Callable[[Request], Sequence[Event]], stream_id: str = "req-test"
-) -> list[Event]:
-    agg = Request.fold(stream_id, given)
-    return list(when(agg))
-
-
 def test_submitting_a_country_request_records_request_received() -> None:
     cmd = command()
-    events = given_when_then([], lambda r: r.submit(cmd), stream_id=cmd.request_id)
+    events = given_when_then(Request, cmd.request_id, [], lambda r: r.submit(cmd))
     assert events == [
         RequestReceived(
             request_id=cmd.request_id,
@@ -57,7 +49,7 @@ def test_submitting_a_country_request_records_request_received() -> None:
 
 def test_submitting_a_regional_organisation_request_records_its_kind_and_name() -> None:
     cmd = command(partner="ECOWAS", institution="ECOWAS Commission", institution_type="regional_organisation")
-    [ev] = given_when_then([], lambda r: r.submit(cmd), stream_id=cmd.request_id)
+    [ev] = given_when_then(Request, cmd.request_id, [], lambda r: r.submit(cmd))
     assert isinstance(ev, RequestReceived)
     assert ev.partner == "ECOWAS"
     assert ev.partner_kind == "regional_organisation"
@@ -67,7 +59,7 @@ def test_submitting_a_regional_organisation_request_records_its_kind_and_name() 
 
 def test_the_folded_request_remembers_it_was_received() -> None:
     cmd = command()
-    [ev] = given_when_then([], lambda r: r.submit(cmd), stream_id=cmd.request_id)
+    [ev] = given_when_then(Request, cmd.request_id, [], lambda r: r.submit(cmd))
     agg = Request.fold(cmd.request_id, [ev])
     assert agg.exists and agg.version == 1
     assert agg.received is not None and agg.received.received_on == date(2017, 3, 14)
@@ -75,13 +67,13 @@ def test_the_folded_request_remembers_it_was_received() -> None:
 
 def test_submitting_twice_on_the_same_stream_breaks_a_rule() -> None:
     cmd = command()
-    [first] = given_when_then([], lambda r: r.submit(cmd), stream_id=cmd.request_id)
+    [first] = given_when_then(Request, cmd.request_id, [], lambda r: r.submit(cmd))
     with pytest.raises(RuleBroken, match="already submitted"):
-        given_when_then([first], lambda r: r.submit(cmd), stream_id=cmd.request_id)
+        given_when_then(Request, cmd.request_id, [first], lambda r: r.submit(cmd))
     # even with another command id, the same stream cannot receive a second submission
     other = command(command_id="cmd-other")
     with pytest.raises(RuleBroken):
-        given_when_then([first], lambda r: r.submit(other), stream_id=cmd.request_id)
+        given_when_then(Request, cmd.request_id, [first], lambda r: r.submit(other))
 
 
 @pytest.mark.parametrize(
@@ -108,7 +100,7 @@ def test_submit_request_validation_names_the_field(over: dict[str, Any], field: 
     locs = [".".join(str(p) for p in err["loc"]) for err in info.value.errors()]
     assert locs == [field]
     # and the kit turns it into a field violation naming the same field
-    assert [v.field for v in from_validation_error(info.value).violations] == [field]
+    assert fields_of(info.value) == [field]
 
 
 @pytest.mark.parametrize(
