@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PROTOS := $(shell find proto -name '*.proto')
 GEN_STAMP := gen/.stamp
 
-.PHONY: install proto demo test unit lint bench up dev-up dev-down clean
+.PHONY: install proto chromium demo test unit lint bench up dev-up dev-down clean
 
 install: $(STAMP)
 
@@ -23,10 +23,22 @@ $(GEN_STAMP): $(STAMP) $(PROTOS)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=gen --grpc_python_out=gen --pyi_out=gen $(PROTOS)
 	touch $(GEN_STAMP)
 
-demo: proto
+# Debian's Chromium, for the report page's browser test and the demo's screenshot (Playwright drives it; it never
+# downloads a browser of its own): installed where missing when we may (root with apt-get), else said how.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium (apt-get)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "Chromium is missing: sudo apt-get install -y chromium chromium-driver (the browser test needs it)"; \
+	  fi
+
+demo: proto chromium
 	$(BIN)/mieux demo
 
-test: proto
+test: proto chromium
 	$(BIN)/ruff check services tests bench deploy
 	$(BIN)/pytest -q
 

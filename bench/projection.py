@@ -1,14 +1,22 @@
 """Figure 2: projection throughput, Kafka -> PostgreSQL read model with dedupe.
 
-N RequestReceived envelopes, as the relay publishes them (Envelope JSON, key = stream id), are produced
-beforehand to a fresh topic created with explicit partitions. Then, each with a fresh consumer group:
+N RequestReceived envelopes, as the relay publishes them (Envelope JSON with the key id, key = stream id,
+signed in relay batches of MIEUX_RELAY_BATCH_SIZE: signing.Signer.seal, the `mieux-signature` header), are
+produced beforehand to a fresh topic created with explicit partitions, `mieux.bench_<id>.events` (a producer
+of the bench's own, with a key of its own). Then, each with a fresh consumer group:
 
 * mieux: the real `ProjectionRunner` running the real `RequestsPerYear` projection (a subclass only
-  renames it and points it at the bench topic). Per event it records a tracking row (the dedupe, one row
-  per event like raw's), plus one upsert per year per batch, in one transaction per batch, then commits
-  the offsets;
+  renames it and points it at the bench topic), verifying every message's signature (signing.Verifier) as
+  it does in the services. Per event it records a tracking row (the dedupe, one row per event like raw's),
+  plus one upsert per year per batch, in one transaction per batch, then commits the offsets;
+* mieux, not verifying: the same, with a verifier that accepts every message unchecked (for the
+  comparison only: the runner has no such setting);
 * raw: aiokafka `getmany` + `json.loads` + asyncpg `executemany` INSERT ... ON CONFLICT (event_id) DO
-  NOTHING in one transaction + manual offset commit, with the same batch size.
+  NOTHING in one transaction + manual offset commit, with the same batch size (it verifies nothing).
+
+The cost of verification per event is measured twice: from the two runs (1/verifying - 1/not verifying),
+and in-process over the same messages (`verify_cost`: a fresh Verifier over all N in a random order, and one
+Ed25519 verification, what a signature per message would cost).
 
 Throughput counts from the first applied batch to the last event (so the group join, about 1 s with
 Tansu, is excluded): (N - events applied by the first batch) / (time of last - time of first batch).
@@ -19,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +40,7 @@ from services.kernel.db import create_pool
 from services.kernel.envelope import Envelope, utcnow
 from services.kernel.runner import ProjectionRunner
 from services.kernel.settings import Settings
+from services.kernel.signing import Signer, Verifier, load_public_keys, new_key, signature_of
 from services.requests.projections import RequestsPerYear
 
 RAW_VIEW_SQL = """
@@ -41,8 +51,8 @@ WATCH_LIMIT_S = 180.0
 RAW_INSERT = "INSERT INTO bench_raw.view (event_id, year) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING"
 
 
-def envelopes(n: int) -> list[tuple[bytes, bytes]]:
-    """(key, value) of `n` envelopes, one new stream each, received over ten years."""
+def envelopes(n: int, source: str) -> list[Envelope]:
+    """`n` envelopes of `source`, one new stream each, received over ten years."""
     now = utcnow()
     out = []
     for i in range(n):
@@ -51,7 +61,7 @@ def envelopes(n: int) -> list[tuple[bytes, bytes]]:
             event_id=new_id(),
             event_type="RequestReceived",
             schema_version=1,
-            source="requests",
+            source=source,
             stream_id=stream,
             stream_version=1,
             position=i + 1,
@@ -62,25 +72,58 @@ def envelopes(n: int) -> list[tuple[bytes, bytes]]:
             actor="bench",
             data=sample_data(stream, year=2015 + i % 10),
         )
-        out.append((stream.encode(), env.to_bytes()))
+        out.append(env)
     return out
 
 
-async def produce(settings: Settings, topic: str, n: int) -> float:
-    """Create `topic` and fill it with `n` envelopes; returns messages per second of the produce."""
+class NotVerifying(Verifier):
+    """Accepts every message unchecked: the runner without verification, for the comparison only."""
+
+    def __init__(self) -> None:
+        super().__init__({})
+
+    def verify(self, topic: str, value: bytes | None, env: Envelope, header: bytes | str | None) -> None:
+        return None
+
+
+async def produce(settings: Settings, topic: str, n: int, signer: Signer) -> tuple[float, list]:
+    """Create `topic` and fill it with `n` envelopes signed as the relay signs them (in relay batches); returns
+    messages per second of the produce, and the messages."""
     await bus.ensure_topics(settings, [topic])
-    messages = envelopes(n)
+    every = envelopes(n, signer.service)
+    batch = settings.relay_batch_size
+    messages = [m for i in range(0, n, batch) for m in signer.seal(every[i : i + batch])]
     producer = bus.producer(settings)
     await producer.start()
     try:
         t0 = time.perf_counter()
         for i in range(0, n, 5000):
             chunk = messages[i : i + 5000]
-            futures = [await producer.send(topic, value=value, key=key) for key, value in chunk]
+            futures = [await producer.send(topic, value=m.value, key=m.key, headers=m.headers) for m in chunk]
             await asyncio.gather(*futures)
-        return n / (time.perf_counter() - t0)
+        return n / (time.perf_counter() - t0), messages
     finally:
         await producer.stop()
+
+
+def verify_cost(topic: str, messages: list, verifier: Verifier, signer: Signer) -> dict[str, float]:
+    """Microseconds per event of verification in-process, the messages in a random order (a consumer meets
+    them partition by partition; at random, fewer of a message's neighbours in its tree are known when it
+    comes) with a fresh Verifier, and of one Ed25519 verification (what a signature per message would cost)."""
+    parsed = [(m.value, Envelope.from_bytes(m.value), signature_of(m.headers)) for m in messages]
+    random.Random(0).shuffle(parsed)
+    t0 = time.perf_counter()
+    for value, env, header in parsed:
+        verifier.verify(topic, value, env, header)
+    per_event = (time.perf_counter() - t0) / len(parsed)
+    public = signer.private.public_key()
+    signature = signer.private.sign(b"x" * 64)
+    rounds = 2000
+    t0 = time.perf_counter()
+    for _ in range(rounds):
+        public.verify(signature, b"x" * 64)
+    ed25519 = (time.perf_counter() - t0) / rounds
+    return {"per_event_us": per_event * 1e6, "ed25519_verify_us": ed25519 * 1e6}
 
 
 async def watch(applied: Callable[[], int], n: int) -> dict[str, float]:
@@ -100,10 +143,11 @@ def per_year_on(topic: str) -> RequestsPerYear:
     return type("BenchRequestsPerYear", (RequestsPerYear,), attrs)()
 
 
-async def mieux(settings: Settings, topic: str, n: int) -> dict[str, float]:
+async def mieux(settings: Settings, topic: str, n: int, verifier: Verifier) -> dict[str, float]:
     pool = await create_pool(settings.dsn(), max_size=4)
     projection = per_year_on(topic)
     runner = ProjectionRunner([projection], pool, settings, group=f"bench.mieux.{new_id()}")
+    runner.verifier = verifier  # the bench topic's producer is the bench's own, with a key of its own
     try:
         async with pool.acquire() as conn:
             await projection.setup(conn)
@@ -159,11 +203,19 @@ async def raw(settings: Settings, topic: str, n: int) -> dict[str, float]:
 
 
 async def run(settings: Settings, n: int) -> dict[str, Any]:
-    topic = f"bench.projection.{new_id()[:8]}"
-    produced = await produce(settings, topic, n)
+    producer = f"bench_{new_id()[:8]}"
+    topic = f"mieux.{producer}.events"
+    private, kid, public = new_key()
+    signer = Signer(producer, kid, private)
+    keys = load_public_keys({producer: {kid: public}})
+    produced, messages = await produce(settings, topic, n, signer)
+    verifying = await mieux(settings, topic, n, Verifier(keys))
+    not_verifying = await mieux(settings, topic, n, NotVerifying())
     return {
         "topic_partitions": settings.topic_partitions,
         "produce_rate": produced,
-        "mieux": await mieux(settings, topic, n),
+        "mieux": verifying,
+        "mieux_not_verifying": not_verifying,
         "raw": await raw(settings, topic, n),
+        "verify_cost": verify_cost(topic, messages, Verifier(keys), signer),
     }

@@ -10,9 +10,10 @@ from rich.table import Table
 METHOD = {
     "append": "events/s, one event per command on a new stream; median of rounds in which the contenders take "
     "turns (bench/append.py)",
-    "projection": "events/s from the first applied batch to the last of N pre-produced envelopes, fresh consumer "
-    "group; mieux = ProjectionRunner + RequestsPerYear (tracking row per event), raw = getmany + executemany "
-    "ON CONFLICT DO NOTHING (bench/projection.py)",
+    "projection": "events/s from the first applied batch to the last of N pre-produced envelopes, signed as the "
+    "relay signs them, fresh consumer group; mieux = ProjectionRunner + RequestsPerYear (tracking row per event) "
+    "verifying every signature, and the same not verifying; raw = getmany + executemany ON CONFLICT DO NOTHING, "
+    "verifying nothing (bench/projection.py)",
     "e2e_latency_ms": "gRPC ack -> tracking row visible, open loop, polled every 2 ms (bench/e2e.py)",
 }
 
@@ -25,6 +26,14 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     """Add the headline projection figures, the ratios and the targets to the raw results."""
     detail = results["projection_detail"]
     results["projection"] = {"mieux": detail["mieux"]["rate"], "raw": detail["raw"]["rate"]}
+    unverified = detail["mieux_not_verifying"]["rate"]
+    results["projection_not_verifying"] = {"mieux": unverified, "raw": detail["raw"]["rate"]}
+    results["verification"] = {
+        # from the two runs: what verifying adds to each event's time in the runner
+        "us_per_event_in_the_runner": round((1 / detail["mieux"]["rate"] - 1 / unverified) * 1e6, 2),
+        "us_per_event_in_process": round(detail["verify_cost"]["per_event_us"], 2),
+        "ed25519_verify_us": round(detail["verify_cost"]["ed25519_verify_us"], 2),
+    }
     ratios: dict[str, dict[str, float]] = {}
     targets: list[dict[str, Any]] = []
     for key in ("append_1_client", "append_8_clients"):
@@ -39,6 +48,8 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         targets.append(_target(f"{key}: mieux / raw", ratios[key]["mieux/raw"], ">=", 0.7))
     p = results["projection"]
     ratios["projection"] = {"mieux/raw": _ratio(p["mieux"], p["raw"])}
+    q = results["projection_not_verifying"]
+    ratios["projection_not_verifying"] = {"mieux/raw": _ratio(q["mieux"], q["raw"])}
     targets.append(_target("projection: mieux events/s", p["mieux"], ">=", 10_000))
     targets.append(_target("projection: mieux / raw", ratios["projection"]["mieux/raw"], ">=", 0.5))
     lat = results["e2e_latency_ms"]
@@ -63,7 +74,8 @@ def print_report(results: dict[str, Any]) -> None:
     for key, label in (
         ("append_1_client", "append, 1 client"),
         ("append_8_clients", "append, 8 clients"),
-        ("projection", "projection Kafka -> PostgreSQL"),
+        ("projection", "projection Kafka -> PostgreSQL, verifying signatures"),
+        ("projection_not_verifying", "projection, not verifying (comparison)"),
     ):
         r, q = results[key], results["ratios"][key]
         es = r.get("eventsourcing")
@@ -76,6 +88,12 @@ def print_report(results: dict[str, Any]) -> None:
             f"{q['mieux/raw']:.2f}x",
         )
     console.print(figures)
+    v = results["verification"]
+    console.print(
+        f"signature verification: {v['us_per_event_in_the_runner']:.1f} us per event in the runner (from the two "
+        f"runs), {v['us_per_event_in_process']:.1f} us in-process; one Ed25519 verification "
+        f"{v['ed25519_verify_us']:.1f} us (a signature per message would cost that per event)"
+    )
 
     lat = results["e2e_latency_ms"]
     latency = Table(title=f"End to end, ack -> read model, {lat['rate']}/s for {lat['duration_s']:.0f} s (ms)")

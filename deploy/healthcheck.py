@@ -1,9 +1,11 @@
 """Container health check: exit 0 when the gRPC server on localhost:<port> answers SERVING to the standard
 health check (grpc.health.v1.Health/Check, the overall service ""), 1 otherwise.
 
-    python /opt/mieux/healthcheck.py 50051
+    python /opt/mieux/healthcheck.py 50050
 
-Kubernetes probes gRPC natively; compose has no gRPC probe, so the image ships this script.
+<port> is the service's plaintext health port (MIEUX_GRPC_HEALTH_PORT), which serves health alone: its gRPC
+port speaks TLS only. Kubernetes probes that port natively; compose has no gRPC probe, so the image ships
+this script.
 """
 
 from __future__ import annotations

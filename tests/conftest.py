@@ -57,6 +57,10 @@ async def pool(stack: DevStack) -> AsyncIterator[Pool]:
 
 
 @pytest.fixture
-def schema() -> str:
-    """A fresh schema (service name) per test, so tests never see each other's events."""
-    return f"t_{uuid.uuid4().hex[:10]}"
+def schema(stack: DevStack) -> str:
+    """A fresh schema (service name) per test, so tests never see each other's events. Like every service of the
+    stack it has a signing key (signing.py): its relay signs what it publishes onto its topic (`support.signed`
+    signs hand-made envelopes as it would), and consumers verify it."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    stack.new_signing_key(name)
+    return name

@@ -1,8 +1,9 @@
 """A small hand-made history of every service (requests, actions, experts, logistics, carbon), as data and
 as the envelopes their relays would publish: a cancelled activity, a cancelled deployment, an expert
 deployed twice in a year, a cancelled and a changed flight, a team member who left mid-year, offsets bought
-and retired. The stats projections' test works its figures out from this data; the projection contract
-test feeds the envelopes to every projection."""
+and retired, and an expert and a team member of 2017 forgotten at the end (names and roles sealed with keys of
+their own, as the services write them: forgetting changes no figure). The stats projections' test works its
+figures out from this data; the projection contract test feeds the envelopes to every projection."""
 
 from __future__ import annotations
 
@@ -15,13 +16,23 @@ from typing import Any
 
 from support import make_envelope
 
-from services.actions.events import ActionOpened, ActivityCancelled, ActivityHeld, ActivityPlanned
+from services.actions.events import (
+    ActionFicheAgreed,
+    ActionOpened,
+    ActivityCancelled,
+    ActivityHeld,
+    ActivityPlanned,
+    DeliverableRecorded,
+    ParticipantFeedbackRecorded,
+    PartnerAssessmentSubmitted,
+)
 from services.carbon.events import (
     FlightEmissionsCalculated,
     FlightEmissionsReversed,
     Money,
     OffsetsPurchased,
     OffsetsRetired,
+    SegmentEmissions,
 )
 from services.experts.events import (
     Answer,
@@ -29,16 +40,19 @@ from services.experts.events import (
     ExpertDeployed,
     ExpertDeploymentCancelled,
     ExpertEvaluationSubmitted,
+    ExpertForgotten,
     ExpertProfileUpdated,
     ExpertRegistered,
 )
 from services.kernel.envelope import Envelope, Event
+from services.kernel.personal import SubjectKey
 from services.logistics.events import (
     Fare,
     FlightBooked,
     FlightCancelled,
     FlightChanged,
     Segment,
+    TeamMemberForgotten,
     TeamMemberJoined,
     TeamMemberLeft,
 )
@@ -95,6 +109,7 @@ class Expert:
     background: str
     registered_on: date
     deactivated_on: date | None = None
+    nationality: str = "FR"
 
 
 @dataclass(frozen=True)
@@ -128,8 +143,15 @@ class Emission:
     booking_id: str
     kind: str
     kg: Decimal
-    year: int
+    year: int  # the first leg's (the event's departure_year)
     sign: int  # +1 calculated, -1 reversed
+    legs: tuple[tuple[date, Decimal], ...] = ()  # each leg's departure and kg; none: the event has no segments
+
+    def in_year(self, year: int) -> Decimal:
+        """What it adds to (or takes from) the footprint of `year`: each leg in the year it departs."""
+        if not self.legs:
+            return self.sign * self.kg if self.year == year else Decimal(0)
+        return sum((self.sign * kg for on, kg in self.legs if on.year == year), Decimal(0))
 
 
 # The scenario, as data. The expected figures below are computed from these lists, never typed in.
@@ -137,6 +159,13 @@ REQUESTS = [("req-1", "MG", D("2016-05-01")), ("req-2", "MG", D("2017-03-08")), 
 REQUESTS += [("req-4", "MX", D("2019-01-02"))]  # no request in 2018: a zero year between the first and last
 ACTIONS = [("2016-01", "MX", "lac", D("2016-03-01")), ("2017-01", "MG", "africa_ces", D("2017-02-01"))]
 ACTIONS += [("2017-02", "SN", "africa_west", D("2017-04-01"))]
+THEMES = {"2016-01": ("thb_and_som",), "2017-01": ("diaspora_engagement",), "2017-02": ("policy_development",)}
+# fiches: pillars and themes; 2016-01's was agreed before fiches named them (a version 1 event, upcast with none:
+# its themes are its request's); 2017-02 has none yet (its themes are its request's too)
+FICHES = [
+    ("2017-01", ("migration_and_development",), ("diaspora_engagement", "policy_development"), D("2017-02-15")),
+]
+FICHES_V1 = [("2016-01", D("2016-03-20"))]
 HELD = [
     Held("2016-01/A1", "2016-01", D("2016-11-10"), "MX", "lac", 7, 3, 0),
     Held("2016-01/A2", "2016-01", D("2017-01-15"), "MX", "lac", 3, 3, 0),  # an older action, held in 2017
@@ -147,13 +176,14 @@ HELD = [
 CANCELLED_ACTIVITIES = [("2017-01/A2", "2017-01", "africa_ces", "MG", D("2017-05-01"))]
 EXPERTS = [
     Expert("exp-1", "female", "eu_ms_administration", D("2015-01-01")),
-    Expert("exp-2", "male", "southern_administration", D("2016-02-01")),
-    Expert("exp-3", "male", "icmpd", D("2017-04-01")),  # then updated to academia
-    Expert("exp-4", "female", "ngo", D("2016-06-01"), deactivated_on=D("2017-06-30")),
-    Expert("exp-5", "male", "private_consultant", D("2017-12-31")),
+    Expert("exp-2", "male", "southern_administration", D("2016-02-01"), nationality="SN"),
+    Expert("exp-3", "male", "icmpd", D("2017-04-01"), nationality="AM"),  # then academia from Norway
+    Expert("exp-4", "female", "ngo", D("2016-06-01"), deactivated_on=D("2017-06-30"), nationality="MX"),
+    Expert("exp-5", "male", "private_consultant", D("2017-12-31"), nationality="RU"),
     Expert("exp-6", "female", "eu_ms_administration", D("2018-01-01")),
 ]
 PROFILE_UPDATES = {"exp-3": "academia"}
+NATIONALITY_UPDATES = {"exp-3": "NO"}  # Armenia is in Western Asia (UN M49), Norway in Europe
 DEPLOYMENTS = [
     Deployment("dep-1", "exp-1", "2017-01/A1", D("2017-03-01")),
     Deployment("dep-2", "exp-1", "2017-02/A1", D("2017-06-05")),  # exp-1 deployed twice in 2017
@@ -163,10 +193,28 @@ DEPLOYMENTS = [
     Deployment("dep-6", "exp-5", "2017-01/A2", D("2017-05-01")),  # to the activity that was cancelled
 ]
 EVALUATIONS = [  # evaluation id, deployment, submitted on, answers
-    ("ev-1", "dep-1", D("2017-03-10"), {"objectives_met": 5, "logistics": 3}),
-    ("ev-2", "dep-4", D("2017-02-01"), {"objectives_met": 4, "logistics": 2}),
-    ("ev-3", "dep-2", D("2017-06-10"), {"objectives_met": 2, "logistics": 4}),
-    ("ev-4", "dep-5", D("2016-11-20"), {"objectives_met": 1, "logistics": 1}),
+    ("ev-1", "dep-1", D("2017-03-10"), {"peer_to_peer_beneficial": 5, "objectives_met": 5, "logistics": 3}),
+    ("ev-2", "dep-4", D("2017-02-01"), {"peer_to_peer_beneficial": 4, "objectives_met": 4, "logistics": 2}),
+    ("ev-3", "dep-2", D("2017-06-10"), {"peer_to_peer_beneficial": 2, "objectives_met": 2, "logistics": 4}),
+    ("ev-4", "dep-5", D("2016-11-20"), {"peer_to_peer_beneficial": 4, "objectives_met": 1, "logistics": 1}),
+]
+# participants' feedback of held activities: (activity, action, region, starts on, respondents, skills, difference)
+FEEDBACK = [
+    ("2016-01/A1", "2016-01", "lac", D("2016-11-10"), 8, 6, 5),
+    ("2016-01/A2", "2016-01", "lac", D("2017-01-15"), 5, 5, 4),  # an older action, held in 2017
+    ("2017-01/A1", "2017-01", "africa_ces", D("2017-03-01"), 12, 11, 10),
+    ("2017-02/A1", "2017-02", "africa_west", D("2017-06-05"), 10, 7, 9),
+]
+ASSESSMENTS = [  # action, partner, region, rating, submitted on
+    ("2016-01", "MX", "lac", "good", D("2017-02-01")),
+    ("2017-01", "MG", "africa_ces", "excellent", D("2017-10-01")),
+    ("2017-02", "SN", "africa_west", "fair", D("2017-12-01")),
+]
+DELIVERABLES = [  # id, action, partner, region, kind, delivered on
+    ("2016-01/D1", "2016-01", "MX", "lac", "policy", D("2016-12-01")),
+    ("2017-01/D1", "2017-01", "MG", "africa_ces", "strategy", D("2017-09-15")),
+    ("2017-01/D2", "2017-01", "MG", "africa_ces", "handbook", D("2017-09-20")),
+    ("2017-02/D1", "2017-02", "SN", "africa_west", "action_plan", D("2018-01-10")),
 ]
 TEAM = [
     Stint("tm-1", D("2015-01-01")),
@@ -197,7 +245,18 @@ EMISSIONS = [
     Emission("bk-3", "team_member", Decimal("800"), 2017, -1),  # cancelled
     Emission("bk-4", "team_member", Decimal("900"), 2016, +1),
     Emission("bk-5", "expert", Decimal("1100"), 2017, +1),
+    # out on 30 December 2017, back on 5 January 2018: each leg in the year it departs
+    Emission(
+        "bk-6",
+        "team_member",
+        Decimal("1190.75"),
+        2017,
+        +1,
+        legs=((D("2017-12-30"), Decimal("600.5")), (D("2018-01-05"), Decimal("590.25"))),
+    ),
 ]
+# forgotten at the end: an expert deployed twice and evaluated in 2017, a team member who left mid-2017
+FORGOTTEN = [("exp-1", D("2019-03-01")), ("tm-2", D("2019-03-02"))]
 LOTS = [("lot-1", 40, D("2017-12-15")), ("lot-2", 10, D("2016-12-01"))]
 RETIREMENTS = [
     ("lot-1", 25, 2017, D("2018-01-10")),
@@ -217,6 +276,8 @@ def build_history() -> History:
         the_activities_planned,
         the_activities_held,
         the_activities_cancelled,
+        the_fiches,
+        the_results,
         the_roster,
         the_deployments,
         the_evaluations,
@@ -225,6 +286,7 @@ def build_history() -> History:
         the_flights,
         the_emissions,
         the_offsets,
+        the_forgettings,
     ):
         step(h)
     return h
@@ -258,6 +320,7 @@ def the_actions(h: History) -> None:
                 partner_kind="country",
                 partner_name=partner,
                 region=region,
+                themes=THEMES[code],
                 title=partner,
                 follow_up=1,
                 year=opened.year,
@@ -315,21 +378,89 @@ def the_activities_cancelled(h: History) -> None:
         h.add(code, ActivityCancelled(action_code=code, activity_id=aid, cancelled_on=on, reason="postponed"))
 
 
+def the_fiches(h: History) -> None:
+    """The fiches naming pillars and themes, and one stored before they did (schema version 1)."""
+    for code, pillars, themes, on in FICHES:
+        h.add(code, ActionFicheAgreed(action_code=code, agreed_on=on, pillars=pillars, themes=themes))
+    for code, on in FICHES_V1:
+        h.versions[code] += 1
+        env = make_envelope(
+            "ActionFicheAgreed",
+            {"action_code": code, "agreed_on": on.isoformat(), "summary": "agreed before fiches named pillars"},
+            stream_id=code,
+            version=h.versions[code],
+            source="actions",
+            position=len(h.envelopes) + 1,
+            schema_version=1,
+            correlation_id="test",
+        )
+        h.envelopes.append(env)
+
+
+def the_results(h: History) -> None:
+    """Participants' feedback, the partners' assessments and the deliverables."""
+    for aid, code, region, starts, respondents, skills, difference in FEEDBACK:
+        partner = next(p for c, p, _, _ in ACTIONS if c == code)
+        h.add(
+            code,
+            ParticipantFeedbackRecorded(
+                action_code=code,
+                activity_id=aid,
+                activity_starts_on=starts,
+                partner=partner,
+                region=region,
+                respondents=respondents,
+                skills_enhanced=skills,
+                makes_a_difference=difference,
+                recorded_on=starts,
+            ),
+        )
+    for code, partner, region, rating, on in ASSESSMENTS:
+        h.add(
+            code,
+            PartnerAssessmentSubmitted(
+                action_code=code, partner=partner, region=region, rating=rating, submitted_on=on
+            ),
+        )
+    for did, code, partner, region, kind, on in DELIVERABLES:
+        h.add(
+            code,
+            DeliverableRecorded(
+                action_code=code,
+                deliverable_id=did,
+                kind=kind,
+                title=f"{kind} of {partner}",
+                delivered_on=on,
+                partner=partner,
+                region=region,
+            ),
+        )
+
+
+# each person's own key, as the experts and logistics services keep them (names and roles sealed with it)
+KEYS: dict[str, SubjectKey] = {}
+
+
+def sealed(subject: str, text: str) -> str:
+    return KEYS.setdefault(subject, SubjectKey.new(subject)).seal(text)
+
+
 def the_roster(h: History) -> None:
     """Every expert registered, each profile update right after its registration."""
     for e in EXPERTS:
-        profile = {"name": e.expert_id, "gender": e.gender, "nationality": "FR"}
+        profile = {"name": sealed(e.expert_id, e.expert_id), "gender": e.gender, "nationality": e.nationality}
         h.add(
             e.expert_id,
             ExpertRegistered(expert_id=e.expert_id, background=e.background, registered_on=e.registered_on, **profile),
         )
         if e.expert_id in PROFILE_UPDATES:
+            profile["nationality"] = NATIONALITY_UPDATES.get(e.expert_id, e.nationality)
             h.add(
                 e.expert_id,
                 ExpertProfileUpdated(
                     expert_id=e.expert_id,
                     background=PROFILE_UPDATES[e.expert_id],
-                    changed=("background",),
+                    changed=("background", "nationality"),
                     updated_on=e.registered_on,
                     **profile,
                 ),
@@ -395,7 +526,11 @@ def the_team(h: History) -> None:
         h.add(
             "team",
             TeamMemberJoined(
-                member_id=s.member_id, name=s.member_id, gender="female", role="PO", joined_on=s.joined_on
+                member_id=s.member_id,
+                name=sealed(s.member_id, s.member_id),
+                gender="female",
+                role=sealed(s.member_id, "PO"),
+                joined_on=s.joined_on,
             ),
         )
     for s in TEAM:
@@ -456,13 +591,31 @@ EMISSION_METHOD: dict[str, Any] = {
 }
 
 
+def legs(em: Emission) -> tuple[SegmentEmissions, ...]:
+    return tuple(
+        SegmentEmissions(
+            origin="BRU",
+            destination="MEX",
+            departs_on=on,
+            distance_km=Decimal(1),
+            distance_miles=Decimal(1),
+            haul="international_non_uk",
+            factor_cabin_class="economy",
+            factor_id="f",
+            kg_co2e_per_pkm=Decimal(1),
+            kg_co2e=kg,
+        )
+        for on, kg in em.legs
+    )
+
+
 def the_emissions(h: History) -> None:
     """Each emission calculated or reversed on its booking's stream; a reversal names the version it reverses."""
     calculated_at: dict[str, int] = {}
     for em in EMISSIONS:
         stream = f"emissions-{em.booking_id}"
         ids = {"booking_id": em.booking_id, "traveller_id": "t", "traveller_kind": em.kind}
-        figures = {"kg_co2e": em.kg, "departure_year": em.year, **EMISSION_METHOD}
+        figures = {"kg_co2e": em.kg, "departure_year": em.year, **EMISSION_METHOD, "segments": legs(em)}
         if em.sign > 0:
             env = h.add(
                 stream, FlightEmissionsCalculated(**ids, **figures, calculated_on=D("2017-01-01"), cause="booked")
@@ -505,3 +658,12 @@ def the_offsets(h: History) -> None:
             f"lot-{lot}",
             OffsetsRetired(lot_id=lot, quantity=qty, against_year=against, retired_on=on, remaining=held_by_lot[lot]),
         )
+
+
+def the_forgettings(h: History) -> None:
+    """People forgotten: their keys destroyed, which the events say and nothing else."""
+    for subject, on in FORGOTTEN:
+        if subject.startswith("exp-"):
+            h.add(subject, ExpertForgotten(expert_id=subject, reason="erasure request", forgotten_on=on))
+        else:
+            h.add("team", TeamMemberForgotten(member_id=subject, reason="retention over", forgotten_on=on))

@@ -28,6 +28,7 @@ from services.kernel.application import Aggregate
 from services.kernel.envelope import Envelope, Event, utcnow
 from services.kernel.errors import from_validation_error
 from services.kernel.settings import Settings
+from services.kernel.signing import Signed, owner_of, signer_for
 
 # the keys the issue asks `mieux stats year --json` to print: the annual report's "year at a glance"
 YEAR_JSON_KEYS = (
@@ -48,6 +49,8 @@ YEAR_JSON_KEYS = (
     "vers_purchased",
     "vers_retired",
 )
+# what `mieux stats year Y --json` adds to them (and `mieux stats results Y --json` prints alone)
+RESULTS_JSON_KEYS = ("results", "expert_origin", "history")
 
 A = TypeVar("A", bound=Aggregate)
 S = TypeVar("S")
@@ -102,6 +105,42 @@ def make_envelope(
         actor=actor,
         data=data,
     )
+
+
+def signed(topic: str, envelopes: Sequence[Envelope]) -> list[Signed]:
+    """`envelopes` as the relay of `topic`'s producer publishes them: from that service (`source`), with its key
+    id, signed with its key in the test stack (a service's, or a test's schema's: the `schema` fixture makes one).
+    Each has its Kafka key, value and headers (`producer.send(topic, value=m.value, key=m.key, headers=m.headers)`)."""
+    owner = owner_of(topic)
+    assert owner is not None, f"{topic} is no service's events topic"
+    return signer_for(Settings(), owner).seal([e.model_copy(update={"source": owner}) for e in envelopes])
+
+
+async def publish(settings: Settings, topic: str, envelopes: Sequence[Envelope]) -> None:
+    """`envelopes` onto `topic` in order, signed as its producer's relay signs them (`signed`), acknowledged."""
+    producer = bus.producer(settings)
+    await producer.start()
+    try:
+        for m in signed(topic, envelopes):
+            await producer.send(topic, value=m.value, key=m.key, headers=m.headers)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def mieux_cli(stack_env: dict[str, str], *args: str) -> tuple[int, str]:
+    """`mieux <args>` as a person runs it (a process of its own, against the test stack): exit code and output."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.ops.cli",
+        *args,
+        env={**stack_env, "COLUMNS": "250"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode or 0, out.decode()
 
 
 @contextlib.asynccontextmanager

@@ -3,7 +3,7 @@
 from services.actions import api
 from services.actions.policies import OpenActionOnApproval
 from services.actions.projections import ActionsView
-from services.actions.queries import ActionQueries
+from services.actions.queries import ActionsQueries
 from services.kernel.grpckit import Registrar
 from services.kernel.service import Service
 
@@ -11,7 +11,7 @@ from services.kernel.service import Service
 def build() -> Service:
     def registrars(svc: Service) -> list[Registrar]:
         assert svc.store is not None
-        return [api.registrar(svc.store, ActionQueries(svc.store.pool))]
+        return [api.registrar(svc.store, ActionsQueries(svc.store.pool))]
 
     return Service(
         name="actions",

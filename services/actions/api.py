@@ -14,9 +14,12 @@ from services.actions.commands import (
     CloseAction,
     PlanActivity,
     RecordActivityHeld,
+    RecordDeliverable,
+    RecordParticipantFeedback,
+    SubmitPartnerAssessment,
 )
 from services.actions.domain import CODE_RE, Action, ActivityState, parse_activity_id
-from services.actions.queries import ActionFilter, ActionQueries, ActivityFilter
+from services.actions.queries import ActionFilter, ActionsQueries, ActivityFilter
 from services.kernel.errors import FieldViolation, InvalidArgument
 from services.kernel.grpckit import COMMANDERS, READERS, Registrar
 from services.kernel.paging import page_size
@@ -24,7 +27,16 @@ from services.kernel.protos import ack, date_pb, fields
 from services.kernel.store import EventStore
 
 SERVICE_NAME = "mieux.actions.v1.Actions"
-COMMANDS = ("AgreeActionFiche", "PlanActivity", "RecordActivityHeld", "CancelActivity", "CloseAction")
+COMMANDS = (
+    "AgreeActionFiche",
+    "PlanActivity",
+    "RecordActivityHeld",
+    "CancelActivity",
+    "CloseAction",
+    "RecordParticipantFeedback",
+    "SubmitPartnerAssessment",
+    "RecordDeliverable",
+)
 QUERIES = ("GetAction", "ListActions", "GetActivity", "ListActivities")
 ACCESS = {
     **{f"/{SERVICE_NAME}/{m}": COMMANDERS for m in COMMANDS},
@@ -35,6 +47,7 @@ ACCESS = {
 def activity_pb(a: ActivityState) -> actions_pb2.Activity:
     p = a.planned
     held = a.held
+    fb = a.feedback
     return actions_pb2.Activity(
         activity_id=p.activity_id,
         action_code=p.action_code,
@@ -54,6 +67,9 @@ def activity_pb(a: ActivityState) -> actions_pb2.Activity:
         partner=p.partner,
         region=p.region,
         cancelled_on=date_pb(a.cancelled.cancelled_on if a.cancelled else None),
+        feedback_respondents=fb.respondents if fb else 0,
+        feedback_skills_enhanced=fb.skills_enhanced if fb else 0,
+        feedback_makes_a_difference=fb.makes_a_difference if fb else 0,
     )
 
 
@@ -67,7 +83,7 @@ def action_pb(action: Action) -> actions_pb2.Action:
         partner_kind=o.partner_kind,
         partner_name=o.partner_name,
         region=o.region,
-        themes=list(o.themes),
+        themes=list(s.themes),  # the fiche's once it names any, else the request's
         title=o.title,
         follow_up=o.follow_up,
         year=o.year,
@@ -79,6 +95,16 @@ def action_pb(action: Action) -> actions_pb2.Action:
         activities_held=sum(1 for a in acts if a.status == "held"),
         activities_cancelled=sum(1 for a in acts if a.status == "cancelled"),
         activities=[activity_pb(a) for a in acts],
+        pillars=list(s.pillars),
+        fiche_themes=list(s.themes) if s.fiche_agreed_on is not None else [],
+        partner_rating=s.assessment.rating if s.assessment else "",
+        assessed_on=date_pb(s.assessment.submitted_on if s.assessment else None),
+        deliverables=[
+            actions_pb2.Deliverable(
+                deliverable_id=d.deliverable_id, kind=d.kind, title=d.title, delivered_on=date_pb(d.delivered_on)
+            )
+            for d in s.deliverables
+        ],
     )
 
 
@@ -141,7 +167,7 @@ def activity_id_of(activity_id: str) -> tuple[str, str]:
 
 
 class ActionsServicer(actions_pb2_grpc.ActionsServicer):
-    def __init__(self, store: EventStore, queries: ActionQueries) -> None:
+    def __init__(self, store: EventStore, queries: ActionsQueries) -> None:
         self.store = store
         self.queries = queries
 
@@ -173,6 +199,23 @@ class ActionsServicer(actions_pb2_grpc.ActionsServicer):
     ) -> common_pb2.CommandAck:
         return ack(await handlers.close_action(self.store, CloseAction.model_validate(fields(request))))
 
+    async def RecordParticipantFeedback(
+        self, request: actions_pb2.RecordParticipantFeedbackCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
+        cmd = RecordParticipantFeedback.model_validate(fields(request))
+        return ack(await handlers.record_participant_feedback(self.store, cmd))
+
+    async def SubmitPartnerAssessment(
+        self, request: actions_pb2.SubmitPartnerAssessmentCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
+        cmd = SubmitPartnerAssessment.model_validate(fields(request))
+        return ack(await handlers.submit_partner_assessment(self.store, cmd))
+
+    async def RecordDeliverable(
+        self, request: actions_pb2.RecordDeliverableCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
+        return ack(await handlers.record_deliverable(self.store, RecordDeliverable.model_validate(fields(request))))
+
     # --- queries ---
 
     async def GetAction(
@@ -191,6 +234,8 @@ class ActionsServicer(actions_pb2_grpc.ActionsServicer):
     async def ListActions(
         self, request: actions_pb2.ListActionsQuery, context: grpc.aio.ServicerContext
     ) -> actions_pb2.ListActionsReply:
+        if not 0 <= request.active_in <= 9999:
+            raise InvalidArgument(FieldViolation("active_in", "must be a year (or 0: any)"))
         f = ActionFilter(
             year=request.year,
             region=request.region,
@@ -199,6 +244,7 @@ class ActionsServicer(actions_pb2_grpc.ActionsServicer):
             theme=request.theme,
             size=page_size(request.page_size),
             page_token=request.page_token,
+            active_in=request.active_in,
         )
         rows, token = await self.queries.list_actions(f)
         return actions_pb2.ListActionsReply(actions=[action_row_pb(r) for r in rows], next_page_token=token)
@@ -221,7 +267,7 @@ class ActionsServicer(actions_pb2_grpc.ActionsServicer):
         return actions_pb2.ListActivitiesReply(activities=[activity_row_pb(r) for r in rows], next_page_token=token)
 
 
-def registrar(store: EventStore, queries: ActionQueries) -> Registrar:
+def registrar(store: EventStore, queries: ActionsQueries) -> Registrar:
     def add(server: grpc.aio.Server) -> None:
         actions_pb2_grpc.add_ActionsServicer_to_server(ActionsServicer(store, queries), server)
 

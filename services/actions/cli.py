@@ -1,5 +1,5 @@
 """`mieux actions ...`: list and show actions (with their activities and experts), agree fiches, plan and
-hold activities."""
+hold activities, and record their results (participants' feedback, the partner's assessment, deliverables)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,32 @@ async def actions_cmd(args: argparse.Namespace) -> None:
                 ],
             )
         elif args.action == "agree-fiche":
-            cli.ack(
-                "fiche agreed for", await c.agree_fiche(command_id=cid, action_code=args.code, agreed_on=args.on), cid
+            ack = await c.agree_fiche(
+                command_id=cid,
+                action_code=args.code,
+                agreed_on=args.on,
+                pillars=args.pillar or (),
+                themes=args.theme or (),
             )
+            cli.ack("fiche agreed for", ack, cid)
+        elif args.action == "feedback":
+            ack = await c.record_feedback(
+                command_id=cid,
+                activity_id=args.activity_id,
+                respondents=args.respondents,
+                skills_enhanced=args.skills_enhanced,
+                makes_a_difference=args.makes_a_difference,
+                recorded_on=args.on,
+            )
+            cli.ack("feedback recorded for", ack, cid)
+        elif args.action == "assess":
+            ack = await c.assess(command_id=cid, action_code=args.code, rating=args.rating, submitted_on=args.on)
+            cli.ack("partner assessment recorded for", ack, cid)
+        elif args.action == "deliverable":
+            ack = await c.record_deliverable(
+                command_id=cid, action_code=args.code, kind=args.kind, title=args.title, delivered_on=args.on
+            )
+            cli.ack("deliverable recorded for", ack, cid)
         elif args.action == "plan":
             ack, activity_id = await c.plan_activity(
                 command_id=cid,
@@ -55,8 +78,11 @@ async def actions_cmd(args: argparse.Namespace) -> None:
             a = await c.get_action(args.code)
             cli.console.print(
                 f"[bold]{a.action_code} {a.title}[/]  {a.partner_name} ({a.region})  status {a.status}, "
-                f"opened {a.opened_on.iso}, themes {', '.join(a.themes)}"
+                f"opened {a.opened_on.iso}, themes {', '.join(a.fiche_themes or a.themes)}, "
+                f"GAMM pillars {', '.join(a.pillars) or '-'}, partner's rating {a.partner_rating or '-'}"
             )
+            for d in a.deliverables:
+                cli.console.print(f"  deliverable {d.deliverable_id} ({d.kind}, {d.delivered_on.iso}): {d.title}")
             activities = await c.list_activities(action_code=args.code, page_size=500)
             async with ExpertsClient.connect(settings) as experts:
                 deployments = await experts.list_deployments(action_code=args.code, page_size=500)
@@ -94,6 +120,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = cli.with_command_id(acs.add_parser("agree-fiche"))
     p.add_argument("code")
     p.add_argument("--on", required=True)
+    p.add_argument("--pillar", action="append", help="a GAMM pillar (repeat for several)")
+    p.add_argument("--theme", action="append", help="a theme (repeat; none: the request's)")
     p = cli.with_command_id(acs.add_parser("plan", help="plan an activity"))
     p.add_argument("code")
     for f in ("--title", "--type", "--starts-on", "--ends-on", "--country"):
@@ -104,4 +132,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("activity_id")
     for f in ("--male", "--female", "--other"):
         p.add_argument(f, type=int, default=0)
+    p = cli.with_command_id(acs.add_parser("feedback", help="record the participants' feedback of a held activity"))
+    p.add_argument("activity_id")
+    for f in ("--respondents", "--skills-enhanced", "--makes-a-difference"):
+        p.add_argument(f, type=int, required=True)
+    p.add_argument("--on", required=True)
+    p = cli.with_command_id(acs.add_parser("assess", help="the partner's assessment of an action"))
+    p.add_argument("code")
+    p.add_argument("--rating", required=True, choices=("poor", "fair", "good", "excellent"))
+    p.add_argument("--on", required=True)
+    p = cli.with_command_id(acs.add_parser("deliverable", help="record a deliverable of an action"))
+    p.add_argument("code")
+    for f in ("--kind", "--title", "--on"):
+        p.add_argument(f, required=True)
     ac.set_defaults(fn=cli.run(actions_cmd))

@@ -3,7 +3,7 @@ GetActivity before a deployment; logistics may too)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,11 +31,23 @@ class ActionsClient:
         return {"metadata": call_metadata(self.token), "timeout": self.deadline}
 
     async def agree_fiche(
-        self, *, command_id: str, action_code: str, agreed_on: str, summary: str = ""
+        self,
+        *,
+        command_id: str,
+        action_code: str,
+        agreed_on: str,
+        summary: str = "",
+        pillars: Sequence[str] = (),
+        themes: Sequence[str] = (),
     ) -> common_pb2.CommandAck:
         return await self.stub.AgreeActionFiche(
             actions_pb2.AgreeActionFicheCommand(
-                command_id=command_id, action_code=action_code, agreed_on=date_pb(agreed_on), summary=summary
+                command_id=command_id,
+                action_code=action_code,
+                agreed_on=date_pb(agreed_on or None),
+                summary=summary,
+                pillars=list(pillars),
+                themes=list(themes),
             ),
             **self._kw(),
         )
@@ -60,8 +72,8 @@ class ActionsClient:
                 action_code=action_code,
                 title=title,
                 activity_type=activity_type,
-                starts_on=date_pb(starts_on),
-                ends_on=date_pb(ends_on),
+                starts_on=date_pb(starts_on or None),
+                ends_on=date_pb(ends_on or None),
                 country=country,
                 city=city,
                 airport=airport,
@@ -90,8 +102,8 @@ class ActionsClient:
                 participants_male=male,
                 participants_female=female,
                 participants_other=other,
-                starts_on=date_pb(starts_on),
-                ends_on=date_pb(ends_on),
+                starts_on=date_pb(starts_on or None),
+                ends_on=date_pb(ends_on or None),
             ),
             **self._kw(),
         )
@@ -101,7 +113,10 @@ class ActionsClient:
     ) -> common_pb2.CommandAck:
         return await self.stub.CancelActivity(
             actions_pb2.CancelActivityCommand(
-                command_id=command_id, activity_id=activity_id, cancelled_on=date_pb(cancelled_on), reason=reason
+                command_id=command_id,
+                activity_id=activity_id,
+                cancelled_on=date_pb(cancelled_on or None),
+                reason=reason,
             ),
             **self._kw(),
         )
@@ -111,7 +126,58 @@ class ActionsClient:
     ) -> common_pb2.CommandAck:
         return await self.stub.CloseAction(
             actions_pb2.CloseActionCommand(
-                command_id=command_id, action_code=action_code, closed_on=date_pb(closed_on), summary=summary
+                command_id=command_id, action_code=action_code, closed_on=date_pb(closed_on or None), summary=summary
+            ),
+            **self._kw(),
+        )
+
+    async def record_feedback(
+        self,
+        *,
+        command_id: str,
+        activity_id: str,
+        respondents: int,
+        skills_enhanced: int,
+        makes_a_difference: int,
+        recorded_on: str,
+    ) -> common_pb2.CommandAck:
+        return await self.stub.RecordParticipantFeedback(
+            actions_pb2.RecordParticipantFeedbackCommand(
+                command_id=command_id,
+                activity_id=activity_id,
+                respondents=respondents,
+                skills_enhanced=skills_enhanced,
+                makes_a_difference=makes_a_difference,
+                recorded_on=date_pb(recorded_on or None),
+            ),
+            **self._kw(),
+        )
+
+    async def assess(
+        self, *, command_id: str, action_code: str, rating: str, submitted_on: str, comment: str = ""
+    ) -> common_pb2.CommandAck:
+        """The partner's assessment of the action (poor, fair, good, excellent)."""
+        return await self.stub.SubmitPartnerAssessment(
+            actions_pb2.SubmitPartnerAssessmentCommand(
+                command_id=command_id,
+                action_code=action_code,
+                rating=rating,
+                submitted_on=date_pb(submitted_on or None),
+                comment=comment,
+            ),
+            **self._kw(),
+        )
+
+    async def record_deliverable(
+        self, *, command_id: str, action_code: str, kind: str, title: str, delivered_on: str
+    ) -> common_pb2.CommandAck:
+        return await self.stub.RecordDeliverable(
+            actions_pb2.RecordDeliverableCommand(
+                command_id=command_id,
+                action_code=action_code,
+                kind=kind,
+                title=title,
+                delivered_on=date_pb(delivered_on or None),
             ),
             **self._kw(),
         )

@@ -2,9 +2,9 @@
 edge (pydantic).
 
 Malformed input (an action code or activity id of the wrong shape, an unknown activity type, a country
-not ISO 3166-1 alpha-2, an airport not a real IATA code, ends_on before starts_on, negative participants)
-is refused here (INVALID_ARGUMENT); the rules an action's history decides on are the aggregate's
-(domain.py).
+not ISO 3166-1 alpha-2, an airport not a real IATA code, ends_on before starts_on, negative participants,
+an unknown GAMM pillar, theme, rating or kind of deliverable, more agreeing than respondents) is refused
+here (INVALID_ARGUMENT); the rules an action's history decides on are the aggregate's (domain.py).
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator
 
 from services.actions.domain import CODE_RE, parse_activity_id
-from services.actions.events import PartnerKind
+from services.actions.events import DELIVERABLE_KINDS, GAMM_PILLARS, PartnerKind, Rating
 from services.kernel import reference
 from services.kernel.command import Command
+from services.kernel.limits import ID, NAME, Day, FreeText, Id, Name, Reason, Title, capped, shown, text
 
+MAX_THEMES = 20
+MAX_PARTICIPANTS = 100_000  # of one gender at one activity
 REMOTE = "remote_support"  # the activity type that needs no venue (city, airport)
 
 
@@ -33,7 +36,7 @@ def ends_after_start(v: date | None, info: ValidationInfo) -> date | None:
 class ActionCommand(Command):
     """A command on an action, named by its code."""
 
-    action_code: str = Field(min_length=1)
+    action_code: Id
 
     @field_validator("action_code")
     @classmethod
@@ -46,7 +49,7 @@ class ActionCommand(Command):
 class ActivityCommand(Command):
     """A command on an activity, named by its id (which names its action)."""
 
-    activity_id: str = Field(min_length=1)
+    activity_id: Id
 
     @field_validator("activity_id")
     @classmethod
@@ -62,29 +65,55 @@ class ActivityCommand(Command):
 class OpenAction(Command):
     """Issued by the policy on RequestApproved (command id derived from the event id)."""
 
-    request_id: str = Field(min_length=1)
-    partner: str = Field(min_length=2)
+    request_id: Id
+    partner: text(ID, 2)  # type: ignore[valid-type]
     partner_kind: PartnerKind
-    partner_name: str = Field(min_length=1)
-    region: str = ""
-    themes: tuple[str, ...] = ()
-    approved_on: date
+    partner_name: Name
+    region: text(ID) = ""  # type: ignore[valid-type]
+    themes: capped(Id, MAX_THEMES) = ()  # type: ignore[valid-type]
+    approved_on: Day
+
+
+def known_keys(known: dict[str, str], what: str) -> Any:
+    """A validator of a list of keys: each one of `known`."""
+
+    def check(v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [k for k in v if k not in known]
+        if unknown:
+            raise ValueError(f"unknown {what} {shown(', '.join(unknown))}: must be among {', '.join(known)}")
+        return v
+
+    return check
 
 
 class AgreeActionFiche(ActionCommand):
-    agreed_on: date
-    summary: str = Field(default="", max_length=4000)
+    agreed_on: Day
+    summary: FreeText = ""
+    # the GAMM pillar(s) the action serves, and its themes (none: the action's own, from its request);
+    # the aggregate refuses a fiche that names no pillar
+    pillars: capped(Id, len(GAMM_PILLARS)) = ()  # type: ignore[valid-type]
+    themes: capped(Id, MAX_THEMES) = ()  # type: ignore[valid-type]
+
+    @field_validator("pillars")
+    @classmethod
+    def known_pillars(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return known_keys(GAMM_PILLARS, "GAMM pillars")(v)
+
+    @field_validator("themes")
+    @classmethod
+    def known_themes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return known_keys(reference.themes(), "themes")(v)
 
 
 class PlanActivity(ActionCommand):
-    title: str = Field(min_length=1, max_length=300)
-    activity_type: str
-    starts_on: date
-    ends_on: date
-    country: str
+    title: Title
+    activity_type: Id
+    starts_on: Day
+    ends_on: Day
+    country: Id
     # the venue's city and airport: required unless the activity is remote support
-    city: str = Field(default="", max_length=200, validate_default=True)
-    airport: str = Field(default="", validate_default=True)
+    city: text(NAME) = Field(default="", validate_default=True)  # type: ignore[valid-type]
+    airport: text(ID) = Field(default="", validate_default=True)  # type: ignore[valid-type]
 
     @field_validator("activity_type")
     @classmethod
@@ -121,12 +150,12 @@ class PlanActivity(ActionCommand):
 
 
 class RecordActivityHeld(ActivityCommand):
-    participants_male: int = Field(default=0, ge=0)
-    participants_female: int = Field(default=0, ge=0)
-    participants_other: int = Field(default=0, ge=0)
+    participants_male: int = Field(default=0, ge=0, le=MAX_PARTICIPANTS)
+    participants_female: int = Field(default=0, ge=0, le=MAX_PARTICIPANTS)
+    participants_other: int = Field(default=0, ge=0, le=MAX_PARTICIPANTS)
     # the dates it actually took place, when they differ from the plan
-    starts_on: date | None = None
-    ends_on: date | None = None
+    starts_on: Day | None = None
+    ends_on: Day | None = None
 
     @field_validator("starts_on", "ends_on", mode="before")
     @classmethod
@@ -140,10 +169,50 @@ class RecordActivityHeld(ActivityCommand):
 
 
 class CancelActivity(ActivityCommand):
-    cancelled_on: date
-    reason: str = Field(min_length=1, max_length=2000)
+    cancelled_on: Day
+    reason: Reason
 
 
 class CloseAction(ActionCommand):
-    closed_on: date
-    summary: str = Field(default="", max_length=4000)
+    closed_on: Day
+    summary: FreeText = ""
+
+
+class RecordParticipantFeedback(ActivityCommand):
+    """The participants' feedback forms of a held activity: respondents, and how many of them agree or
+    strongly agree that their professional skills were enhanced, and that it will make a difference in
+    their work."""
+
+    respondents: int = Field(ge=1, le=3 * MAX_PARTICIPANTS)
+    skills_enhanced: int = Field(ge=0, le=3 * MAX_PARTICIPANTS)
+    makes_a_difference: int = Field(ge=0, le=3 * MAX_PARTICIPANTS)
+    recorded_on: Day
+
+    @field_validator("skills_enhanced", "makes_a_difference")
+    @classmethod
+    def at_most_the_respondents(cls, v: int, info: ValidationInfo) -> int:
+        respondents = info.data.get("respondents")
+        if respondents is not None and v > respondents:
+            raise ValueError("must not be more than the respondents")
+        return v
+
+
+class SubmitPartnerAssessment(ActionCommand):
+    """The partner authority rates its overall experience with the action: poor, fair, good or excellent."""
+
+    rating: Rating
+    submitted_on: Day
+    comment: FreeText = ""
+
+
+class RecordDeliverable(ActionCommand):
+    kind: Id
+    title: Title
+    delivered_on: Day
+
+    @field_validator("kind")
+    @classmethod
+    def known_kind(cls, v: str) -> str:
+        if v not in DELIVERABLE_KINDS:
+            raise ValueError(f"must be one of {', '.join(DELIVERABLE_KINDS)}")
+        return v

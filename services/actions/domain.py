@@ -4,14 +4,21 @@ Rules (DESIGN.md section 5), each a `check_...` guard raising RuleBroken (FAILED
 - an action is opened once, under a code `YYYY-NN` never given before (next number of the approval year);
 - its title counts the partner's follow-ups: "Costa Rica", "Costa Rica II", "Costa Rica III" ...;
 - the Action Fiche is agreed once, and activities are planned only after it is agreed (our call: the
-  fiche "describes the set of activities", so there is nothing to plan before it);
+  fiche "describes the set of activities", so there is nothing to plan before it); the fiche names the
+  GAMM pillar(s) the action serves and its themes (none given: the action's own, from its request);
 - at most seven activities per action; a cancelled activity does not count (our call: the seven are
   the activities the action delivers, and a cancelled one can be replaced);
 - an activity is held once, only if planned (an unknown activity is NOT_FOUND) and not cancelled;
   a held activity cannot be cancelled;
 - participants by gender are never negative;
 - an action with activities still planned cannot be closed (hold or cancel them first);
-- nothing changes after closure.
+- participants' feedback only for a held activity, once, not dated before it started, its respondents
+  never more than its participants;
+- a partner assessment (poor, fair, good, excellent) once per action, after one of its activities was
+  held (our call: there is an experience to rate), not dated before that activity started;
+- deliverables by kind (policy, strategy, action plan, handbook/manual, SOP, legislation, curriculum,
+  other), not dated before the action was opened;
+- nothing changes after closure (so feedback, the assessment and deliverables come before it).
 Malformed input (unknown activity type, country not ISO 3166-1 alpha-2, airport not a real IATA code,
 ends_on before starts_on, negative participants) is refused by the command models of commands.py
 (INVALID_ARGUMENT).
@@ -33,6 +40,9 @@ from services.actions.events import (
     ActivityCancelled,
     ActivityHeld,
     ActivityPlanned,
+    DeliverableRecorded,
+    ParticipantFeedbackRecorded,
+    PartnerAssessmentSubmitted,
 )
 from services.kernel import reference
 from services.kernel.application import Aggregate
@@ -47,6 +57,9 @@ if TYPE_CHECKING:
         OpenAction,
         PlanActivity,
         RecordActivityHeld,
+        RecordDeliverable,
+        RecordParticipantFeedback,
+        SubmitPartnerAssessment,
     )
 
 MAX_ACTIVITIES = 7
@@ -129,6 +142,7 @@ class ActivityState:
     planned_version: int = 0
     held: ActivityHeld | None = None
     cancelled: ActivityCancelled | None = None
+    feedback: ParticipantFeedbackRecorded | None = None
 
 
 @dataclass
@@ -136,8 +150,12 @@ class ActionState:
     opened: ActionOpened | None = None
     fiche_agreed_on: date | None = None
     fiche_summary: str = ""
+    pillars: tuple[str, ...] = ()
+    themes: tuple[str, ...] = ()  # the fiche's (the action's own until a fiche names them)
     closed_on: date | None = None
     activities: dict[str, ActivityState] = field(default_factory=dict)
+    assessment: PartnerAssessmentSubmitted | None = None
+    deliverables: list[DeliverableRecorded] = field(default_factory=list)
 
 
 class Action(Aggregate):
@@ -151,10 +169,13 @@ class Action(Aggregate):
 
     def when_ActionOpened(self, e: ActionOpened) -> None:
         self.state.opened = e
+        self.state.themes = e.themes
 
     def when_ActionFicheAgreed(self, e: ActionFicheAgreed) -> None:
         self.state.fiche_agreed_on = e.agreed_on
         self.state.fiche_summary = e.summary
+        self.state.pillars = e.pillars
+        self.state.themes = e.themes or self.state.themes
 
     def when_ActivityPlanned(self, e: ActivityPlanned) -> None:
         # `version` is still the count before this event: the planned event's own version is one more
@@ -170,6 +191,15 @@ class Action(Aggregate):
 
     def when_ActionClosed(self, e: ActionClosed) -> None:
         self.state.closed_on = e.closed_on
+
+    def when_ParticipantFeedbackRecorded(self, e: ParticipantFeedbackRecorded) -> None:
+        self.state.activities[e.activity_id].feedback = e
+
+    def when_PartnerAssessmentSubmitted(self, e: PartnerAssessmentSubmitted) -> None:
+        self.state.assessment = e
+
+    def when_DeliverableRecorded(self, e: DeliverableRecorded) -> None:
+        self.state.deliverables.append(e)
 
     # --- views ---
 
@@ -234,6 +264,54 @@ class Action(Aggregate):
         if min(male, female, other) < 0:
             raise RuleBroken("participants by gender are never negative")
 
+    @staticmethod
+    def check_names_pillars_and_themes(pillars: tuple[str, ...], themes: tuple[str, ...]) -> None:
+        if not pillars:
+            raise RuleBroken("the action fiche names the GAMM pillar(s) the action serves: none given")
+        if not themes:
+            raise RuleBroken("the action fiche names the action's themes: none given, and its request named none")
+
+    @staticmethod
+    def check_held(a: ActivityState) -> ActivityHeld:
+        if a.held is None:
+            raise RuleBroken(
+                f"activity {a.planned.activity_id} is {a.status}: feedback is recorded only for a held activity"
+            )
+        return a.held
+
+    @staticmethod
+    def check_no_feedback_yet(a: ActivityState) -> None:
+        if a.feedback is not None:
+            raise RuleBroken(
+                f"the feedback of activity {a.planned.activity_id} was already recorded (once per activity)"
+            )
+
+    @staticmethod
+    def check_respondents(held: ActivityHeld, respondents: int) -> None:
+        participants = held.participants_male + held.participants_female + held.participants_other
+        if respondents > participants:
+            raise RuleBroken(
+                f"activity {held.activity_id} had {participants} participants: {respondents} respondents are too many"
+            )
+
+    @staticmethod
+    def check_not_before(what: str, on: date, start: date, since: str) -> None:
+        if on < start:
+            raise RuleBroken(f"{what} cannot be dated {on.isoformat()}, before {since} ({start.isoformat()})")
+
+    def check_not_assessed(self) -> None:
+        if self.state.assessment is not None:
+            raise RuleBroken(
+                f"the partner already assessed action {self.id} on {self.state.assessment.submitted_on} "
+                "(once per action)"
+            )
+
+    def first_held(self) -> ActivityHeld:
+        held = [a.held for a in self.state.activities.values() if a.held is not None]
+        if not held:
+            raise RuleBroken(f"action {self.id} has no activity held yet: there is no experience to assess")
+        return min(held, key=lambda h: h.starts_on)
+
     def check_nothing_planned(self) -> None:
         planned = sorted(i for i, a in self.state.activities.items() if a.status == "planned")
         if planned:
@@ -271,7 +349,13 @@ class Action(Aggregate):
     def agree_fiche(self, cmd: AgreeActionFiche) -> list[Event]:
         self.check_not_closed()
         self.check_fiche_not_agreed()
-        return [ActionFicheAgreed(action_code=self.id, agreed_on=cmd.agreed_on, summary=cmd.summary)]
+        themes = cmd.themes or self.opened.themes
+        self.check_names_pillars_and_themes(cmd.pillars, themes)
+        return [
+            ActionFicheAgreed(
+                action_code=self.id, agreed_on=cmd.agreed_on, summary=cmd.summary, pillars=cmd.pillars, themes=themes
+            )
+        ]
 
     def plan_activity(self, cmd: PlanActivity) -> list[Event]:
         self.check_not_closed()
@@ -341,3 +425,57 @@ class Action(Aggregate):
         self.check_nothing_planned()
         held = sum(1 for a in self.state.activities.values() if a.status == "held")
         return [ActionClosed(action_code=self.id, closed_on=cmd.closed_on, activities_held=held, summary=cmd.summary)]
+
+    def record_feedback(self, cmd: RecordParticipantFeedback) -> list[Event]:
+        self.check_not_closed()
+        a = self.activity(cmd.activity_id)
+        held = self.check_held(a)
+        self.check_no_feedback_yet(a)
+        self.check_respondents(held, cmd.respondents)
+        self.check_not_before("feedback", cmd.recorded_on, held.starts_on, f"activity {held.activity_id} started")
+        return [
+            ParticipantFeedbackRecorded(
+                action_code=self.id,
+                activity_id=held.activity_id,
+                activity_starts_on=held.starts_on,
+                partner=held.partner,
+                region=held.region,
+                respondents=cmd.respondents,
+                skills_enhanced=cmd.skills_enhanced,
+                makes_a_difference=cmd.makes_a_difference,
+                recorded_on=cmd.recorded_on,
+            )
+        ]
+
+    def submit_assessment(self, cmd: SubmitPartnerAssessment) -> list[Event]:
+        self.check_not_closed()
+        self.check_not_assessed()
+        first = self.first_held()
+        self.check_not_before("an assessment", cmd.submitted_on, first.starts_on, "its first activity held")
+        o = self.opened
+        return [
+            PartnerAssessmentSubmitted(
+                action_code=self.id,
+                partner=o.partner,
+                region=o.region,
+                rating=cmd.rating,
+                submitted_on=cmd.submitted_on,
+                comment=cmd.comment,
+            )
+        ]
+
+    def record_deliverable(self, cmd: RecordDeliverable) -> list[Event]:
+        self.check_not_closed()
+        o = self.opened
+        self.check_not_before("a deliverable", cmd.delivered_on, o.opened_on, f"action {self.id} was opened")
+        return [
+            DeliverableRecorded(
+                action_code=self.id,
+                deliverable_id=f"{self.id}/D{len(self.state.deliverables) + 1}",
+                kind=cmd.kind,
+                title=cmd.title,
+                delivered_on=cmd.delivered_on,
+                partner=o.partner,
+                region=o.region,
+            )
+        ]

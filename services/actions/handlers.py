@@ -21,6 +21,9 @@ from services.actions.commands import (
     OpenAction,
     PlanActivity,
     RecordActivityHeld,
+    RecordDeliverable,
+    RecordParticipantFeedback,
+    SubmitPartnerAssessment,
 )
 from services.actions.domain import Action, Register
 from services.kernel.application import execute, first_result, load
@@ -99,6 +102,18 @@ async def cancel_activity(store: EventStore, cmd: CancelActivity) -> AppendResul
 
 async def close_action(store: EventStore, cmd: CloseAction) -> AppendResult:
     return await execute(store, Action, cmd.action_code, lambda a: a.close(cmd), cmd)
+
+
+async def record_participant_feedback(store: EventStore, cmd: RecordParticipantFeedback) -> AppendResult:
+    return await execute(store, Action, cmd.action_code, lambda a: a.record_feedback(cmd), cmd)
+
+
+async def submit_partner_assessment(store: EventStore, cmd: SubmitPartnerAssessment) -> AppendResult:
+    return await execute(store, Action, cmd.action_code, lambda a: a.submit_assessment(cmd), cmd)
+
+
+async def record_deliverable(store: EventStore, cmd: RecordDeliverable) -> AppendResult:
+    return await execute(store, Action, cmd.action_code, lambda a: a.record_deliverable(cmd), cmd)
 
 
 async def get_action(store: EventStore, code: str) -> Action:

@@ -88,12 +88,15 @@ class ActionsView(Projection):
                     int(event.action_code.split("-", 1)[1]),
                     event.opened_on,
                 )
-            case ActionFicheAgreed():
+            case ActionFicheAgreed():  # its themes, when it names any, are the action's from then on
                 await conn.execute(
                     "UPDATE actions_views.actions SET fiche_agreed_on = $2, "
-                    "status = CASE WHEN status = 'closed' THEN status ELSE 'fiche_agreed' END WHERE action_code = $1",
+                    "status = CASE WHEN status = 'closed' THEN status ELSE 'fiche_agreed' END, "
+                    "themes = CASE WHEN cardinality($3::text[]) > 0 THEN $3::text[] ELSE themes END "
+                    "WHERE action_code = $1",
                     event.action_code,
                     event.agreed_on,
+                    list(event.themes),
                 )
             case ActivityPlanned():
                 await conn.execute(

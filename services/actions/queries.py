@@ -27,6 +27,7 @@ class ActionFilter:
     theme: str = ""
     size: int = DEFAULT_PAGE_SIZE
     page_token: str = ""
+    active_in: int = 0  # open at any time in that year: opened by its end, not closed before it began
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class ActivityFilter:
     page_token: str = ""
 
 
-class ActionQueries:
+class ActionsQueries:
     """The queries over the actions read models (schema `actions_views`)."""
 
     def __init__(self, pool: Pool) -> None:
@@ -62,6 +63,11 @@ class ActionQueries:
         if f.theme:
             args.append(f.theme)
             where.append(f"${len(args)} = ANY(a.themes)")
+        if f.active_in:
+            args.append(f.active_in)
+            n = len(args)
+            where.append(f"a.opened_on <= make_date(${n}, 12, 31)")
+            where.append(f"(a.closed_on IS NULL OR a.closed_on >= make_date(${n}, 1, 1))")
         after = key_after(f.page_token, int, int, str)
         if after:
             args.extend(after)

@@ -21,6 +21,8 @@ from services.kernel.store import EventStore
 
 SERVICE_NAME = "mieux.carbon.v1.Carbon"
 FINANCE: frozenset[Role] = frozenset({"finance", "admin"})
+# the finance views the stats service reads, as its own principal, to build the annual report page
+FINANCE_AND_REPORTS: frozenset[Role] = FINANCE | {"service"}
 ACCESS = {
     f"/{SERVICE_NAME}/PurchaseOffsets": COMMANDERS,
     f"/{SERVICE_NAME}/RetireOffsets": COMMANDERS,
@@ -28,8 +30,9 @@ ACCESS = {
     f"/{SERVICE_NAME}/ListFlightEmissions": READERS,
     f"/{SERVICE_NAME}/GetOffsetLot": READERS,
     f"/{SERVICE_NAME}/ListOffsetLots": READERS,
-    f"/{SERVICE_NAME}/GetFootprint": FINANCE,
-    f"/{SERVICE_NAME}/GetOffsetLedger": FINANCE,
+    f"/{SERVICE_NAME}/GetFootprint": FINANCE_AND_REPORTS,
+    f"/{SERVICE_NAME}/GetOffsetLedger": FINANCE_AND_REPORTS,
+    f"/{SERVICE_NAME}/GetFootprintByMonth": FINANCE_AND_REPORTS,
 }
 TRAVELLER_KINDS = ("expert", "team_member")
 EMISSION_STATUSES = ("recorded", "reversed", "cancelled")
@@ -150,6 +153,21 @@ class FinanceServicer:
             kg_co2e_by_traveller_kind={k: dec(v) for k, v in by_kind.items()},
             kg_co2e_by_region={k: dec(v) for k, v in by_region.items()},
             kg_co2e_by_action={k: dec(v) for k, v in by_action.items()},
+        )
+
+    async def GetFootprintByMonth(
+        self, request: carbon_pb2.GetFootprintQuery, context: grpc.aio.ServicerContext
+    ) -> carbon_pb2.FootprintByMonth:
+        year = check_year(request.year)
+        months = await self.queries.footprint_by_month(year)
+        zero = (0, Decimal(0))
+        return carbon_pb2.FootprintByMonth(
+            year=year,
+            kg_co2e=dec(sum((kg for _, kg in months.values()), Decimal(0))),
+            months=[
+                carbon_pb2.MonthFootprint(month=m, legs=months.get(m, zero)[0], kg_co2e=dec(months.get(m, zero)[1]))
+                for m in range(1, 13)
+            ],
         )
 
     async def GetOffsetLedger(

@@ -126,3 +126,9 @@ class CarbonClient:
         return await self.stub.GetOffsetLedger(
             carbon_pb2.GetOffsetLedgerQuery(year=year), metadata=self._md(), timeout=self.deadline
         )
+
+    async def footprint_by_month(self, year: int) -> carbon_pb2.FootprintByMonth:
+        """kg CO2e of the legs departing in each month of the year (twelve entries)."""
+        return await self.stub.GetFootprintByMonth(
+            carbon_pb2.GetFootprintQuery(year=year), metadata=self._md(), timeout=self.deadline
+        )

@@ -4,18 +4,22 @@ input sub-models (a leg flown, a unit price)."""
 
 from __future__ import annotations
 
+import re
 import uuid
-from datetime import date
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.carbon.events import CabinClass, TravellerKind
 from services.kernel import reference
 from services.kernel.command import Command
+from services.kernel.limits import Day, Id, Name, Title, shown
 
 LOT_NAMESPACE = uuid.UUID("3a0f6c2d-8e41-4b7a-9c55-0d2e7f1b6a93")
 MIN_YEAR, MAX_YEAR = 1990, 2100
+MAX_SEGMENTS = 12  # as a booking holds at most (logistics)
+MAX_VERS = 10_000_000  # VERs in one purchase or retirement
+AMOUNT = re.compile(r"^\d{1,12}(\.\d{1,6})?$")
 
 
 def emissions_stream(booking_id: str) -> str:
@@ -31,20 +35,20 @@ class Leg(BaseModel):
     model_config = ConfigDict(frozen=True, str_strip_whitespace=True, extra="forbid")
     origin: str = Field(min_length=3, max_length=3)
     destination: str = Field(min_length=3, max_length=3)
-    departs_on: date
+    departs_on: Day
 
     @field_validator("origin", "destination")
     @classmethod
     def known_airport(cls, v: str) -> str:
         if not reference.is_airport(v.upper()):
-            raise ValueError(f"{v} is not a known IATA airport code")
+            raise ValueError(f"{shown(v)} is not a known IATA airport code")
         return v.upper()
 
 
 class FlightCommand(Command):
-    booking_id: str = Field(min_length=1, max_length=200)
-    traveller_id: str = Field(min_length=1, max_length=200)
-    on: date
+    booking_id: Id
+    traveller_id: Id
+    on: Day
 
     @property
     def stream_id(self) -> str:
@@ -53,7 +57,7 @@ class FlightCommand(Command):
 
 class Itinerary(FlightCommand):
     traveller_kind: TravellerKind
-    segments: tuple[Leg, ...] = Field(min_length=1)
+    segments: tuple[Leg, ...] = Field(min_length=1, max_length=MAX_SEGMENTS)
     cabin_class: CabinClass
     radiative_forcing: bool = True
     distance_uplift: bool = False
@@ -62,8 +66,8 @@ class Itinerary(FlightCommand):
 class CalculateFlightEmissions(Itinerary):
     """Issued by the policy on FlightBooked."""
 
-    action_code: str | None = None
-    activity_id: str | None = None
+    action_code: Id | None = None
+    activity_id: Id | None = None
 
 
 class RecalculateFlightEmissions(Itinerary):
@@ -87,17 +91,16 @@ class Price(BaseModel):
     """A positive decimal amount in an ISO 4217 currency."""
 
     model_config = ConfigDict(frozen=True, str_strip_whitespace=True, extra="forbid")
-    amount: str
-    currency: str
+    amount: Id
+    currency: Id
 
     @field_validator("amount")
     @classmethod
     def positive_decimal(cls, v: str) -> str:
-        try:
-            d = Decimal(v)
-        except InvalidOperation:
-            raise ValueError("must be a decimal number, e.g. 3.50") from None
-        if not d.is_finite() or d <= 0:
+        # a plain decimal of bounded size (never an exponent, NaN or infinity): no arithmetic can overflow
+        if not AMOUNT.match(v):
+            raise ValueError("must be a decimal number, e.g. 3.50 (at most 12 digits before the point, 6 after)")
+        if Decimal(v) <= 0:
             raise ValueError("must be a positive decimal number")
         return v
 
@@ -110,12 +113,12 @@ class Price(BaseModel):
 
 
 class PurchaseOffsets(Command):
-    registry: str = Field(min_length=1, max_length=200)
-    project: str = Field(min_length=1, max_length=300)
+    registry: Name
+    project: Title
     vintage_year: int
-    quantity: int = Field(gt=0, description="VERs: whole tonnes CO2e")
+    quantity: int = Field(gt=0, le=MAX_VERS, description="VERs: whole tonnes CO2e")
     unit_price: Price
-    purchased_on: date
+    purchased_on: Day
 
     _vintage = field_validator("vintage_year")(_year)
 
@@ -126,9 +129,9 @@ class PurchaseOffsets(Command):
 
 
 class RetireOffsets(Command):
-    lot_id: str = Field(min_length=1, max_length=200)
-    quantity: int = Field(gt=0, description="VERs: whole tonnes CO2e")
+    lot_id: Id
+    quantity: int = Field(gt=0, le=MAX_VERS, description="VERs: whole tonnes CO2e")
     against_year: int
-    retired_on: date
+    retired_on: Day
 
     _against = field_validator("against_year")(_year)

@@ -58,7 +58,7 @@ class FlightEmissionsEvent(CarbonEvent, abstract=True):
     distance_km: Decimal
     distance_miles: Decimal
     kg_co2e: Decimal
-    departure_year: int  # the year the first segment departs: the year the footprint counts it in
+    departure_year: int  # the year the first segment departs (the footprint counts each segment in its own year)
     method: Literal["DESNZ"] = "DESNZ"
     factor_set: str
     factor_year: int

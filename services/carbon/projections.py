@@ -9,6 +9,8 @@ overwrites a newer one.
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import asyncpg
 
 from services.actions.events import ActionOpened
@@ -26,7 +28,8 @@ TOPIC = topic_for("carbon")
 
 class FlightEmissionsView(Projection):
     """The emissions in force for every booking (status `recorded`), or the last ones taken back
-    (`reversed` between a change's two events, `cancelled` for good)."""
+    (`reversed` between a change's two events, `cancelled` for good). `departure_year` is the first leg's;
+    a listing by year finds a booking in the year of each of its legs (queries.py)."""
 
     name = "carbon_flight_emissions"
     topics = (TOPIC,)
@@ -182,9 +185,23 @@ class OffsetLotsView(Projection):
                 )
 
 
+def legs_by_year(event: FlightEmissionsCalculated | FlightEmissionsReversed) -> dict[int, tuple[Decimal, ...]]:
+    """A booking's figures split by the year each leg departs (DESIGN.md section 6: a leg counts in the year
+    it departs, so a booking out on 29 December and back on 1 January counts in both years): year -> (km,
+    miles, kg CO2e). An event without segments (none the service writes) counts whole in its departure_year."""
+    if not event.segments:
+        return {event.departure_year: (event.distance_km, event.distance_miles, event.kg_co2e)}
+    years: dict[int, tuple[Decimal, ...]] = {}
+    for leg in event.segments:
+        km, miles, kg = years.get(leg.departs_on.year, (Decimal(0), Decimal(0), Decimal(0)))
+        years[leg.departs_on.year] = (km + leg.distance_km, miles + leg.distance_miles, kg + leg.kg_co2e)
+    return years
+
+
 class FootprintView(Projection):
-    """kg CO2e of flights by departure year, traveller kind and action (DESIGN.md section 6): a calculation
-    adds its figures, a reversal subtracts exactly the same ones. For finance (GetFootprint, GetOffsetLedger)."""
+    """kg CO2e of flights by year, traveller kind and action (DESIGN.md section 6): each leg counts in the year
+    it departs; a calculation adds its figures, a reversal subtracts exactly the same ones. `flights` counts
+    the bookings with a leg in the year. For finance (GetFootprint, GetOffsetLedger, the CSV)."""
 
     name = "carbon_footprint"
     topics = (TOPIC,)
@@ -206,7 +223,7 @@ class FootprintView(Projection):
     async def apply(self, conn: asyncpg.Connection, env: Envelope, event: Event) -> None:
         if isinstance(event, FlightEmissionsCalculated | FlightEmissionsReversed):
             sign = 1 if isinstance(event, FlightEmissionsCalculated) else -1
-            await conn.execute(
+            await conn.executemany(
                 """
                 INSERT INTO carbon_views.footprint AS f VALUES ($1, $2, $3, $4, $5, $6, $7)
                 ON CONFLICT (year, traveller_kind, action_code) DO UPDATE SET
@@ -214,13 +231,10 @@ class FootprintView(Projection):
                     distance_miles = f.distance_miles + EXCLUDED.distance_miles,
                     kg_co2e = f.kg_co2e + EXCLUDED.kg_co2e
                 """,
-                event.departure_year,
-                event.traveller_kind,
-                event.action_code or "",
-                sign,
-                sign * event.distance_km,
-                sign * event.distance_miles,
-                sign * event.kg_co2e,
+                [
+                    (year, event.traveller_kind, event.action_code or "", sign, sign * km, sign * miles, sign * kg)
+                    for year, (km, miles, kg) in sorted(legs_by_year(event).items())
+                ],
             )
 
 

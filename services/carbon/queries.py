@@ -77,8 +77,14 @@ class CarbonQueries:
     ) -> Page:
         where: list[str] = []
         args: list[Any] = []
+        if year:  # a booking is listed in the year of each of its legs (DESIGN.md section 6)
+            args.append(year)
+            where.append(
+                "(EXISTS (SELECT 1 FROM jsonb_array_elements(segments) s "
+                f"WHERE extract(year FROM (s->>'departs_on')::date) = ${len(args)}) "
+                f"OR (jsonb_array_length(segments) = 0 AND departure_year = ${len(args)}))"
+            )
         for column, value in (
-            ("departure_year", year),
             ("traveller_kind", traveller_kind),
             ("action_code", action_code),
             ("status", status),
@@ -183,3 +189,17 @@ class CarbonQueries:
             "WHERE f.year = $1 AND f.flights <> 0 ORDER BY f.traveller_kind, f.action_code",
             year,
         )
+
+    async def footprint_by_month(self, year: int) -> dict[int, tuple[int, Decimal]]:
+        """month -> (legs, kg CO2e) of the legs departing in that month of `year`, of every booking's emissions
+        in force (a reversed or cancelled booking's are taken back, as in the footprint): the same legs and
+        kg as the footprint of the year, month by month."""
+        rows = await self.pool.fetch(
+            """SELECT extract(month FROM (s->>'departs_on')::date)::int AS month, count(*) AS legs,
+                coalesce(sum((s->>'kg_co2e')::numeric), 0) AS kg
+            FROM carbon_views.flight_emissions f, jsonb_array_elements(f.segments) s
+            WHERE f.status = 'recorded' AND extract(year FROM (s->>'departs_on')::date) = $1
+            GROUP BY 1""",
+            year,
+        )
+        return {r["month"]: (r["legs"], r["kg"]) for r in rows}

@@ -15,13 +15,15 @@ from services.experts.commands import (
     CancelDeployment,
     DeactivateExpert,
     DeployExpert,
+    ForgetExpert,
     RegisterExpert,
     SubmitEvaluation,
     UpdateExpertProfile,
 )
 from services.experts.domain import Deployment, Expert
 from services.experts.queries import ExpertsQueries, GetExpertQuery, ListDeploymentsQuery, ListExpertsQuery
-from services.kernel.grpckit import COMMANDERS, READERS, Registrar
+from services.kernel.grpckit import ADMINS, COMMANDERS, READERS, Registrar
+from services.kernel.personal import FORGOTTEN, Keyring
 from services.kernel.protos import ack, date_pb
 from services.kernel.store import EventStore
 
@@ -38,6 +40,7 @@ QUERIES = ("GetExpert", "ListExperts", "ListDeployments")
 ACCESS = {
     **{f"/{SERVICE_NAME}/{name}": COMMANDERS for name in COMMANDS},
     **{f"/{SERVICE_NAME}/{name}": READERS for name in QUERIES},
+    f"/{SERVICE_NAME}/ForgetExpert": ADMINS,
 }
 
 
@@ -60,11 +63,19 @@ def deployment_pb(expert_id: str, d: Deployment) -> experts_pb2.Deployment:
     )
 
 
-def expert_pb(e: Expert) -> experts_pb2.Expert:
+def shown_name(clear: str | None, forgotten: bool) -> str:
+    """The name a reply gives: the clear one, or a placeholder once the person was forgotten (or
+    "(unreadable)", personal.UNREADABLE, when it does not open although they were not)."""
+    return FORGOTTEN if forgotten or clear is None else clear
+
+
+def expert_pb(e: Expert, clear: dict[str, str | None]) -> experts_pb2.Expert:
+    """`clear`: the sealed names opened (Keyring.reveal_all); a destroyed key opens to None."""
     assert e.profile is not None
+    forgotten = e.forgotten_on is not None or clear.get(e.profile.name, "") is None
     return experts_pb2.Expert(
         expert_id=e.id,
-        name=e.profile.name,
+        name=shown_name(clear.get(e.profile.name), forgotten),
         gender=e.profile.gender,
         background=e.profile.background,
         nationality=e.profile.nationality,
@@ -76,13 +87,16 @@ def expert_pb(e: Expert) -> experts_pb2.Expert:
             deployment_pb(e.id, d) for d in sorted(e.deployments.values(), key=lambda d: (d.starts_on, d.deployment_id))
         ],
         version=e.version,
+        forgotten=forgotten,
+        forgotten_on=date_pb(e.forgotten_on),
     )
 
 
-def expert_row_pb(r: asyncpg.Record) -> experts_pb2.Expert:
+def expert_row_pb(r: asyncpg.Record, clear: dict[str, str | None]) -> experts_pb2.Expert:
+    forgotten = r["forgotten_on"] is not None or clear.get(r["name"], "") is None
     return experts_pb2.Expert(
         expert_id=r["expert_id"],
-        name=r["name"],
+        name=shown_name(clear.get(r["name"]), forgotten),
         gender=r["gender"],
         background=r["background"],
         nationality=r["nationality"],
@@ -90,6 +104,8 @@ def expert_row_pb(r: asyncpg.Record) -> experts_pb2.Expert:
         registered_on=date_pb(r["registered_on"]),
         deactivated_on=date_pb(r["deactivated_on"]),
         themes=list(r["themes"]),
+        forgotten=forgotten,
+        forgotten_on=date_pb(r["forgotten_on"]),
     )
 
 
@@ -108,10 +124,11 @@ def deployment_row_pb(r: asyncpg.Record) -> experts_pb2.Deployment:
 
 
 class ExpertsServicer(experts_pb2_grpc.ExpertsServicer):
-    def __init__(self, store: EventStore, queries: ExpertsQueries, actions: ActivityLookup) -> None:
+    def __init__(self, store: EventStore, queries: ExpertsQueries, actions: ActivityLookup, keys: Keyring) -> None:
         self.store = store
         self.queries = queries
         self.actions = actions
+        self.keys = keys
 
     # --- commands --------------------------------------------------------------------------------
 
@@ -129,7 +146,7 @@ class ExpertsServicer(experts_pb2_grpc.ExpertsServicer):
                 "themes": list(request.themes),
             }
         )
-        return ack(await handlers.register_expert(self.store, cmd))
+        return ack(await handlers.register_expert(self.store, self.keys, cmd))
 
     async def UpdateExpertProfile(
         self, request: experts_pb2.UpdateExpertProfileCommand, context: grpc.aio.ServicerContext
@@ -145,7 +162,7 @@ class ExpertsServicer(experts_pb2_grpc.ExpertsServicer):
         if request.HasField("themes"):
             fields["themes"] = list(request.themes.values)
         cmd = UpdateExpertProfile.model_validate(fields)
-        return ack(await handlers.update_expert_profile(self.store, cmd))
+        return ack(await handlers.update_expert_profile(self.store, self.keys, cmd))
 
     async def DeployExpert(
         self, request: experts_pb2.DeployExpertCommand, context: grpc.aio.ServicerContext
@@ -200,13 +217,28 @@ class ExpertsServicer(experts_pb2_grpc.ExpertsServicer):
         )
         return ack(await handlers.deactivate_expert(self.store, cmd))
 
+    async def ForgetExpert(
+        self, request: experts_pb2.ForgetExpertCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
+        cmd = ForgetExpert.model_validate(
+            {
+                "command_id": request.command_id,
+                "expert_id": request.expert_id,
+                "reason": request.reason,
+                "forgotten_on": iso(request, "forgotten_on"),
+            }
+        )
+        return ack(await handlers.forget_expert(self.store, self.keys, cmd))
+
     # --- queries ---------------------------------------------------------------------------------
 
     async def GetExpert(
         self, request: experts_pb2.GetExpertQuery, context: grpc.aio.ServicerContext
     ) -> experts_pb2.Expert:
         q = GetExpertQuery.model_validate({"expert_id": request.expert_id})
-        return expert_pb(await handlers.get_expert(self.store, q.expert_id))
+        expert = await handlers.get_expert(self.store, q.expert_id)
+        assert expert.profile is not None
+        return expert_pb(expert, await self.keys.reveal_all([expert.profile.name]))
 
     async def ListExperts(
         self, request: experts_pb2.ListExpertsQuery, context: grpc.aio.ServicerContext
@@ -223,7 +255,8 @@ class ExpertsServicer(experts_pb2_grpc.ExpertsServicer):
             }
         )
         rows, token = await self.queries.list_experts(q)
-        return experts_pb2.ListExpertsResponse(experts=[expert_row_pb(r) for r in rows], next_page_token=token)
+        clear = await self.keys.reveal_all(r["name"] for r in rows)
+        return experts_pb2.ListExpertsResponse(experts=[expert_row_pb(r, clear) for r in rows], next_page_token=token)
 
     async def ListDeployments(
         self, request: experts_pb2.ListDeploymentsQuery, context: grpc.aio.ServicerContext
@@ -244,8 +277,8 @@ class ExpertsServicer(experts_pb2_grpc.ExpertsServicer):
         )
 
 
-def registrar(store: EventStore, queries: ExpertsQueries, actions: ActivityLookup) -> Registrar:
+def registrar(store: EventStore, queries: ExpertsQueries, actions: ActivityLookup, keys: Keyring) -> Registrar:
     def add(server: grpc.aio.Server) -> None:
-        experts_pb2_grpc.add_ExpertsServicer_to_server(ExpertsServicer(store, queries, actions), server)
+        experts_pb2_grpc.add_ExpertsServicer_to_server(ExpertsServicer(store, queries, actions, keys), server)
 
     return add

@@ -1,17 +1,20 @@
-"""`mieux experts ...`: register and deploy experts; list the Expert and Action Roster."""
+"""`mieux experts ...`: register, deploy and forget experts; list the Expert and Action Roster."""
 
 from __future__ import annotations
 
 import argparse
+from datetime import date
 
 from services.kernel import cli
 from services.kernel.settings import Settings
+
+AS_HELP = "the dev stack's token of this role (default admin: forgetting is admin's); MIEUX_TOKEN wins when set"
 
 
 async def experts_cmd(args: argparse.Namespace) -> None:
     from services.experts.client import ExpertsClient
 
-    async with ExpertsClient.connect(Settings()) as c:
+    async with ExpertsClient.connect(Settings(), role=getattr(args, "as_role", "ops")) as c:
         cid = cli.command_id(args)
         if args.action == "register":
             cli.ack(
@@ -25,6 +28,12 @@ async def experts_cmd(args: argparse.Namespace) -> None:
                     registered_on=args.on,
                     themes=args.theme or [],
                 ),
+                cid,
+            )
+        elif args.action == "forget":
+            cli.ack(
+                "forgotten",
+                await c.forget(command_id=cid, expert_id=args.expert_id, reason=args.reason, forgotten_on=args.on),
                 cid,
             )
         elif args.action == "deploy":
@@ -51,5 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = cli.with_command_id(exs.add_parser("deploy"))
     p.add_argument("expert_id")
     p.add_argument("activity_id")
+    p = cli.with_command_id(exs.add_parser("forget", help="forget an expert for good: their name is destroyed"))
+    p.add_argument("expert_id")
+    p.add_argument("--reason", required=True, help="kept in clear: never the person's name")
+    p.add_argument("--on", default=date.today().isoformat(), help="the day (default: today)")
+    p.add_argument("--as", dest="as_role", default="admin", choices=["ops", "admin"], help=AS_HELP)
     exs.add_parser("list")
     ex.set_defaults(fn=cli.run(experts_cmd))

@@ -121,6 +121,15 @@ class ExpertsClient:
             **self._kw(),
         )
 
+    async def forget(self, *, command_id: str, expert_id: str, reason: str, forgotten_on: str) -> common_pb2.CommandAck:
+        """Admin only (connect with role="admin")."""
+        return await self.stub.ForgetExpert(
+            experts_pb2.ForgetExpertCommand(
+                command_id=command_id, expert_id=expert_id, reason=reason, forgotten_on=date_pb(forgotten_on)
+            ),
+            **self._kw(),
+        )
+
     async def get(self, expert_id: str) -> experts_pb2.Expert:
         return await self.stub.GetExpert(experts_pb2.GetExpertQuery(expert_id=expert_id), **self._kw())
 

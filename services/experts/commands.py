@@ -9,33 +9,24 @@ the command id, so a retried command lands on the same ones.
 from __future__ import annotations
 
 import uuid
-from datetime import date
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from services.experts.events import EVALUATION_QUESTIONS
 from services.kernel import reference
 from services.kernel.command import Command
+from services.kernel.limits import ID, Day, Id, Name, Reason, shown
+from services.kernel.personal import PersonalCommand
 
 EXPERT_NAMESPACE = uuid.UUID("b3a4f0f2-8c1e-4d57-9f5e-2f0c8e1d7a31")
 DEPLOYMENT_NAMESPACE = uuid.UUID("0c9d5f6e-3b2a-4e71-8d4c-5a6b7c8d9e0f")
 EVALUATION_NAMESPACE = uuid.UUID("7e1a2b3c-4d5e-4f60-9a1b-2c3d4e5f6a7b")
 
-# The questions of the post-mission evaluation form, scored 1 (strongly disagree) to 5 (strongly agree).
-# The first is the one the MIEUX Annual Report 2017 publishes ("94.7% of experts agreed or strongly agreed
-# that the peer-to-peer approach and knowledge exchange with other (non-) EU MS was beneficial"); the
-# second is the overall rating the report quotes for partner authorities, asked of experts too (a choice).
-EVALUATION_QUESTIONS: dict[str, str] = {
-    "peer_to_peer_beneficial": (
-        "The peer-to-peer approach and knowledge exchange with other (non-) EU MS was beneficial"
-    ),
-    "overall_experience": "My overall experience with the MIEUX mission was good or excellent",
-}
-
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
-ExpertId = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^expert-[0-9a-f-]{36}$")]
-DeploymentId = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^dep-[0-9a-f-]{36}$")]
-ActivityId = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^\d{4}-\d{2,}/A\d+$")]
+ExpertId = Annotated[str, StringConstraints(strip_whitespace=True, max_length=ID, pattern=r"^expert-[0-9a-f-]{36}$")]
+DeploymentId = Annotated[str, StringConstraints(strip_whitespace=True, max_length=ID, pattern=r"^dep-[0-9a-f-]{36}$")]
+ActivityId = Annotated[str, StringConstraints(strip_whitespace=True, max_length=ID, pattern=r"^\d{4}-\d{2,}/A\d+$")]
+MAX_THEMES = 20
 
 
 def canonical_gender(v: str) -> str:
@@ -55,24 +46,25 @@ def canonical_themes(v: tuple[str, ...]) -> tuple[str, ...]:
     known = reference.themes()
     unknown = [t for t in v if t not in known]
     if unknown:
-        raise ValueError(f"unknown themes {', '.join(unknown)}: must be keys of the reference themes")
+        raise ValueError(f"unknown themes {shown(', '.join(unknown))}: must be keys of the reference themes")
     return tuple(dict.fromkeys(v))  # in order, each once
 
 
-Gender = Annotated[str, AfterValidator(canonical_gender)]
-Background = Annotated[str, AfterValidator(canonical_background)]
+Gender = Annotated[Id, AfterValidator(canonical_gender)]
+Background = Annotated[Id, AfterValidator(canonical_background)]
 # ISO 3166-1 alpha-2, upper case (`be` becomes `BE`, so one country is never counted twice)
-Nationality = Annotated[str, AfterValidator(reference.country_code)]
-Themes = Annotated[tuple[str, ...], AfterValidator(canonical_themes)]
+Nationality = Annotated[Id, AfterValidator(reference.country_code)]
+Themes = Annotated[tuple[Id, ...], Field(max_length=MAX_THEMES), AfterValidator(canonical_themes)]
 
 
-class RegisterExpert(Command):
-    name: Text
+class RegisterExpert(PersonalCommand):
+    personal = ("name",)
+    name: Name
     gender: Gender
     background: Background
     nationality: Nationality
     themes: Themes = ()
-    registered_on: date
+    registered_on: Day
 
     @property
     def expert_id(self) -> str:
@@ -80,16 +72,17 @@ class RegisterExpert(Command):
         return f"expert-{uuid.uuid5(EXPERT_NAMESPACE, self.command_id)}"
 
 
-class UpdateExpertProfile(Command):
+class UpdateExpertProfile(PersonalCommand):
     """Only the fields given change; `themes`, when given, replaces the list."""
 
+    personal = ("name",)
     expert_id: ExpertId
-    name: Text | None = None
+    name: Name | None = None
     gender: Gender | None = None
     background: Background | None = None
     nationality: Nationality | None = None
     themes: Themes | None = None
-    updated_on: date
+    updated_on: Day
 
 
 class DeployExpert(Command):
@@ -104,15 +97,15 @@ class DeployExpert(Command):
 class CancelDeployment(Command):
     expert_id: ExpertId
     deployment_id: DeploymentId
-    reason: Text
-    cancelled_on: date
+    reason: Reason
+    cancelled_on: Day
 
 
 class AnswerInput(BaseModel):
     """One answer of SubmitEvaluation: a question of EVALUATION_QUESTIONS and a score from 1 to 5."""
 
     model_config = ConfigDict(frozen=True, str_strip_whitespace=True, extra="forbid")
-    question: str
+    question: Id
     score: int = Field(ge=1, le=5)
 
     @field_validator("question")
@@ -126,8 +119,8 @@ class AnswerInput(BaseModel):
 class SubmitEvaluation(Command):
     expert_id: ExpertId
     deployment_id: DeploymentId
-    answers: tuple[AnswerInput, ...]
-    submitted_on: date
+    answers: tuple[AnswerInput, ...] = Field(max_length=2 * len(EVALUATION_QUESTIONS))
+    submitted_on: Day
 
     @field_validator("answers")
     @classmethod
@@ -137,7 +130,7 @@ class SubmitEvaluation(Command):
         seen = [a.question for a in v]
         twice = sorted({q for q in seen if seen.count(q) > 1})
         if twice:
-            raise ValueError(f"question {', '.join(twice)} answered more than once")
+            raise ValueError(f"question {shown(', '.join(twice))} answered more than once")
         return v
 
     @property
@@ -147,5 +140,14 @@ class SubmitEvaluation(Command):
 
 class DeactivateExpert(Command):
     expert_id: ExpertId
-    reason: Text
-    deactivated_on: date
+    reason: Reason
+    deactivated_on: Day
+
+
+class ForgetExpert(Command):
+    """Admin only: destroy the expert's key (their name is gone everywhere for good). The reason stays readable:
+    it must not name the person."""
+
+    expert_id: ExpertId
+    reason: Reason
+    forgotten_on: Day

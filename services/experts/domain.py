@@ -5,17 +5,23 @@ the same stream). Deployment and evaluation ids are uuid5s of their command ids 
 
 Whether an activity exists and is not cancelled is asked of the actions service by the application
 layer (handlers.py); the answer comes into `Expert.deploy` as an `ActivityFacts` value.
+
+The name is sealed with the expert's own key (services.kernel.personal): the decisions that write or compare
+it are given that key (`register`, `update_profile`); the fold keeps the sealed text. A forgotten expert
+(ExpertForgotten) is not deployed, updated or evaluated again; cancelling a deployment and deactivating, which
+hold nothing of the person and keep the figures right, stay possible.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 
 from services.experts.commands import (
     CancelDeployment,
     DeactivateExpert,
     DeployExpert,
+    ForgetExpert,
     RegisterExpert,
     SubmitEvaluation,
     UpdateExpertProfile,
@@ -27,11 +33,13 @@ from services.experts.events import (
     ExpertDeploymentCancelled,
     ExpertEvaluationSubmitted,
     ExpertEvent,
+    ExpertForgotten,
     ExpertProfileUpdated,
     ExpertRegistered,
 )
 from services.kernel.application import Aggregate
 from services.kernel.errors import NotFound, RuleBroken
+from services.kernel.personal import SubjectKey, names_the_person
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,7 @@ class Deployment:
 
 @dataclass
 class Profile:
-    name: str
+    name: str  # sealed with the expert's key
     gender: str
     background: str
     nationality: str
@@ -89,6 +97,7 @@ class Expert(Aggregate):
         self.registered_on: date | None = None
         self.deactivated_on: date | None = None
         self.deactivation_reason: str = ""
+        self.forgotten_on: date | None = None
         self.deployments: dict[str, Deployment] = {}
         self.evaluations: list[Evaluation] = []
 
@@ -117,7 +126,16 @@ class Expert(Aggregate):
         self.deactivated_on = e.deactivated_on
         self.deactivation_reason = e.reason
 
+    def when_ExpertForgotten(self, e: ExpertForgotten) -> None:
+        self.forgotten_on = e.forgotten_on
+        if self.profile is not None:
+            self.profile.name = ""  # the sealed text cannot be opened any more
+
     # --- guards ----------------------------------------------------------------------------------
+
+    def check_not_forgotten(self, doing: str) -> None:
+        if self.forgotten_on is not None:
+            raise RuleBroken(f"expert {self.id} was forgotten on {self.forgotten_on.isoformat()} and cannot be {doing}")
 
     @property
     def active(self) -> bool:
@@ -165,12 +183,12 @@ class Expert(Aggregate):
 
     # --- decisions -------------------------------------------------------------------------------
 
-    def register(self, cmd: RegisterExpert) -> list[ExpertEvent]:
+    def register(self, cmd: RegisterExpert, key: SubjectKey) -> list[ExpertEvent]:
         self.check_not_registered()
         return [
             ExpertRegistered(
                 expert_id=self.id,
-                name=cmd.name,
+                name=key.seal(cmd.name),
                 gender=cmd.gender,
                 background=cmd.background,
                 nationality=cmd.nationality,
@@ -179,14 +197,16 @@ class Expert(Aggregate):
             )
         ]
 
-    def update_profile(self, cmd: UpdateExpertProfile) -> list[ExpertEvent]:
+    def update_profile(self, cmd: UpdateExpertProfile, key: SubjectKey) -> list[ExpertEvent]:
+        """`key`: the expert's, to compare the name given with the one held, and to seal the new one."""
+        self.check_not_forgotten("updated")
         assert self.profile is not None and self.registered_on is not None
         if cmd.updated_on < self.registered_on:
             raise RuleBroken(
                 f"expert {self.id} was registered on {self.registered_on.isoformat()}: "
                 f"a profile update cannot precede it"
             )
-        old = self.profile
+        old = replace(self.profile, name=key.reveal(self.profile.name))
         new = Profile(
             name=cmd.name if cmd.name is not None else old.name,
             gender=cmd.gender if cmd.gender is not None else old.gender,
@@ -202,7 +222,7 @@ class Expert(Aggregate):
         return [
             ExpertProfileUpdated(
                 expert_id=self.id,
-                name=new.name,
+                name=key.seal(new.name) if "name" in changed else self.profile.name,
                 gender=new.gender,
                 background=new.background,
                 nationality=new.nationality,
@@ -214,6 +234,7 @@ class Expert(Aggregate):
 
     def check_deployable(self) -> None:
         """What can be said before asking the actions service about the activity."""
+        self.check_not_forgotten("deployed")
         self.check_active("deployed")
 
     def deploy(self, cmd: DeployExpert, activity: ActivityFacts) -> list[ExpertEvent]:
@@ -250,6 +271,7 @@ class Expert(Aggregate):
         ]
 
     def submit_evaluation(self, cmd: SubmitEvaluation) -> list[ExpertEvent]:
+        self.check_not_forgotten("evaluated")
         d = self.deployment(cmd.deployment_id)
         if not d.live:
             raise RuleBroken(f"deployment {d.deployment_id} was cancelled: there is no mission to evaluate")
@@ -286,3 +308,16 @@ class Expert(Aggregate):
                     f"cancel deployment {d.deployment_id} before deactivating the expert"
                 )
         return [ExpertDeactivated(expert_id=self.id, reason=cmd.reason, deactivated_on=cmd.deactivated_on)]
+
+    def forget(self, cmd: ForgetExpert, name: str | None) -> list[ExpertEvent]:
+        """`name`: the name held, to check the reason (kept in clear) does not name the person; None once the
+        key is gone (a retry after the key was destroyed)."""
+        self.check_not_forgotten("forgotten again")
+        assert self.registered_on is not None
+        if cmd.forgotten_on < self.registered_on:
+            raise RuleBroken(
+                f"expert {self.id} was registered on {self.registered_on.isoformat()}: forgetting cannot precede it"
+            )
+        if name is not None and names_the_person(cmd.reason, name):
+            raise RuleBroken("the reason names the person: it stays readable once they are forgotten")
+        return [ExpertForgotten(expert_id=self.id, reason=cmd.reason, forgotten_on=cmd.forgotten_on)]

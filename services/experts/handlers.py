@@ -1,4 +1,8 @@
-"""Application layer of the experts service: one plain function per command."""
+"""Application layer of the experts service: one plain function per command.
+
+The commands that write a name seal it with the expert's key (`keys.key_for`, made with the first event) and
+hash it keyed (`PersonalCommand.keyed`); ForgetExpert destroys the key before it records ExpertForgotten, so
+a failure between the two leaves the person forgotten (a retry with the same command id records it)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from services.experts.commands import (
     CancelDeployment,
     DeactivateExpert,
     DeployExpert,
+    ForgetExpert,
     RegisterExpert,
     SubmitEvaluation,
     UpdateExpertProfile,
@@ -14,22 +19,23 @@ from services.experts.commands import (
 from services.experts.domain import Expert
 from services.kernel.application import execute, first_result, load
 from services.kernel.errors import NotFound
+from services.kernel.personal import Forgotten, Keyring
 from services.kernel.store import AppendResult, EventStore
 
 
-async def register_expert(store: EventStore, cmd: RegisterExpert) -> AppendResult:
-    return await execute(
-        store,
-        Expert,
-        cmd.expert_id,
-        lambda e: e.register(cmd),
-        cmd,
-        must_exist=False,
-    )
+async def register_expert(store: EventStore, keys: Keyring, cmd: RegisterExpert) -> AppendResult:
+    key = await keys.key_for(cmd.expert_id)
+    cmd = cmd.keyed(key)
+    return await execute(store, Expert, cmd.expert_id, lambda e: e.register(cmd, key), cmd, must_exist=False)
 
 
-async def update_expert_profile(store: EventStore, cmd: UpdateExpertProfile) -> AppendResult:
-    return await execute(store, Expert, cmd.expert_id, lambda e: e.update_profile(cmd), cmd)
+async def update_expert_profile(store: EventStore, keys: Keyring, cmd: UpdateExpertProfile) -> AppendResult:
+    key = await keys.find(cmd.expert_id)
+    if key is None:  # no such expert (NOT_FOUND), or forgotten (FAILED_PRECONDITION, a retry too)
+        (await get_expert(store, cmd.expert_id)).check_not_forgotten("updated")
+        raise Forgotten(cmd.expert_id)
+    cmd = cmd.keyed(key)
+    return await execute(store, Expert, cmd.expert_id, lambda e: e.update_profile(cmd, key), cmd)
 
 
 async def deploy_expert(store: EventStore, actions: ActivityLookup, cmd: DeployExpert) -> AppendResult:
@@ -61,6 +67,21 @@ async def submit_evaluation(store: EventStore, cmd: SubmitEvaluation) -> AppendR
 
 async def deactivate_expert(store: EventStore, cmd: DeactivateExpert) -> AppendResult:
     return await execute(store, Expert, cmd.expert_id, lambda e: e.deactivate(cmd), cmd)
+
+
+async def forget_expert(store: EventStore, keys: Keyring, cmd: ForgetExpert) -> AppendResult:
+    """Decide first (refusals destroy nothing), then destroy the key, then record ExpertForgotten."""
+    first = await first_result(store, cmd)
+    if first is not None:
+        return first
+    expert = await load(store, Expert, cmd.expert_id)
+    if not expert.exists:
+        raise NotFound(f"expert {cmd.expert_id} does not exist")
+    key = await keys.find(cmd.expert_id)
+    assert expert.profile is not None
+    expert.forget(cmd, key.reveal(expert.profile.name) if key is not None else None)
+    await keys.destroy(cmd.expert_id)
+    return await execute(store, Expert, cmd.expert_id, lambda e: e.forget(cmd, None), cmd)
 
 
 async def get_expert(store: EventStore, expert_id: str) -> Expert:

@@ -3,6 +3,10 @@
 `experts_views.experts`: one row per expert (profile, active or not). `experts_views.deployments`: one
 row per deployment (deployed or cancelled, evaluated or not). Both are indexed for the keyset paging of
 the queries (registration date, id; start date, id).
+
+The name column holds the name as the event holds it, sealed with the expert's key: the queries open it
+(queries.py, api.py), the projection never does. ExpertForgotten redacts it (an empty name and the date the
+expert was forgotten), so a rebuild gives the same rows; a query shows a placeholder.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from services.experts.events import (
     ExpertDeployed,
     ExpertDeploymentCancelled,
     ExpertEvaluationSubmitted,
+    ExpertForgotten,
     ExpertProfileUpdated,
     ExpertRegistered,
 )
@@ -31,7 +36,7 @@ class Roster(Projection):
     CREATE SCHEMA IF NOT EXISTS experts_views;
     CREATE TABLE IF NOT EXISTS experts_views.experts (
         expert_id       text PRIMARY KEY,
-        name            text NOT NULL,
+        name            text NOT NULL,  -- sealed (services.kernel.personal); '' once forgotten
         gender          text NOT NULL,
         background      text NOT NULL,
         nationality     text NOT NULL,
@@ -39,6 +44,7 @@ class Roster(Projection):
         registered_on   date NOT NULL,
         deactivated_on  date
     );
+    ALTER TABLE experts_views.experts ADD COLUMN IF NOT EXISTS forgotten_on date;
     CREATE INDEX IF NOT EXISTS experts_page ON experts_views.experts (registered_on, expert_id);
     CREATE TABLE IF NOT EXISTS experts_views.deployments (
         deployment_id   text PRIMARY KEY,
@@ -85,6 +91,12 @@ class Roster(Projection):
                     "UPDATE experts_views.experts SET deactivated_on = $2 WHERE expert_id = $1",
                     e.expert_id,
                     e.deactivated_on,
+                )
+            case ExpertForgotten():
+                await conn.execute(
+                    "UPDATE experts_views.experts SET name = '', forgotten_on = $2 WHERE expert_id = $1",
+                    e.expert_id,
+                    e.forgotten_on,
                 )
             case ExpertDeployed():
                 await conn.execute(

@@ -49,6 +49,8 @@ class Aggregate:
                 raise TypeError(f"{cls.__name__}.{name} handles {handled.__name__}: name it when_{handled.__name__}")
             handlers[handled] = fn
         cls.handlers = handlers
+        if handlers and not hasattr(cls, "folds"):
+            raise TypeError(f"{cls.__name__} handles events but does not say which stream's it folds (`folds`)")
 
     @classmethod
     def unhandled(cls) -> list[str]:
@@ -67,8 +69,9 @@ class Aggregate:
         handler = self.handlers.get(type(event))
         if handler is not None:
             handler(self, event)
-        elif not isinstance(event, self.ignores):
+        elif isinstance(event, self.folds) and not isinstance(event, self.ignores):
             raise UnhandledEvent(f"{type(self).__name__} has no handler for {event.event_type}")
+        # an event of another stream, or of a type this build does not know (UnknownEvent), changes nothing
         self.version += 1
 
     @classmethod

@@ -18,6 +18,23 @@ log = logging.getLogger(__name__)
 DLQ_PARTITIONS = 1  # a dead-letter topic is read by people, in the order its letters came
 
 
+def faust_credentials(settings: Settings) -> Any:
+    """The policy runners' faust broker credentials for MIEUX_KAFKA_SECURITY_PROTOCOL (None for PLAINTEXT)."""
+    security = settings.kafka_security()
+    if not security:
+        return None
+    from faust.auth import SASLCredentials, SSLCredentials
+
+    if security["security_protocol"] == "SSL":
+        return SSLCredentials(security["ssl_context"])
+    return SASLCredentials(
+        username=security["sasl_plain_username"],
+        password=security["sasl_plain_password"],
+        ssl_context=security["ssl_context"],
+        mechanism=security["sasl_mechanism"],
+    )
+
+
 def dlq_topic(group: str) -> str:
     """The dead-letter topic of a consumer group."""
     return f"{group}.dlq"
@@ -48,6 +65,7 @@ def producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
         max_batch_size=256 * 1024,
         request_timeout_ms=settings.kafka_request_timeout_ms,
         retry_backoff_ms=100,
+        **settings.kafka_security(),
     )
     kwargs.update(overrides)
     return AIOKafkaProducer(**kwargs)
@@ -62,6 +80,7 @@ def consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafkaCons
         request_timeout_ms=max(settings.kafka_request_timeout_ms, settings.kafka_session_timeout_ms + 1000),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        **settings.kafka_security(),
     )
     kwargs.update(overrides)
     return AIOKafkaConsumer(*topics, **kwargs)
@@ -69,7 +88,9 @@ def consumer(settings: Settings, *topics: str, **overrides: Any) -> AIOKafkaCons
 
 async def ensure_topics(settings: Settings, topics: Iterable[str], partitions: int | None = None) -> None:
     """Create topics explicitly (Tansu would auto-create them with 4 partitions, whatever we want)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap(), request_timeout_ms=10000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap(), request_timeout_ms=10000, **settings.kafka_security()
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -142,3 +163,51 @@ async def group_offsets(settings: Settings, group: str, topics: Sequence[str]) -
 async def group_lag(settings: Settings, group: str, topics: Sequence[str]) -> int:
     """Lag of a consumer group as Kafka defines it: end offsets minus committed offsets."""
     return sum(max(end - committed, 0) for committed, end in (await group_offsets(settings, group, topics)).values())
+
+
+async def ensure_topic_layout(settings: Settings, layout: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """Create every topic of `layout` (topic -> partitions) that the broker lacks, in one request, before
+    anything is published: a produce, or a consumer's metadata request, would have the broker auto-create
+    it with its default partition count (Tansu's is 4), and a dead-letter topic is otherwise created only
+    when its consumer group starts. Raises if one is still missing after. Returns the topics that exist
+    with another partition count, as topic -> (partitions, wanted): those are left as they are (more
+    partitions would send a stream's later events to another partition than its earlier ones)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap(), request_timeout_ms=10000, **settings.kafka_security()
+    )
+    await admin.start()
+    try:
+
+        async def partitions() -> dict[str, int]:
+            return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics() if t["error_code"] == 0}
+
+        existing = await partitions()
+        wanted = [NewTopic(t, n, settings.topic_replication) for t, n in layout.items() if t not in existing]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass
+            existing = await partitions()
+        if missing := sorted(set(layout) - set(existing)):
+            raise RuntimeError(f"the broker did not create {', '.join(missing)}")
+        return {t: (existing[t], n) for t, n in layout.items() if existing[t] != n}
+    finally:
+        await admin.close()
+
+
+async def send_parked(
+    producer: AIOKafkaProducer,
+    group: str,
+    raw: bytes | None,
+    reason: str,
+    origin: str,
+    parked_id: int,
+    projection: str = "",
+) -> None:
+    """A parked message onto its group's dead-letter topic, as send_dead, with a `parked` header: its id in
+    `mieux parked show|retry|drop`."""
+    headers = [("reason", reason.encode()[:4000]), ("origin", origin.encode()), ("parked", str(parked_id).encode())]
+    if projection:
+        headers.append(("projection", projection.encode()))
+    await producer.send_and_wait(dlq_topic(group), value=raw or b"", headers=headers)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.kernel.store import payload_hash
+
+def payload_hash(payload: Any) -> str:
+    """The hash of a command's payload (JSON with sorted keys) that a retry is compared with."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class Command(BaseModel):

@@ -20,7 +20,11 @@ from typing import Any
 
 import asyncpg
 
-CLOSE_ON = (asyncio.TimeoutError, OSError, asyncpg.InterfaceError)
+from services.kernel.faults import PoolTimeout
+
+# InternalClientError: asyncpg's protocol state left broken by a connection lost mid-statement (seen when
+# PostgreSQL restarts); such a connection is never lent again.
+CLOSE_ON = (asyncio.TimeoutError, OSError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError)
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
@@ -34,6 +38,7 @@ class Pool:
         min_size: int = 1,
         max_size: int = 10,
         init: Callable[[asyncpg.Connection], Awaitable[None]] = init_connection,
+        acquire_timeout: float = 5.0,
     ) -> None:
         if not 0 <= min_size <= max_size or max_size < 1:
             raise ValueError(
@@ -43,6 +48,9 @@ class Pool:
         self.min_size = min_size
         self.max_size = max_size
         self.init = init
+        # a borrower waits at most this long for a connection (a free one, or a new one opened), then
+        # PoolTimeout: a caller hears UNAVAILABLE rather than waiting without a deadline
+        self.acquire_timeout = acquire_timeout
         self.size = 0  # connections open or being opened
         self.free: list[asyncpg.Connection] = []
         # borrowers waiting: each gets a connection, or None meaning "a place is free: open one"
@@ -57,7 +65,7 @@ class Pool:
     async def _connect(self) -> asyncpg.Connection:
         self.size += 1
         try:
-            conn = await asyncpg.connect(self.dsn)
+            conn = await asyncpg.connect(self.dsn, timeout=self.acquire_timeout)
             try:
                 await self.init(conn)
             except BaseException:
@@ -81,10 +89,14 @@ class Pool:
         waiter: asyncio.Future[asyncpg.Connection | None] = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
         try:
-            conn = await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():  # handed over as we were cancelled: pass it on
+            conn = await asyncio.wait_for(asyncio.shield(waiter), self.acquire_timeout)
+        except (asyncio.CancelledError, TimeoutError) as e:
+            if waiter.done() and not waiter.cancelled():  # handed over as we gave up: pass it on
                 self._handed_back(waiter.result())
+            else:
+                waiter.cancel()
+            if isinstance(e, TimeoutError):
+                raise PoolTimeout(f"no database connection free within {self.acquire_timeout:g} s") from None
             raise
         return conn if conn is not None else await self._connect()
 
@@ -156,5 +168,5 @@ class Pool:
                 waiter.set_exception(asyncpg.InterfaceError("the pool is closed"))
 
 
-async def create_pool(dsn: str, min_size: int = 1, max_size: int = 10) -> Pool:
-    return await Pool(dsn, min_size, max_size).open()
+async def create_pool(dsn: str, min_size: int = 1, max_size: int = 10, acquire_timeout: float = 5.0) -> Pool:
+    return await Pool(dsn, min_size, max_size, acquire_timeout=acquire_timeout).open()

@@ -33,6 +33,9 @@ class Event(BaseModel):
         super().__pydantic_init_subclass__(**kwargs)
         if abstract:
             return
+        declared = cls.__dict__.get("event_type")
+        if declared is not None and declared != cls.__name__:
+            raise TypeError(f"{cls.__name__}: an event's type is its class name; it may not declare {declared!r}")
         cls.event_type = cls.__name__
         if register:
             registry.register(cls)
@@ -55,6 +58,8 @@ class Envelope(BaseModel):
     causation_id: str
     actor: str
     data: dict[str, Any]
+    # which key of its producer signed it, as the relay published it (signing.py); "" as it is stored
+    key_id: str = ""
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()
@@ -119,7 +124,7 @@ class Registry:
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise DecodeError(f"{env.event_type} v{version} does not match its schema: {e}") from e
+            raise DecodeError(f"{env.event_type} v{version} does not match its schema: {errors_of(e)}") from e
 
     def catalogue(self) -> dict[str, Any]:
         return {
@@ -148,8 +153,16 @@ def parse_message(raw: bytes | None) -> Envelope:
         return Envelope.from_bytes(raw)
     except ValidationError as e:
         if any(err["type"] == "json_invalid" for err in e.errors()):
-            raise DecodeError(f"not JSON: {e.errors()[0]['msg']}") from e
-        raise DecodeError(f"not an envelope: {e}") from e
+            raise DecodeError("not JSON") from e
+        raise DecodeError(f"not an envelope: {errors_of(e)}") from e
+
+
+def errors_of(e: ValidationError) -> str:
+    """What a validation error found, by field and kind, without the values (a reason may reach a dead
+    letter or a log, and must not carry what was in the event)."""
+    found = [f"{'.'.join(str(p) for p in err['loc']) or 'data'} ({err['type']})" for err in e.errors()[:10]]
+    more = f" and {e.error_count() - 10} more" if e.error_count() > 10 else ""
+    return ", ".join(found) + more
 
 
 def utcnow() -> datetime:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from services.kernel.faults import Unavailable
 from services.kernel.store import CommandReused, ConcurrencyError
 
 __all__ = [
@@ -40,10 +41,6 @@ class RuleBroken(Exception):
 
 class NotFound(Exception):
     """No such aggregate (NOT_FOUND)."""
-
-
-class Unavailable(Exception):
-    """A collaborator service did not answer (UNAVAILABLE): nothing stored; retry with the same command id."""
 
 
 def from_validation_error(e: ValidationError) -> InvalidArgument:

@@ -10,10 +10,12 @@ import grpc
 from mieux.common.v1 import eventlog_pb2, eventlog_pb2_grpc
 
 from services.kernel.envelope import Envelope
+from services.kernel.errors import FieldViolation, InvalidArgument
 from services.kernel.grpckit import call_metadata, channel
+from services.kernel.horizon import HighWaterMark
 from services.kernel.projection import AsyncSource, Projection
 from services.kernel.settings import Role, Settings, service_address
-from services.kernel.store import EventStore, HighWaterMark
+from services.kernel.store import EventStore
 
 SERVICE_NAME = "mieux.common.v1.EventLog"
 READ_ALL = f"/{SERVICE_NAME}/ReadAll"
@@ -62,6 +64,9 @@ class EventLogServicer(eventlog_pb2_grpc.EventLogServicer):
     async def ReadAll(
         self, request: eventlog_pb2.ReadAllRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[eventlog_pb2.StoredEvent]:
+        bad = [f for f in ("after_position", "limit") if getattr(request, f) < 0]
+        if bad:
+            raise InvalidArgument(*(FieldViolation(f, "must not be negative") for f in bad))
         end = await self.store.last_position()
         position, sent = request.after_position, 0
         hwm = HighWaterMark(self.store.schema)

@@ -4,6 +4,12 @@ interceptor that authenticates, sets correlation ids and maps errors to status c
 Auth: `authorization: Bearer <token>`; tokens are stored hashed (sha256) in settings and map to a
 principal with roles. Each RPC names the roles that may call it; health and reflection are open (probes).
 The principal is recorded as `actor` on every event a command appends.
+
+TLS: a server with MIEUX_TLS_CERT_FILE and MIEUX_TLS_KEY_FILE serves TLS only (with MIEUX_TLS_CLIENT_AUTH it
+also requires a client certificate of MIEUX_TLS_CA_FILE); `channel()` uses TLS whenever MIEUX_TLS_CA_FILE is
+set, trusts that CA alone and presents this process's certificate when it has one. Without them (the dev
+stack on loopback) both are plaintext. Reflection is served only with MIEUX_GRPC_REFLECTION; health also on
+the plaintext MIEUX_GRPC_HEALTH_PORT when set (probes that cannot speak TLS).
 """
 
 from __future__ import annotations
@@ -11,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
+import re
 import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -29,13 +38,17 @@ from pydantic import ValidationError
 from services.kernel.errors import (
     CommandReused,
     ConcurrencyError,
+    FieldViolation,
     InvalidArgument,
     NotFound,
     RuleBroken,
     Unavailable,
     from_validation_error,
 )
-from services.kernel.settings import Principal, Role, Settings, hash_token
+from services.kernel.faults import is_transient
+from services.kernel.limits import check_message
+from services.kernel.settings import Principal, Role, Settings, SettingsError, hash_token
+from services.kernel.store import EventTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +58,7 @@ correlation_var: contextvars.ContextVar[str] = contextvars.ContextVar("correlati
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 COMMANDERS: frozenset[Role] = frozenset({"service", "ops", "admin"})
 READERS: frozenset[Role] = frozenset({"service", "ops", "finance", "admin"})
+ADMINS: frozenset[Role] = frozenset({"admin"})  # forgetting a person (DESIGN.md section 11)
 
 
 def current_actor() -> str:
@@ -61,17 +75,29 @@ def _status(code: grpc.StatusCode, message: str, details: Iterable[Any] = ()) ->
     return status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
 
 
-def status_for(e: BaseException) -> status_pb2.Status | None:
+MAX_MESSAGE = 1000  # characters of a status message or a field violation's description (trailers stay small)
+MAX_VIOLATIONS = 20
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+def status_for(e: BaseException, correlation_id: str = "") -> status_pb2.Status:
+    """The status a failure answers with: never UNKNOWN, never an unexpected exception's text."""
     if isinstance(e, ValidationError):
         e = from_validation_error(e)
+    if isinstance(e, EventTooLarge):
+        e = InvalidArgument(FieldViolation(e.field, str(e)))
     if isinstance(e, InvalidArgument):
+        violations = e.violations[:MAX_VIOLATIONS]
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in e.violations
+                error_details_pb2.BadRequest.FieldViolation(field=_short(v.field), description=_short(v.description))
+                for v in violations
             ]
         )
-        return _status(grpc.StatusCode.INVALID_ARGUMENT, str(e), [bad])
+        return _status(grpc.StatusCode.INVALID_ARGUMENT, _short(str(InvalidArgument(*violations))), [bad])
     for kind, code in (
         (RuleBroken, grpc.StatusCode.FAILED_PRECONDITION),
         (NotFound, grpc.StatusCode.NOT_FOUND),
@@ -80,8 +106,46 @@ def status_for(e: BaseException) -> status_pb2.Status | None:
         (Unavailable, grpc.StatusCode.UNAVAILABLE),
     ):
         if isinstance(e, kind):
-            return _status(code, str(e))
-    return None
+            return _status(code, _short(str(e)))
+    if is_transient(e):
+        log.warning("unavailable (%s), correlation id %s", type(e).__name__, correlation_id)
+        return _status(
+            grpc.StatusCode.UNAVAILABLE,
+            f"a store or collaborator is unavailable ({type(e).__name__}); retry with the same command id "
+            f"(correlation id {correlation_id})",
+        )
+    log.error("internal error, correlation id %s", correlation_id, exc_info=e)
+    return _status(grpc.StatusCode.INTERNAL, f"internal error (correlation id {correlation_id})")
+
+
+CORRELATION_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def correlation_id_of(given: str | None) -> str:
+    """The caller's correlation id if it is at most 64 characters of [A-Za-z0-9._-], else a fresh one."""
+    return given if given and CORRELATION_ID.match(given) else str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """What a request that could not be parsed as its message type (e.g. invalid UTF-8) becomes."""
+
+    error: str
+
+
+def tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A request deserializer that hands an unparsable request to the handler as Undecodable (answered
+    INVALID_ARGUMENT) instead of failing inside gRPC."""
+    if deserialize is None:
+        return None
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except Exception as e:
+            return Undecodable(type(e).__name__)
+
+    return parse
 
 
 @dataclass
@@ -127,48 +191,50 @@ class KitInterceptor(grpc.aio.ServerInterceptor):
             return handler
         metadata = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
         principal, refusal = self._authenticate(details.method, metadata)
-        correlation_id = metadata.get("x-correlation-id") or str(uuid.uuid4())
+        correlation_id = correlation_id_of(metadata.get("x-correlation-id"))
 
-        async def prepare(context: grpc.aio.ServicerContext) -> None:
+        async def prepare(request: Any, context: grpc.aio.ServicerContext) -> None:
             principal_var.set(principal)
             correlation_var.set(correlation_id)
             with contextlib.suppress(Exception):
                 context.set_trailing_metadata((("x-correlation-id", correlation_id),))
             if refusal is not None:
                 await context.abort_with_status(rpc_status.to_status(refusal))
+            if isinstance(request, Undecodable):
+                raise InvalidArgument(FieldViolation("request", "not a valid message of this method's request type"))
+            check_message(request)
 
         async def fail(e: Exception, context: grpc.aio.ServicerContext) -> None:
-            st = status_for(e)
-            if st is None:
+            if isinstance(e, grpc.aio.AbortError):  # a handler's own abort, already with its status
                 raise e
-            await context.abort_with_status(rpc_status.to_status(st))
+            await context.abort_with_status(rpc_status.to_status(status_for(e, correlation_id)))
 
         if handler.unary_unary:
             inner_uu = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await prepare(context)
                 try:
+                    await prepare(request, context)
                     return await inner_uu(request, context)
                 except Exception as e:
                     await fail(e, context)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
+                unary_unary, tolerant(handler.request_deserializer), handler.response_serializer
             )
         if handler.unary_stream:
             inner_us = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                await prepare(context)
                 try:
+                    await prepare(request, context)
                     async for item in inner_us(request, context):
                         yield item
                 except Exception as e:
                     await fail(e, context)
 
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer
+                unary_stream, tolerant(handler.request_deserializer), handler.response_serializer
             )
         return handler
 
@@ -176,8 +242,76 @@ class KitInterceptor(grpc.aio.ServerInterceptor):
 Registrar = Callable[[grpc.aio.Server], None]
 
 
+# The health of the process alone (its event loop answers), for a liveness probe: SERVING from start to stop
+# whatever its consumers do. The overall health ("") and each service's say NOT_SERVING while a consumer is
+# down (readiness): a database outage takes a pod out of the load balancer without restarting it.
+LIVENESS = "liveness"
+
+
+# --- TLS ---------------------------------------------------------------------------------------------
+
+
+def _pem(setting: str, path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise SettingsError(f"{setting}={path}: cannot read it ({e.strerror or e})") from e
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """A server's TLS: its certificate and key, and with MIEUX_TLS_CLIENT_AUTH the CA a client's certificate
+    must be signed by. None (plaintext) when no certificate is set; a CA without one is a half configuration."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        if settings.tls_ca_file is not None or settings.tls_client_auth:
+            raise SettingsError(
+                "MIEUX_TLS_CA_FILE is set but MIEUX_TLS_CERT_FILE and MIEUX_TLS_KEY_FILE are not: a gRPC server "
+                "needs its certificate and key to serve TLS"
+            )
+        return None
+    cert = _pem("MIEUX_TLS_CERT_FILE", settings.tls_cert_file)
+    key = _pem("MIEUX_TLS_KEY_FILE", settings.tls_key_file)
+    ca = _pem("MIEUX_TLS_CA_FILE", settings.tls_ca_file) if settings.tls_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)],
+        root_certificates=ca if settings.tls_client_auth else None,
+        require_client_auth=settings.tls_client_auth,
+    )
+
+
+def _stamp(path: Path | None) -> tuple[str, int] | None:
+    if path is None:
+        return None
+    try:
+        return str(path), Path(path).stat().st_mtime_ns
+    except OSError:
+        return str(path), -1
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_credentials(
+    ca: tuple[str, int], cert: tuple[str, int] | None, key: tuple[str, int] | None
+) -> grpc.ChannelCredentials:
+    """Made once per set of files (and again when one of them changes: the stamps carry their mtimes)."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=_pem("MIEUX_TLS_CA_FILE", Path(ca[0])),
+        private_key=_pem("MIEUX_TLS_KEY_FILE", Path(key[0])) if key else None,
+        certificate_chain=_pem("MIEUX_TLS_CERT_FILE", Path(cert[0])) if cert else None,
+    )
+
+
+def channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
+    """A client's TLS: trust MIEUX_TLS_CA_FILE alone, present this process's certificate when it has one
+    (mutual TLS). None (plaintext) when no CA is set."""
+    if settings.tls_ca_file is None:
+        return None
+    ca = _stamp(settings.tls_ca_file)
+    assert ca is not None
+    return _channel_credentials(ca, _stamp(settings.tls_cert_file), _stamp(settings.tls_key_file))
+
+
 class GrpcServer:
-    """A service's gRPC server: its servicers plus health and reflection, on one port."""
+    """A service's gRPC server: its servicers plus health (and reflection when on), on one port; TLS when
+    the settings give a certificate; health alone also on the plaintext health port when set."""
 
     def __init__(
         self,
@@ -191,20 +325,40 @@ class GrpcServer:
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         self.server = grpc.aio.server(
             interceptors=[KitInterceptor(settings.tokens(), access)],
-            options=[("grpc.so_reuseport", 0)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", settings.grpc_max_receive_bytes),
+                ("grpc.max_send_message_length", settings.grpc_max_send_bytes),
+            ],
+            maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         )
         for register in registrars:
             register(self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = list(service_names)
-        reflection.enable_server_reflection(
-            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
-        )
-        self.port = self.server.add_insecure_port(f"{settings.grpc_host}:{port}")
+        if settings.grpc_reflection:
+            reflection.enable_server_reflection(
+                [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+            )
+        credentials = server_credentials(settings)
+        address = f"{settings.grpc_host}:{port}"
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
+        # the same health servicer on a plaintext port of its own: what it says, and nothing else
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
+        if settings.grpc_health_port is not None:
+            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=16)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = self.health_server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_health_port}")
 
     async def start(self) -> None:
         await self.server.start()
-        for name in ["", *self.service_names]:
+        if self.health_server is not None:
+            await self.health_server.start()
+        for name in ["", LIVENESS, *self.service_names]:
             await self._set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def _set(self, name: str, status: int) -> None:
@@ -213,9 +367,11 @@ class GrpcServer:
             await r
 
     async def stop(self, grace: float = 5.0) -> None:
-        for name in ["", *self.service_names]:
+        for name in ["", LIVENESS, *self.service_names]:
             await self._set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(None)
 
 
 async def run_until_signalled(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> None:
@@ -234,8 +390,13 @@ async def run_until_signalled(start: Callable[[], Awaitable[None]], stop: Callab
 # --- clients ---------------------------------------------------------------------------------------
 
 
-def channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target)
+def channel(target: str, settings: Settings | None = None) -> grpc.aio.Channel:
+    """A client channel to `target`: TLS when MIEUX_TLS_CA_FILE is set (`channel_credentials`), else plaintext
+    (the dev stack on loopback). `settings` default to this process's (the environment, then stack.json)."""
+    credentials = channel_credentials(settings if settings is not None else Settings())
+    if credentials is None:
+        return grpc.aio.insecure_channel(target)
+    return grpc.aio.secure_channel(target, credentials)
 
 
 def call_metadata(token: str | None, correlation_id: str | None = None) -> tuple[tuple[str, str], ...]:

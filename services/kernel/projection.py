@@ -5,21 +5,29 @@ events touch a read model: in ONE PostgreSQL transaction it records `(projection
 tracking table (duplicates are dropped there) and applies the new events, for every projection of a
 service whose topics the batch came from, so a redelivered event can never be applied twice. Kafka
 offsets are committed only after that transaction (see runner.py).
-Unknown event types are skipped (tolerant reader); a message that cannot be decoded or applied is
-handed back as dead, with the reason, for the dead-letter queue.
+Unknown event types are skipped (tolerant reader). A passing fault (faults.is_transient: connection lost,
+deadlock, lock timeout, cancelled statement, out of resources) is raised for the runner to retry the batch;
+only what can never be applied is handed back as dead, with the reason, for the runner to park (parking.py):
+a message that cannot be decoded or whose producer's signature is missing or does not verify (the runner
+passes its `Verifier`, signing.py), and an event a projection fails to apply alone in a way that is not a
+passing fault. Order is kept per stream: once an event of a stream is dead for a projection, the stream's
+later events are dead behind it for that projection (as are those of a stream already parked, `heads`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import asyncpg
 
 from services.kernel.db import Pool
 from services.kernel.envelope import DecodeError, Envelope, Event, UnknownEvent, parse_message, registry
+from services.kernel.faults import describe, is_transient
+from services.kernel.parking import behind_reason
+from services.kernel.signing import Unverified, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +78,20 @@ class Projection:
             await conn.execute("DELETE FROM projections.tracking WHERE projection = $1", self.name)
 
 
-@dataclass
+@dataclass(eq=False)
 class Dead:
+    """A message a projection cannot apply, to be parked (and dead-lettered) for that projection."""
+
     raw: bytes | None
     reason: str
-    projection: str = ""  # the projection that could not apply it; empty when it could not be decoded
+    projection: str = ""  # the projection that cannot apply it
     topic: str = ""  # where it came from
+    index: int = -1  # its place in the batch it came in
+    env: Envelope | None = None  # None: not an envelope
+    behind: Dead | int | None = None  # the parked event of its stream it waits behind: in this batch, or a row id
+    letter: bool = True  # its own dead letter (a message that cannot be decoded has one, not one per projection)
+    decoding: bool = False  # it could not be decoded (no projection is to blame)
+    verified: bool = True  # False: its producer's signature is missing or does not verify
 
 
 @dataclass
@@ -94,17 +110,30 @@ class BatchResult:
 
 Message = tuple[str, bytes | None]  # (topic, value) as the bus delivered it
 Routed = Sequence[tuple["Projection", Sequence[tuple[Envelope, Event]]]]  # each projection with its events
+BEHIND = "behind a parked event of its stream"  # until it is parked and its head has an id
+Heads = Mapping[tuple[str, str], int]  # (projection, stream) -> the parked event the stream waits behind
+Entry = tuple[int, str, Envelope | None, Event | None, str]  # (index, topic, envelope, event, why not decoded)
 
 
-def decode(messages: Sequence[Message]) -> tuple[list[tuple[str, Envelope, Event]], list[Dead]]:
+def decode(
+    messages: Sequence[Message], verifier: Verifier | None = None, signatures: Sequence[bytes | None] = ()
+) -> tuple[list[tuple[str, Envelope, Event]], list[Dead]]:
+    """The messages that decode, as (topic, envelope, event) in order, and those that do not (no projection
+    named yet: `route_parking` parks them for each projection of their topic). With a `verifier`, a message
+    is decoded only once its producer's signature (`signatures`, each message's header) verifies."""
     good: list[tuple[str, Envelope, Event]] = []
     dead: list[Dead] = []
-    for topic, raw in messages:
+    for i, (topic, raw) in enumerate(messages):
+        env = None
         try:
             env = parse_message(raw)
+            if verifier is not None:
+                verifier.verify(topic, raw, env, signatures[i])
             good.append((topic, env, registry.decode(env)))
+        except Unverified as e:
+            dead.append(Dead(raw, str(e), topic=topic, index=i, env=env, decoding=True, verified=False))
         except DecodeError as e:
-            dead.append(Dead(raw, str(e), topic=topic))
+            dead.append(Dead(raw, str(e), topic=topic, index=i, env=env, decoding=True))
     return good, dead
 
 
@@ -118,10 +147,69 @@ def route(projections: Sequence[Projection], good: Sequence[tuple[str, Envelope,
     return routed
 
 
+def entries(
+    messages: Sequence[Message], good: Sequence[tuple[str, Envelope, Event]], bad: Sequence[Dead]
+) -> list[Entry]:
+    """Every message of a batch in order, decoded or not (for the slow lane only)."""
+    undecoded = {d.index: d for d in bad}
+    decoded = iter(good)
+    out: list[Entry] = []
+    for i in range(len(messages)):
+        if i in undecoded:
+            d = undecoded[i]
+            out.append((i, d.topic, d.env, None, d.reason))
+        else:
+            topic, env, ev = next(decoded)
+            out.append((i, topic, env, ev, ""))
+    return out
+
+
+def route_parking(
+    projections: Sequence[Projection],
+    messages: Sequence[Message],
+    batch: Sequence[Entry],
+    heads: Heads,
+    unverified: frozenset[int] = frozenset(),
+) -> tuple[Routed, list[Dead]]:
+    """`route` when a message cannot be decoded or a stream is parked: each projection with the events it can
+    apply now, and what it parks: the undecodable (an envelope's stream is parked behind it) and the events of
+    the streams parked already."""
+    routed: list[tuple[Projection, list[tuple[Envelope, Event]]]] = []
+    dead: list[Dead] = []
+    lettered: set[int] = set()
+    for p in projections:
+        mine = []
+        local: dict[str, Dead] = {}
+        for i, topic, env, ev, why in batch:
+            if topic not in p.topics:
+                continue
+            raw = messages[i][1]
+            head: Dead | int | None = None
+            if env is not None:
+                head = local.get(env.stream_id)
+                if head is None:
+                    head = heads.get((p.name, env.stream_id))
+            if head is not None:
+                reason = behind_reason(head) if isinstance(head, int) else BEHIND
+                dead.append(Dead(raw, reason, p.name, topic, i, env, head, verified=i not in unverified))
+            elif ev is None:
+                d = Dead(raw, why, p.name, topic, i, env, letter=i not in lettered, decoding=True)
+                d.verified = i not in unverified
+                lettered.add(i)
+                dead.append(d)
+                if env is not None:
+                    local[env.stream_id] = d
+            else:
+                mine.append((env, ev))
+        if mine:
+            routed.append((p, mine))
+    return routed, dead
+
+
 AsyncSource = Callable[[], AsyncIterator[Envelope]]
 
 
-async def _apply_in_tx(conn: asyncpg.Connection, routed: Routed) -> tuple[int, int, int]:
+async def _apply_in_tx(conn: asyncpg.Connection, routed: Routed, also: tuple[Any, ...] = ()) -> tuple[int, int, int]:
     """One transaction for every projection of the batch: track, drop duplicates, apply.
     Returns (applied, duplicates, skipped) summed over the projections.
 
@@ -132,6 +220,8 @@ async def _apply_in_tx(conn: asyncpg.Connection, routed: Routed) -> tuple[int, i
     await conn.execute(f"BEGIN; SELECT {locks}")
     try:
         counts = await _apply_items(conn, routed)
+        if also:
+            await conn.execute(*also)
     except Exception:
         await conn.execute("ROLLBACK")
         raise
@@ -173,35 +263,69 @@ async def _apply_items(conn: asyncpg.Connection, routed: Routed) -> tuple[int, i
     return applied, duplicates, skipped
 
 
-async def apply_batch(pool: Pool, projections: Sequence[Projection], messages: Sequence[Message]) -> BatchResult:
-    """Decode a batch and apply it to every projection of its topics in one transaction. A batch that
-    fails is retried one event and one projection at a time, to isolate the poison: the projection
-    that cannot apply an event hands it back as dead, and the others still apply it."""
-    good, dead = decode(messages)
+async def apply_batch(
+    pool: Pool,
+    projections: Sequence[Projection],
+    messages: Sequence[Message],
+    heads: Heads | None = None,
+    verifier: Verifier | None = None,
+    signatures: Sequence[bytes | None] = (),
+) -> BatchResult:
+    """Decode a batch and apply it to every projection of its topics in one transaction. A passing fault is
+    raised (the runner retries the batch). A batch that fails otherwise is retried one event and one
+    projection at a time, to isolate the poison: the projection that cannot apply an event alone hands it
+    back as dead, with its stream's later events behind it, and the others still apply it. `heads` are the
+    streams parked already: their events are handed back as dead behind them. With a `verifier` (the
+    runner's), a message whose producer's signature (`signatures`) is missing or does not verify is handed
+    back as dead with the reason, its stream's later events behind it."""
+    good, bad = decode(messages, verifier, signatures)
+    batch: list[Entry] = []
+    if bad or heads:
+        batch = entries(messages, good, bad)
+        unverified = frozenset(d.index for d in bad if not d.verified)
+        routed, dead = route_parking(projections, messages, batch, heads or {}, unverified)
+    else:
+        routed, dead = route(projections, good), []
     result = BatchResult(dead=dead)
-    routed = route(projections, good)
     if not routed:
         return result
     async with pool.acquire() as conn:
         try:
             result.add(await _apply_in_tx(conn, routed))
             return result
-        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
-            raise
-        except Exception as e:  # one of them is poison: find it
+        except Exception as e:
+            if is_transient(e):
+                raise
             names = ",".join(p.name for p, _ in routed)
-            log.warning("projections %s: batch failed (%s); applying one by one", names, e)
-        came_from = {id(env): topic for topic, env, _ in good}
+            log.warning("projections %s: batch failed (%s); applying one by one", names, describe(e))
+        where = {id(env): i for i, _, env, ev, _ in batch or entries(messages, good, bad) if ev is not None}
         for p, items in routed:
+            local: dict[str, Dead] = {}
             for env, ev in items:
+                i = where[id(env)]
+                topic, raw = messages[i]
+                head = local.get(env.stream_id)
+                if head is not None:
+                    dead.append(Dead(raw, BEHIND, p.name, topic, i, env, head))
+                    continue
                 try:
                     result.add(await _apply_in_tx(conn, [(p, [(env, ev)])]))
-                except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
-                    raise
                 except Exception as e:
-                    reason = f"apply failed: {type(e).__name__}: {e}"
-                    dead.append(Dead(env.to_bytes(), reason, p.name, came_from[id(env)]))
+                    if is_transient(e):
+                        raise
+                    log.warning("projection %s could not apply %s", p.name, env.event_id, exc_info=e)
+                    local[env.stream_id] = Dead(raw, f"apply failed: {describe(e)}", p.name, topic, i, env)
+                    dead.append(local[env.stream_id])
+    dead.sort(key=lambda d: d.index)
     return result
+
+
+async def apply_alone(
+    conn: asyncpg.Connection, projection: Projection, env: Envelope, event: Event, also: tuple[Any, ...] = ()
+) -> tuple[int, int, int]:
+    """One event to one projection in a transaction of its own (its tracking row, under the rebuild lock), with
+    `also` (a statement and its arguments) in the same transaction: how a parked event is applied again."""
+    return await _apply_in_tx(conn, [(projection, [(env, event)])], also)
 
 
 def lock_key(projection: Projection) -> str:
@@ -214,7 +338,9 @@ async def rebuild(pool: Pool, projection: Projection, sources: Sequence[AsyncSou
     The live runner takes the same advisory lock for each batch, so it waits while the rebuild runs
     and then finds every event it brings already tracked: nothing is applied twice. Readers of the
     tables wait for the commit (TRUNCATE locks them) and never see a half-built model. A projection
-    flagged as needing a rebuild is unflagged in the same transaction.
+    flagged as needing a rebuild is unflagged in the same transaction. Signatures are not verified here: the
+    sources are the producers' own stores, read over their authenticated `ReadAll`, not the bus, and a
+    signature is made when a relay publishes (signing.py).
     """
     total = 0
     async with pool.acquire() as conn, conn.transaction():

@@ -48,8 +48,9 @@ def fields(msg: Message, *, with_defaults: bool = False) -> dict[str, Any]:
 
 
 def date_pb(d: date | str | None) -> common_pb2.Date | None:
-    """A date (or its ISO string, as a client takes it) as a `mieux.common.v1.Date`; None or "" is unset."""
-    if d is None or d == "":
+    """A date (or its ISO string, as a client takes it, sent as given) as a `mieux.common.v1.Date`; None is
+    unset."""
+    if d is None:
         return None
     return common_pb2.Date(iso=d if isinstance(d, str) else d.isoformat())
 

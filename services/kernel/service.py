@@ -2,6 +2,10 @@
 
 A context's `__main__.py` builds a `Service` and calls `main()`; `python -m services.<context>` then
 runs until SIGTERM/SIGINT and stops gracefully (health NOT_SERVING, gRPC drain, consumers, relay).
+
+The gRPC health (the whole server, "", and each service name) says SERVING only while every consumer of the
+process consumes: a projection or policy runner whose loop is not running, or has been failing for longer
+than a few seconds, turns it NOT_SERVING until it recovers (checked every HEALTH_EVERY_S; see consuming.py).
 """
 
 from __future__ import annotations
@@ -12,8 +16,12 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
+
+from grpc_health.v1 import health_pb2
 
 from services.kernel import eventlog, metrics
+from services.kernel.consuming import own_cancellation
 from services.kernel.db import Pool, create_pool
 from services.kernel.grpckit import READERS, Access, GrpcServer, Registrar, run_until_signalled
 from services.kernel.policy import Policy, PolicyRunner, policy_group
@@ -24,6 +32,16 @@ from services.kernel.settings import Role, Settings, service_port
 from services.kernel.store import EventStore
 
 log = logging.getLogger(__name__)
+
+HEALTH_EVERY_S = 0.5
+
+
+class ExtraServer(Protocol):
+    """Another server a service process runs beside gRPC (e.g. the stats service's HTTP report pages)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -36,6 +54,8 @@ class Service:
     registrars: Callable[[Service], Iterable[Registrar]]
     projections: Sequence[Projection] = ()
     policies: Sequence[Policy] = ()
+    # other servers of the process: started after gRPC, stopped before it
+    extra_servers: Callable[[Service], Iterable[ExtraServer]] = lambda svc: ()
     settings: Settings = field(default_factory=Settings)
     store: EventStore | None = None
     pool: Pool | None = None
@@ -43,7 +63,11 @@ class Service:
     tasks: list[asyncio.Task] = field(default_factory=list)
     runners: list = field(default_factory=list)
     relay: Relay | None = None
+    serving: bool = True  # what the gRPC health says (while the server runs)
     _stop_metrics: Callable[[], None] | None = None
+    _stopping: bool = False
+    _watcher: asyncio.Task | None = None
+    _extra: list[ExtraServer] = field(default_factory=list)
 
     @property
     def port(self) -> int:
@@ -59,10 +83,12 @@ class Service:
 
     async def start(self) -> None:
         if self.settings.metrics_port is not None:  # first: a port that is taken stops the start before anything runs
-            self._stop_metrics = metrics.serve(self.settings.grpc_host, self.settings.metrics_port)
-            log.info("%s serving metrics on %s:%s", self.name, self.settings.grpc_host, self.settings.metrics_port)
+            self._stop_metrics = metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
+            log.info("%s serving metrics on %s:%s", self.name, self.settings.metrics_host, self.settings.metrics_port)
 
-        self.pool = await create_pool(self.settings.dsn(), max_size=20)
+        self.pool = await create_pool(
+            self.settings.dsn(), max_size=20, acquire_timeout=self.settings.db_acquire_timeout_s
+        )
         self.store = EventStore(self.pool, self.name)
         await self.store.setup()
         async with self.pool.acquire() as conn:
@@ -79,31 +105,76 @@ class Service:
         self.relay = Relay(self.store, self.settings)
         self.tasks.append(asyncio.create_task(self._supervise("relay", self.relay.run)))
         if self.projections:
-            runner = ProjectionRunner(self.projections, self.pool, self.settings, group=projection_group(self.name))
+            runner = self.projection_runner()
             self.runners.append(runner)
             await runner.start()
         for pol in self.policies:
             pol.store = self.store
-            prunner = PolicyRunner(pol, self.settings, group=policy_group(self.name, pol))
+            prunner = PolicyRunner(pol, self.settings, group=policy_group(self.name, pol), pool=self.pool)
             self.runners.append(prunner)
             await prunner.start()
         await self.server.start()
+        for extra in self.extra_servers(self):
+            await extra.start()
+            self._extra.append(extra)
+        self.serving = True
+        self._watcher = asyncio.create_task(self._watch_consumers())
         log.info("%s serving gRPC on %s:%s", self.name, self.settings.grpc_host, self.server.port)
 
+    def projection_runner(self) -> ProjectionRunner:
+        """The runner of all this service's projections, on the group `mieux.<service>.projections`."""
+        assert self.pool is not None
+        return ProjectionRunner(self.projections, self.pool, self.settings, group=projection_group(self.name))
+
     async def _supervise(self, what: str, fn: Callable) -> None:
-        while True:
+        """Run `fn` again whenever it fails, until the service stops: a CancelledError that is not the
+        service's own stop (one raised inside a client library) is a failure like any other."""
+        while not self._stopping:
             try:
                 await fn()
                 return
             except asyncio.CancelledError:
-                raise
+                if self._stopping or own_cancellation():
+                    raise
+                log.error("%s %s: a CancelledError raised inside it (not a stop); restarting in 1s", self.name, what)
             except Exception:
                 log.exception("%s %s crashed; restarting in 1s", self.name, what)
-                await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)
+
+    async def _watch_consumers(self) -> None:
+        """The gRPC health follows the consumers: NOT_SERVING while one is down, SERVING once all are up."""
+        while not self._stopping:
+            down = [r.group for r in self.runners if not r.health.up]
+            if bool(down) == self.serving:
+                self.serving = not down
+                if down:
+                    log.error("%s: NOT_SERVING: consumer group(s) %s not consuming", self.name, ", ".join(down))
+                else:
+                    log.warning("%s: SERVING again: every consumer group consumes", self.name)
+                await self._set_health(
+                    health_pb2.HealthCheckResponse.SERVING
+                    if self.serving
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+            await asyncio.sleep(HEALTH_EVERY_S)
+
+    async def _set_health(self, status: int) -> None:
+        assert self.server is not None
+        for name in ["", *self.server.service_names]:
+            r = self.server.health.set(name, status)
+            if asyncio.iscoroutine(r):
+                await r
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._stop_metrics:
             await asyncio.to_thread(self._stop_metrics)
+        if self._watcher is not None:  # before the server says NOT_SERVING, for good
+            self._watcher.cancel()
+            await asyncio.wait({self._watcher})
+        for extra in self._extra:
+            with contextlib.suppress(Exception):
+                await extra.stop()
         if self.server:
             await self.server.stop()
         for r in self.runners:

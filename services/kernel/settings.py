@@ -12,9 +12,9 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 Role = Literal["service", "ops", "finance", "admin"]
@@ -98,8 +98,93 @@ class Settings(BaseSettings):
     projection_batch_size: int = Field(default=2000, alias="MIEUX_PROJECTION_BATCH_SIZE")
     grpc_host: str = Field(default="127.0.0.1", alias="MIEUX_GRPC_HOST")
     grpc_deadline_s: float = Field(default=10.0, alias="MIEUX_GRPC_DEADLINE_S")
-    # Prometheus metrics (metrics.py) on this port of grpc_host; off when unset
+    # explicit limits of every gRPC server: a larger request is RESOURCE_EXHAUSTED before any handler runs;
+    # past the concurrency limit a call is refused at once (RESOURCE_EXHAUSTED) rather than queued
+    grpc_max_receive_bytes: int = Field(default=4 * 1024 * 1024, alias="MIEUX_GRPC_MAX_RECEIVE_BYTES")
+    grpc_max_send_bytes: int = Field(default=16 * 1024 * 1024, alias="MIEUX_GRPC_MAX_SEND_BYTES")
+    grpc_max_concurrent_rpcs: int = Field(default=200, alias="MIEUX_GRPC_MAX_CONCURRENT_RPCS")
+    # a policy's non-final error (not a passing fault, not a refusal): attempts before the event is parked,
+    # and the longest wait between two of them (the wait doubles from 0.2 s)
+    policy_max_attempts: int = Field(default=10, alias="MIEUX_POLICY_MAX_ATTEMPTS")
+    policy_max_backoff_s: float = Field(default=60.0, alias="MIEUX_POLICY_MAX_BACKOFF_S")
+    # how long a call waits for a pooled database connection before it answers UNAVAILABLE
+    db_acquire_timeout_s: float = Field(default=5.0, alias="MIEUX_DB_ACQUIRE_TIMEOUT_S")
+    # Prometheus metrics (metrics.py) on this port of metrics_host; off when unset
     metrics_port: int | None = Field(default=None, alias="MIEUX_METRICS_PORT")
+    metrics_host: str = Field(default="127.0.0.1", alias="MIEUX_METRICS_HOST")
+    # the stats service's HTTP server (the annual report page, GET /reports/YEAR) on this port of grpc_host, with
+    # the gRPC TLS certificate when there is one; 0: off (`mieux up` serves it on 8056)
+    stats_http_port: int = Field(default=0, ge=0, le=65535, alias="MIEUX_STATS_HTTP_PORT")
+    # the IATI organisation identifier of the reporting organisation (ICMPD) in `mieux export iati`: the default
+    # is a placeholder (no identifier of ICMPD was found in the IATI and DAC codelists), to be set
+    iati_reporting_org_ref: str = Field(default="XI-PLACEHOLDER-ICMPD", alias="MIEUX_IATI_REPORTING_ORG_REF")
+    # gRPC server reflection (grpcurl list/describe): on in the dev stack (stack.json), off elsewhere
+    grpc_reflection: bool = Field(default=False, alias="MIEUX_GRPC_REFLECTION")
+    # a second, plaintext port of grpc_host serving only grpc.health.v1.Health (Kubernetes' gRPC probes and
+    # compose's health check cannot speak TLS); off when unset
+    grpc_health_port: int | None = Field(default=None, alias="MIEUX_GRPC_HEALTH_PORT")
+    # TLS of gRPC (grpckit), PEM files. A server with a certificate and its key serves TLS only; every client
+    # (service to service, the CLI) uses TLS when a CA is set, trusts that CA alone, and presents its own
+    # certificate when it has one. MIEUX_TLS_CLIENT_AUTH: servers require a client certificate of that CA.
+    tls_cert_file: Path | None = Field(default=None, alias="MIEUX_TLS_CERT_FILE")
+    tls_key_file: Path | None = Field(default=None, alias="MIEUX_TLS_KEY_FILE")
+    tls_ca_file: Path | None = Field(default=None, alias="MIEUX_TLS_CA_FILE")
+    tls_client_auth: bool = Field(default=False, alias="MIEUX_TLS_CLIENT_AUTH")
+    # Kafka over TLS (SSL), or TLS with SASL SCRAM (SASL_SSL); PLAINTEXT for the dev stack's Tansu
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
+        default="PLAINTEXT", alias="MIEUX_KAFKA_SECURITY_PROTOCOL"
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = Field(
+        default="SCRAM-SHA-512", alias="MIEUX_KAFKA_SASL_MECHANISM"
+    )
+    kafka_username: str | None = Field(default=None, alias="MIEUX_KAFKA_USERNAME")
+    kafka_password: SecretStr | None = Field(default=None, alias="MIEUX_KAFKA_PASSWORD")
+    # the CA the brokers' certificates are checked against (unset: the system's CAs)
+    kafka_ca_file: Path | None = Field(default=None, alias="MIEUX_KAFKA_CA_FILE")
+    # signed events (signing.py): this service's Ed25519 private key, PKCS#8 PEM inline or in a file (unset: the
+    # dev stack's signing/<service>.pem), its key id (unset: derived from the public key), and the public keys
+    # of every producer, JSON {service: {key id: base64 raw public key or PEM}} (old key ids stay, for rotation)
+    signing_key: SecretStr | None = Field(default=None, alias="MIEUX_SIGNING_KEY")
+    signing_key_file: Path | None = Field(default=None, alias="MIEUX_SIGNING_KEY_FILE")
+    signing_key_id: str | None = Field(default=None, alias="MIEUX_SIGNING_KEY_ID")
+    verify_keys: dict[str, dict[str, str]] | None = Field(default=None, alias="MIEUX_VERIFY_KEYS")
+    # personal data (personal.py): the master key wrapping each person's data key, base64 of 32 bytes, inline or in
+    # a file (the dev stack's personal-data.key); the experts and logistics services refuse to start without one.
+    # Rotation: the old keys, comma-separated, until every data key is rewrapped under the new one
+    personal_data_key: SecretStr | None = Field(default=None, alias="MIEUX_PERSONAL_DATA_KEY")
+    personal_data_key_file: Path | None = Field(default=None, alias="MIEUX_PERSONAL_DATA_KEY_FILE")
+    personal_data_previous_keys: SecretStr | None = Field(default=None, alias="MIEUX_PERSONAL_DATA_PREVIOUS_KEYS")
+
+    @model_validator(mode="after")
+    def _security_is_whole(self) -> Settings:
+        """Fail at start, naming the settings, when TLS or Kafka authentication is half configured."""
+        problems = []
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            problems.append("MIEUX_TLS_CERT_FILE and MIEUX_TLS_KEY_FILE go together: set both or neither")
+        if self.tls_cert_file is not None and self.tls_ca_file is None:
+            problems.append(
+                "MIEUX_TLS_CERT_FILE is set but MIEUX_TLS_CA_FILE is not: the CA the other side's certificate "
+                "is checked against"
+            )
+        if self.tls_client_auth and (self.tls_ca_file is None or self.tls_cert_file is None):
+            problems.append(
+                "MIEUX_TLS_CLIENT_AUTH (mutual TLS) needs MIEUX_TLS_CA_FILE, MIEUX_TLS_CERT_FILE and MIEUX_TLS_KEY_FILE"
+            )
+        sasl = self.kafka_security_protocol == "SASL_SSL"
+        if sasl and (not self.kafka_username or self.kafka_password is None):
+            problems.append(
+                "MIEUX_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs MIEUX_KAFKA_USERNAME and MIEUX_KAFKA_PASSWORD"
+            )
+        if not sasl and (self.kafka_username or self.kafka_password is not None):
+            problems.append(
+                "MIEUX_KAFKA_USERNAME and MIEUX_KAFKA_PASSWORD are set but MIEUX_KAFKA_SECURITY_PROTOCOL is not "
+                "SASL_SSL"
+            )
+        if self.kafka_security_protocol == "PLAINTEXT" and self.kafka_ca_file is not None:
+            problems.append("MIEUX_KAFKA_CA_FILE is set but MIEUX_KAFKA_SECURITY_PROTOCOL is PLAINTEXT")
+        if problems:
+            raise SettingsError("; ".join(problems))
+        return self
 
     @cached_property
     def stack(self) -> dict:
@@ -127,6 +212,27 @@ class Settings(BaseSettings):
         if not raw:
             raise SettingsError("no tokens: set MIEUX_AUTH_TOKENS or start the dev stack")
         return {h: Principal.model_validate(p) for h, p in raw.items()}
+
+    def kafka_security(self) -> dict[str, Any]:
+        """The aiokafka client arguments of MIEUX_KAFKA_SECURITY_PROTOCOL (none for PLAINTEXT)."""
+        if self.kafka_security_protocol == "PLAINTEXT":
+            return {}
+        import ssl
+
+        cafile = str(self.kafka_ca_file) if self.kafka_ca_file else None
+        try:
+            context = ssl.create_default_context(cafile=cafile)
+        except OSError as e:
+            raise SettingsError(f"MIEUX_KAFKA_CA_FILE {cafile}: {e}") from e
+        out: dict[str, Any] = {"security_protocol": self.kafka_security_protocol, "ssl_context": context}
+        if self.kafka_security_protocol == "SASL_SSL":
+            assert self.kafka_password is not None
+            out.update(
+                sasl_mechanism=self.kafka_sasl_mechanism,
+                sasl_plain_username=self.kafka_username,
+                sasl_plain_password=self.kafka_password.get_secret_value(),
+            )
+        return out
 
     def client_token(self, role: Role = "ops") -> str:
         """The token a CLI or service client presents: MIEUX_TOKEN, else the dev stack's for `role`."""

@@ -10,22 +10,25 @@
   running when it was read has ended. Each append takes a shared advisory lock (writers never wait for
   one another) before its positions, so the running writers are exactly the holders of that lock; every
   position at or below the mark is then committed (visible) or rolled back (a gap that stays a gap).
+* `read_all` returns an event only once its commit is flushed to the WAL, whatever `synchronous_commit`
+  its writer used: with it off a commit is visible before it is durable, and an event a reader (the relay,
+  a rebuild) has seen must not vanish in a crash of PostgreSQL. The mark carries the end of the WAL
+  written when it became safe, and is read up to once the flush position has passed it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
 from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, utcnow
+from services.kernel.horizon import WRITERS_LOCK, HighWaterMark, horizon_sql
 
 
 class ConcurrencyError(Exception):
@@ -34,6 +37,24 @@ class ConcurrencyError(Exception):
 
 class CommandReused(Exception):
     """A command id seen before came back with a different payload (gRPC ALREADY_EXISTS)."""
+
+
+MAX_EVENT_BYTES = 256 * 1024  # an event's data as JSON (DESIGN.md section 11): far below the bus's message cap
+
+
+class EventTooLarge(Exception):
+    """An event would be larger than MAX_EVENT_BYTES: refused before anything is stored (INVALID_ARGUMENT),
+    naming the field of the event that made it large."""
+
+    def __init__(self, event_type: str, field: str, size: int) -> None:
+        self.field = field
+        super().__init__(f"too large: the {event_type} event would be {size:,} bytes, over {MAX_EVENT_BYTES:,}")
+
+
+def check_size(event: Event, data: str) -> None:
+    if len(data) * 4 > MAX_EVENT_BYTES and len(size := data.encode()) > MAX_EVENT_BYTES:  # 4: UTF-8's widest
+        sizes = {k: len(json.dumps(v, default=str)) for k, v in event.model_dump(mode="json").items()}
+        raise EventTooLarge(event.event_type, max(sizes, key=sizes.__getitem__, default="data"), len(size))
 
 
 @dataclass(frozen=True)
@@ -89,29 +110,7 @@ CREATE TABLE IF NOT EXISTS {s}.relay_state (
     topic           text PRIMARY KEY,
     position        bigint NOT NULL
 );
-CREATE OR REPLACE FUNCTION {s}.position_horizon(OUT handed_out bigint, OUT writers text[])
-LANGUAGE plpgsql AS $fn$
-BEGIN
-    -- the order matters: the last position handed out, then the writers still running. Each writer
-    -- takes the lock before its positions, so every position at or below `handed_out` belongs to a
-    -- writer listed here or to one that has ended (committed and visible, or rolled back).
-    SELECT CASE WHEN is_called THEN last_value ELSE 0 END INTO handed_out FROM {s}.events_position_seq;
-    -- the cheap answer first: nobody holds the writers' lock (held here only until this statement ends)
-    IF pg_try_advisory_xact_lock({WRITERS_LOCK}, hashtext('{s}.events')) THEN
-        writers := '{{}}';
-        RETURN;
-    END IF;
-    SELECT coalesce(array_agg(l.virtualtransaction), '{{}}') INTO writers
-    FROM pg_locks l
-    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-      AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
-      AND l.classid = {WRITERS_LOCK}::oid AND l.objid = hashtext('{s}.events')::oid;
-END
-$fn$;
-"""
-
-
-WRITERS_LOCK = 1297630293  # with hashtext('<schema>.events'): the advisory lock every writer holds shared
+{horizon_sql(s)}"""
 
 
 def append_sql(schema: str, single: bool) -> str:
@@ -158,34 +157,6 @@ EVENT_COLUMNS = (
 )
 
 
-def payload_hash(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-class HighWaterMark:
-    """Per reader: the highest position below which no transaction can still add an event."""
-
-    def __init__(self, schema: str) -> None:
-        self.schema = schema
-        self.safe = 0
-        self.pending: tuple[int, frozenset[str]] | None = None
-
-    async def advance(self, conn: asyncpg.Connection) -> int:
-        handed_out, writers = await conn.fetchrow(f"SELECT * FROM {self.schema}.position_horizon()")
-        running = set(writers)
-        # keep the oldest pending mark until its writers have all ended (replacing it on every call
-        # could starve the reader while writers keep overlapping)
-        if self.pending and not (self.pending[1] & running):
-            self.safe = max(self.safe, self.pending[0])
-            self.pending = None
-        if not running:
-            self.safe = max(self.safe, handed_out)
-            self.pending = None
-        elif self.pending is None:
-            self.pending = (handed_out, frozenset(running))
-        return self.safe
-
-
 def _envelope(row: asyncpg.Record, source: str) -> Envelope:
     return Envelope(
         event_id=row["event_id"],
@@ -214,6 +185,28 @@ class EventStore:
         self.on_append: list[Callable[[], None]] = []
         self._append_one = append_sql(self.schema, single=True)
         self._append_many = append_sql(self.schema, single=False)
+        self._read_sql = (
+            f"SELECT {EVENT_COLUMNS} FROM {self.schema}.events WHERE position > $1 AND position <= $2 "
+            "ORDER BY position LIMIT $3"
+        )
+        self._read_flushing_sql = (
+            # the events up to $2, in a statement that commits synchronously, and flushes the WAL, if it is not
+            # flushed past $4 yet: then it writes a message in the WAL (a transaction that wrote nothing commits
+            # asynchronously whatever synchronous_commit says), with 'local' not to wait for standbys. The
+            # subquery runs first (the events depend on it, so it is the outer side), even when there are no
+            # events; the rows come back once the commit is flushed.
+            "SELECT e.* FROM (SELECT set_config('synchronous_commit', 'local', true) AS sc, "
+            "coalesce(CASE WHEN pg_current_wal_flush_lsn() < $4::pg_lsn "
+            "THEN pg_logical_emit_message(true, 'mieux.read_all', '') END, '0/0'::pg_lsn) AS msg) f "
+            f"CROSS JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM {self.schema}.events WHERE position > $1 "
+            "AND position <= $2 AND f.msg IS NOT NULL ORDER BY position LIMIT $3) e"
+        )
+        self._read_flushed_sql = (
+            # a subquery, so the flush position is read once (an initplan), not row by row as it moves
+            f"SELECT {EVENT_COLUMNS} FROM {self.schema}.events WHERE position > $1 AND position <= "
+            "(SELECT CASE WHEN pg_current_wal_flush_lsn() >= $5::pg_lsn THEN $4::bigint ELSE $2::bigint END) "
+            "ORDER BY position LIMIT $3"
+        )
 
     async def setup(self) -> None:
         async with self.pool.acquire() as conn:
@@ -244,8 +237,12 @@ class EventStore:
         tail = (occurred_at or utcnow(), meta.correlation_id, meta.causation_id, meta.actor)
         if n == 1:
             e = events[0]  # pydantic's own JSON encoder: faster than model_dump + json.dumps
-            sql, args = self._append_one, (*head, *tail, e.event_type, e.schema_version, e.model_dump_json())
+            data = e.model_dump_json()
+            check_size(e, data)
+            sql, args = self._append_one, (*head, *tail, e.event_type, e.schema_version, data)
         else:
+            for e in events:
+                check_size(e, e.model_dump_json())
             payload = [
                 {"type": e.event_type, "version": e.schema_version, "data": e.model_dump(mode="json")} for e in events
             ]
@@ -328,24 +325,43 @@ class EventStore:
         hwm: HighWaterMark | None = None,
         conn: asyncpg.Connection | None = None,
     ) -> list[Envelope]:
-        """Events after `after_position` in position order, never skipping one that may still commit."""
-        hwm = hwm or HighWaterMark(self.schema)
+        """Events after `after_position` in position order, never skipping one that may still commit, and
+        only once their commits are flushed (a PostgreSQL crash cannot take them back). A reader that reads
+        on passes its `hwm` and looks again when it gets nothing; without one, this is one look: it waits
+        for the flush of what was committed when it was called."""
         if conn is None:
             async with self.pool.acquire() as c:
-                return await self._read_all(c, after_position, limit, hwm)
+                return await self.read_all(after_position, limit, hwm, c)
+        if hwm is None:
+            hwm = HighWaterMark(self.schema)
+            await hwm.advance(conn)
+            if not hwm.flush_when_behind:  # else _read_all flushes
+                await hwm.wait_flushed(conn)
         return await self._read_all(conn, after_position, limit, hwm)
 
     async def _read_all(self, conn: asyncpg.Connection, after: int, limit: int, hwm: HighWaterMark) -> list[Envelope]:
-        safe = await hwm.advance(conn)
-        if safe <= after:
+        durable = await hwm.advance(conn)
+        if hwm.safe <= after:
             return []
-        rows = await conn.fetch(
-            f"SELECT {EVENT_COLUMNS} FROM {self.schema}.events WHERE position > $1 AND position <= $2 "
-            "ORDER BY position LIMIT $3",
-            after,
-            safe,
-            limit,
-        )
+        if hwm.unflushed and hwm.flush_when_behind and not conn.is_in_transaction():
+            # where commits are synchronous the writers' commits are flushed already: what is not is WAL other
+            # sessions wrote after them (a projection's transaction still running), which the mark's end of
+            # the WAL takes in. Their commits would flush it soon; rather than wait, this read flushes it (and
+            # a writer's commit that was asynchronous all the same): its statement commits synchronously, and
+            # its rows come back only once that commit is flushed
+            rows = await conn.fetch(self._read_flushing_sql, after, hwm.safe, limit, hwm.unflushed[-1][1])
+            hwm.flushed_to(hwm.unflushed[-1][1])
+        elif not hwm.unflushed:
+            rows = await conn.fetch(self._read_sql, after, durable, limit)
+        else:
+            # the flush may have passed the newest safe mark since position_horizon looked: look again in
+            # the round trip that reads the events, and read up to that mark if so, else to the durable one
+            mark, wal_position = hwm.unflushed[-1]
+            rows = await conn.fetch(self._read_flushed_sql, after, durable, limit, mark, wal_position)
+            if rows and rows[-1]["position"] > durable:
+                hwm.flushed_to(wal_position)
+            elif not rows:
+                await hwm.stalled(conn)
         return [_envelope(r, self.service) for r in rows]
 
     async def last_position(self) -> int:

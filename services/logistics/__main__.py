@@ -1,6 +1,7 @@
 """`python -m services.logistics`: the logistics service (gRPC + relay + its projections)."""
 
 from services.kernel.grpckit import Registrar
+from services.kernel.personal import Keyring, MasterKeys
 from services.kernel.service import Service
 from services.logistics import api
 from services.logistics.experts import GrpcExpertDirectory
@@ -11,7 +12,10 @@ from services.logistics.queries import LogisticsQueries
 def build() -> Service:
     def registrars(svc: Service) -> list[Registrar]:
         assert svc.store is not None
-        return [api.registrar(svc.store, LogisticsQueries(svc.store.pool), GrpcExpertDirectory(svc.settings))]
+        # the team members' names and roles are sealed with keys of their own: no start without the master key
+        keys = Keyring(svc.store.pool, svc.store.schema, MasterKeys.from_settings(svc.settings, svc.name))
+        queries = LogisticsQueries(svc.store.pool)
+        return [api.registrar(svc.store, queries, GrpcExpertDirectory(svc.settings), keys)]
 
     return Service(
         name="logistics",

@@ -9,12 +9,13 @@ from mieux.common.v1 import common_pb2
 from mieux.logistics.v1 import logistics_pb2, logistics_pb2_grpc
 
 from services.kernel.errors import NotFound
-from services.kernel.grpckit import COMMANDERS, READERS, Registrar
+from services.kernel.grpckit import ADMINS, COMMANDERS, READERS, Registrar
+from services.kernel.personal import FORGOTTEN, Keyring
 from services.kernel.protos import ack, date_pb, fields
 from services.kernel.store import EventStore
 from services.logistics import handlers
 from services.logistics import queries as q
-from services.logistics.commands import BookFlight, CancelFlight, ChangeFlight, JoinTeam, LeaveTeam
+from services.logistics.commands import BookFlight, CancelFlight, ChangeFlight, ForgetTeamMember, JoinTeam, LeaveTeam
 from services.logistics.experts import ExpertDirectory, ExpertsUnavailable
 
 SERVICE_NAME = "mieux.logistics.v1.Logistics"
@@ -31,6 +32,7 @@ QUERIES = (
 ACCESS = {
     **{f"/{SERVICE_NAME}/{name}": COMMANDERS for name in COMMANDS},
     **{f"/{SERVICE_NAME}/{name}": READERS for name in QUERIES},
+    f"/{SERVICE_NAME}/ForgetTeamMember": ADMINS,
 }
 
 
@@ -68,37 +70,53 @@ def booking_pb(b: q.BookingRow) -> logistics_pb2.Booking:
     )
 
 
-def member_pb(m: q.MemberRow) -> logistics_pb2.TeamMember:
+def member_pb(m: q.MemberRow, clear: dict[str, str | None]) -> logistics_pb2.TeamMember:
+    """`clear`: the sealed names and roles opened (Keyring.reveal_all); a destroyed key opens to None."""
     r = m.row
+    forgotten = r["forgotten_on"] is not None or clear.get(r["name"], "") is None
     return logistics_pb2.TeamMember(
         member_id=r["member_id"],
-        name=r["name"],
+        name=FORGOTTEN if forgotten else clear.get(r["name"]) or FORGOTTEN,
         gender=r["gender"],
-        role=r["role"],
+        role=FORGOTTEN if forgotten else clear.get(r["role"]) or FORGOTTEN,
         status=m.status,
         stints=[
             logistics_pb2.Stint(joined_on=date_pb(s["joined_on"]), left_on=date_pb(s["left_on"])) for s in m.stints
         ],
+        forgotten=forgotten,
+        forgotten_on=date_pb(r["forgotten_on"]),
     )
 
 
+async def members_pb(keys: Keyring, members: list[q.MemberRow]) -> list[logistics_pb2.TeamMember]:
+    clear = await keys.reveal_all(v for m in members for v in (m.row["name"], m.row["role"]))
+    return [member_pb(m, clear) for m in members]
+
+
 class LogisticsServicer(logistics_pb2_grpc.LogisticsServicer):
-    def __init__(self, store: EventStore, queries: q.LogisticsQueries, experts: ExpertDirectory) -> None:
+    def __init__(self, store: EventStore, queries: q.LogisticsQueries, experts: ExpertDirectory, keys: Keyring) -> None:
         self.store = store
         self.queries = queries
         self.experts = experts
+        self.keys = keys
 
     # --- commands ---
 
     async def JoinTeam(
         self, request: logistics_pb2.JoinTeamCommand, context: grpc.aio.ServicerContext
     ) -> common_pb2.CommandAck:
-        return ack(await handlers.join_team(self.store, JoinTeam.model_validate(fields(request))))
+        return ack(await handlers.join_team(self.store, self.keys, JoinTeam.model_validate(fields(request))))
 
     async def LeaveTeam(
         self, request: logistics_pb2.LeaveTeamCommand, context: grpc.aio.ServicerContext
     ) -> common_pb2.CommandAck:
         return ack(await handlers.leave_team(self.store, LeaveTeam.model_validate(fields(request))))
+
+    async def ForgetTeamMember(
+        self, request: logistics_pb2.ForgetTeamMemberCommand, context: grpc.aio.ServicerContext
+    ) -> common_pb2.CommandAck:
+        cmd = ForgetTeamMember.model_validate(fields(request))
+        return ack(await handlers.forget_team_member(self.store, self.keys, cmd))
 
     async def BookFlight(
         self, request: logistics_pb2.BookFlightCommand, context: grpc.aio.ServicerContext
@@ -144,13 +162,13 @@ class LogisticsServicer(logistics_pb2_grpc.LogisticsServicer):
         m = await self.queries.get_team_member(query.member_id)
         if m is None:
             raise NotFound(f"team member {query.member_id} does not exist")
-        return member_pb(m)
+        return (await members_pb(self.keys, [m]))[0]
 
     async def ListTeam(
         self, request: logistics_pb2.ListTeamQuery, context: grpc.aio.ServicerContext
     ) -> logistics_pb2.TeamPage:
         rows, token = await self.queries.list_team(q.ListTeam.model_validate(fields(request)))
-        return logistics_pb2.TeamPage(members=[member_pb(m) for m in rows], next_page_token=token)
+        return logistics_pb2.TeamPage(members=await members_pb(self.keys, rows), next_page_token=token)
 
     async def ListItineraries(
         self, request: logistics_pb2.ListItinerariesQuery, context: grpc.aio.ServicerContext
@@ -207,8 +225,8 @@ class LogisticsServicer(logistics_pb2_grpc.LogisticsServicer):
         )
 
 
-def registrar(store: EventStore, queries: q.LogisticsQueries, experts: ExpertDirectory) -> Registrar:
+def registrar(store: EventStore, queries: q.LogisticsQueries, experts: ExpertDirectory, keys: Keyring) -> Registrar:
     def add(server: grpc.aio.Server) -> None:
-        logistics_pb2_grpc.add_LogisticsServicer_to_server(LogisticsServicer(store, queries, experts), server)
+        logistics_pb2_grpc.add_LogisticsServicer_to_server(LogisticsServicer(store, queries, experts, keys), server)
 
     return add

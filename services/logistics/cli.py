@@ -1,17 +1,20 @@
-"""`mieux logistics ...`: the team, flight bookings and statute miles per traveller."""
+"""`mieux logistics ...`: the team (joining, forgetting, listing), flight bookings and statute miles per traveller."""
 
 from __future__ import annotations
 
 import argparse
+from datetime import date
 
 from services.kernel import cli
 from services.kernel.settings import Settings
+
+AS_HELP = "the dev stack's token of this role (default admin: forgetting is admin's); MIEUX_TOKEN wins when set"
 
 
 async def logistics_cmd(args: argparse.Namespace) -> None:
     from services.logistics.client import LogisticsClient
 
-    async with LogisticsClient.connect(Settings()) as c:
+    async with LogisticsClient.connect(Settings(), role=getattr(args, "as_role", "ops")) as c:
         cid = cli.command_id(args)
         if args.action == "join":
             cli.ack(
@@ -25,6 +28,24 @@ async def logistics_cmd(args: argparse.Namespace) -> None:
                     joined_on=args.on,
                 ),
                 cid,
+            )
+        elif args.action == "forget":
+            cli.ack(
+                "forgotten",
+                await c.forget_team_member(
+                    command_id=cid, member_id=args.member_id, reason=args.reason, forgotten_on=args.on
+                ),
+                cid,
+            )
+        elif args.action == "team":
+            members = (await c.list_team(year=args.year or 0, page_size=500)).members
+            cli.table(
+                "The team",
+                ["id", "name", "gender", "role", "status", "stints"],
+                [
+                    [m.member_id, m.name, m.gender, m.role, m.status, " ".join(_stint(s) for s in m.stints)]
+                    for m in members
+                ],
             )
         elif args.action == "book":
             segments = [tuple(s.split(":")) for s in args.segment]
@@ -76,6 +97,10 @@ async def logistics_cmd(args: argparse.Namespace) -> None:
             )
 
 
+def _stint(s) -> str:  # type: ignore[no-untyped-def]
+    return f"{s.joined_on.iso}..{s.left_on.iso if s.HasField('left_on') else ''}"
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add `mieux logistics ...` to the `mieux` command."""
     lg = sub.add_parser("logistics", help="the team and its flights")
@@ -83,6 +108,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = cli.with_command_id(lgs.add_parser("join"))
     for f in ("--member-id", "--name", "--gender", "--role", "--on"):
         p.add_argument(f, required=True)
+    p = cli.with_command_id(lgs.add_parser("forget", help="forget a team member for good: name and role destroyed"))
+    p.add_argument("member_id")
+    p.add_argument("--reason", required=True, help="kept in clear: never the person's name")
+    p.add_argument("--on", default=date.today().isoformat(), help="the day (default: today)")
+    p.add_argument("--as", dest="as_role", default="admin", choices=["ops", "admin"], help=AS_HELP)
+    tm = lgs.add_parser("team", help="the team members, their roles and stints")
+    tm.add_argument("--year", type=int, help="on the team at any time in this year")
     p = cli.with_command_id(lgs.add_parser("book", help="book a flight"))
     p.add_argument("--traveller", required=True)
     p.add_argument("--kind", required=True, choices=["expert", "team_member"])

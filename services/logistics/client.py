@@ -121,6 +121,17 @@ class LogisticsClient:
             **self._kw(),
         )
 
+    async def forget_team_member(
+        self, *, command_id: str, member_id: str, reason: str, forgotten_on: str
+    ) -> common_pb2.CommandAck:
+        """Admin only (connect with role="admin")."""
+        return await self.stub.ForgetTeamMember(
+            logistics_pb2.ForgetTeamMemberCommand(
+                command_id=command_id, member_id=member_id, reason=reason, forgotten_on=date_pb(forgotten_on)
+            ),
+            **self._kw(),
+        )
+
     async def get_booking(self, booking_id: str) -> logistics_pb2.Booking:
         return await self.stub.GetBooking(logistics_pb2.GetBookingQuery(booking_id=booking_id), **self._kw())
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -18,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from services.kernel import reference
 from services.kernel.command import Command
+from services.kernel.limits import ID, Day, Id, Name, Reason
+from services.kernel.personal import PersonalCommand
 from services.logistics.events import CabinClass, Fare, Segment, TravellerKind
 
 BOOKING_NAMESPACE = uuid.UUID("0b5e5d0c-7a2e-4b7e-8f8b-2f6a1c9d4e31")
@@ -36,9 +37,9 @@ class SegmentInput(BaseModel):
     """One flight as a command gives it: codes are upper-cased, must be real IATA airports and differ."""
 
     model_config = ConfigDict(frozen=True, str_strip_whitespace=True, extra="forbid")
-    origin: str
-    destination: str
-    departs_on: date
+    origin: Id
+    destination: Id
+    departs_on: Day
 
     @field_validator("origin", "destination")
     @classmethod
@@ -63,8 +64,8 @@ class FareInput(BaseModel):
     """The fare as a command gives it: a positive decimal amount (a string, never a float), ISO 4217."""
 
     model_config = ConfigDict(frozen=True, str_strip_whitespace=True, extra="forbid")
-    amount: str
-    currency: str
+    amount: Id
+    currency: Id
 
     @field_validator("amount")
     @classmethod
@@ -119,12 +120,13 @@ class _Itinerary(Command):
         return _segments_in_order(v)
 
 
-class JoinTeam(Command):
-    member_id: str = Field(min_length=1, max_length=100)
-    name: str = Field(min_length=1, max_length=200)
-    gender: str
-    role: str = Field(min_length=1, max_length=200)
-    joined_on: date
+class JoinTeam(PersonalCommand):
+    personal = ("name", "role")
+    member_id: Id
+    name: Name
+    gender: Id
+    role: Name
+    joined_on: Day
 
     @field_validator("gender")
     @classmethod
@@ -135,16 +137,25 @@ class JoinTeam(Command):
 
 
 class LeaveTeam(Command):
-    member_id: str = Field(min_length=1, max_length=100)
-    left_on: date
+    member_id: Id
+    left_on: Day
+
+
+class ForgetTeamMember(Command):
+    """Admin only: destroy the member's key (their name and role are gone everywhere for good). The reason
+    stays readable: it must not name the person."""
+
+    member_id: Id
+    reason: Reason
+    forgotten_on: Day
 
 
 class BookFlight(_Itinerary):
-    traveller_id: str = Field(min_length=1, max_length=100)
+    traveller_id: Id
     traveller_kind: TravellerKind
-    action_code: str | None = None
-    activity_id: str | None = Field(default=None, min_length=1, max_length=100)
-    booked_on: date
+    action_code: Id | None = None
+    activity_id: Id | None = None
+    booked_on: Day
 
     @field_validator("action_code")
     @classmethod
@@ -159,11 +170,11 @@ class BookFlight(_Itinerary):
 
 
 class ChangeFlight(_Itinerary):
-    booking_id: str = Field(pattern=BOOKING_ID)
-    changed_on: date
+    booking_id: str = Field(max_length=ID, pattern=BOOKING_ID)
+    changed_on: Day
 
 
 class CancelFlight(Command):
-    booking_id: str = Field(pattern=BOOKING_ID)
-    reason: str = Field(min_length=1, max_length=500)
-    cancelled_on: date
+    booking_id: str = Field(max_length=ID, pattern=BOOKING_ID)
+    reason: Reason
+    cancelled_on: Day

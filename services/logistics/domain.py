@@ -2,6 +2,10 @@
 
 The commands they decide on are in commands.py; reference data (airports, currencies, genders, distances)
 come from services.kernel.reference.
+
+A member's name and role are sealed with the member's own key (services.kernel.personal), given to `join`. A
+forgotten member (TeamMemberForgotten) does not join again or travel; leaving, which holds nothing of the person
+and keeps the figures right, stays possible. A forgotten expert does not travel either.
 """
 
 from __future__ import annotations
@@ -10,14 +14,16 @@ from dataclasses import dataclass
 from datetime import date
 
 from services.kernel.application import Aggregate
-from services.kernel.errors import RuleBroken
-from services.logistics.commands import BookFlight, CancelFlight, ChangeFlight, JoinTeam, LeaveTeam
+from services.kernel.errors import NotFound, RuleBroken
+from services.kernel.personal import SubjectKey, names_the_person
+from services.logistics.commands import BookFlight, CancelFlight, ChangeFlight, ForgetTeamMember, JoinTeam, LeaveTeam
 from services.logistics.events import (
     BookingEvent,
     FlightBooked,
     FlightCancelled,
     FlightChanged,
     TeamEvent,
+    TeamMemberForgotten,
     TeamMemberJoined,
     TeamMemberLeft,
     TravellerKind,
@@ -42,8 +48,9 @@ class Stint:
 @dataclass
 class Member:
     member_id: str
-    name: str
+    name: str  # sealed with the member's key
     stints: list[Stint]
+    forgotten_on: date | None = None
 
     @property
     def on_team(self) -> bool:
@@ -66,6 +73,15 @@ class Team(Aggregate):
 
     def when_TeamMemberLeft(self, e: TeamMemberLeft) -> None:
         self.members[e.member_id].stints[-1].left_on = e.left_on
+
+    def when_TeamMemberForgotten(self, e: TeamMemberForgotten) -> None:
+        m = self.members[e.member_id]
+        m.forgotten_on, m.name = e.forgotten_on, ""
+
+    def check_not_forgotten(self, member_id: str, doing: str) -> None:
+        m = self.members.get(member_id)
+        if m is not None and m.forgotten_on is not None:
+            raise RuleBroken(f"team member {member_id} was forgotten on {m.forgotten_on} and cannot {doing}")
 
     def on_team_on(self, member_id: str, day: date) -> bool:
         m = self.members.get(member_id)
@@ -94,12 +110,18 @@ class Team(Aggregate):
         if left_on < joined_on:
             raise RuleBroken(f"team member {m.member_id} joined on {joined_on}: they cannot leave before that")
 
-    def join(self, cmd: JoinTeam) -> list[TeamMemberJoined]:
+    def join(self, cmd: JoinTeam, key: SubjectKey) -> list[TeamMemberJoined]:
+        """`key`: the member's, to seal their name and role."""
+        self.check_not_forgotten(cmd.member_id, "join again")
         self.check_not_on_team(cmd.member_id)
         self.check_rejoins_after_leaving(cmd.member_id, cmd.joined_on)
         return [
             TeamMemberJoined(
-                member_id=cmd.member_id, name=cmd.name, gender=cmd.gender, role=cmd.role, joined_on=cmd.joined_on
+                member_id=cmd.member_id,
+                name=key.seal(cmd.name),
+                gender=cmd.gender,
+                role=key.seal(cmd.role),
+                joined_on=cmd.joined_on,
             )
         ]
 
@@ -107,6 +129,21 @@ class Team(Aggregate):
         m = self.check_on_team(cmd.member_id)
         self.check_leaves_after_joining(m, cmd.left_on)
         return [TeamMemberLeft(member_id=cmd.member_id, left_on=cmd.left_on)]
+
+    def forget(self, cmd: ForgetTeamMember, name: str | None) -> list[TeamMemberForgotten]:
+        """`name`: the name held, to check the reason (kept in clear) does not name the person; None once the
+        key is gone (a retry after the key was destroyed)."""
+        m = self.members.get(cmd.member_id)
+        if m is None:
+            raise NotFound(f"team member {cmd.member_id} does not exist")
+        self.check_not_forgotten(cmd.member_id, "be forgotten again")
+        if cmd.forgotten_on < m.stints[0].joined_on:
+            raise RuleBroken(
+                f"team member {cmd.member_id} joined on {m.stints[0].joined_on}: forgetting cannot precede it"
+            )
+        if name is not None and names_the_person(cmd.reason, name):
+            raise RuleBroken("the reason names the person: it stays readable once they are forgotten")
+        return [TeamMemberForgotten(member_id=cmd.member_id, reason=cmd.reason, forgotten_on=cmd.forgotten_on)]
 
 
 # --- bookings -----------------------------------------------------------------------------------------
@@ -118,6 +155,7 @@ class ExpertRecord:
 
     expert_id: str
     active: bool
+    forgotten: bool = False
 
 
 def check_traveller(
@@ -127,9 +165,13 @@ def check_traveller(
     if kind == "expert":
         if expert is None:
             raise RuleBroken(f"traveller {traveller_id} is not an expert of the roster")
+        if expert.forgotten:
+            raise RuleBroken(f"expert {traveller_id} was forgotten: a forgotten person does not travel")
         if not expert.active:
             raise RuleBroken(f"expert {traveller_id} is deactivated: only active experts may travel")
-    elif not team.on_team_on(traveller_id, on):
+        return
+    team.check_not_forgotten(traveller_id, "travel")
+    if not team.on_team_on(traveller_id, on):
         raise RuleBroken(f"traveller {traveller_id} is not on the team on {on}: only team members may travel as such")
 
 

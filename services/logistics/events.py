@@ -1,6 +1,11 @@
 """Events the logistics service publishes on `mieux.logistics.events`: its public contract.
 
 Streams: `booking-<uuid>` (one flight booking, possibly several segments) and `team` (the MIEUX team).
+
+A team member's name and role are personal data (a small team's role names its holder): both are sealed
+with the member's own key (services.kernel.personal), and only the logistics service opens them. Gender, stints
+and flights stay readable: the statistics count them. TeamMemberForgotten records that the key was destroyed;
+it holds nothing of the person. Member ids stay: choose ids that are not names.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict
 
 from services.kernel.envelope import Event
+from services.kernel.personal import Sealed
 
 CabinClass = Literal["economy", "premium_economy", "business", "first"]
 TravellerKind = Literal["expert", "team_member"]
@@ -38,6 +44,9 @@ class LogisticsEvent(Event, abstract=True):
 class TeamEvent(LogisticsEvent, abstract=True):
     """An event of the team's one stream (`team`)."""
 
+    # an error never quotes a value: a bug that made a name in clear would otherwise log it
+    model_config = ConfigDict(hide_input_in_errors=True)
+
 
 class BookingEvent(LogisticsEvent, abstract=True):
     """An event of a booking's stream (`booking-<uuid>`)."""
@@ -45,15 +54,24 @@ class BookingEvent(LogisticsEvent, abstract=True):
 
 class TeamMemberJoined(TeamEvent):
     member_id: str
-    name: str
+    name: Sealed
     gender: str
-    role: str
+    role: Sealed
     joined_on: date
 
 
 class TeamMemberLeft(TeamEvent):
     member_id: str
     left_on: date
+
+
+class TeamMemberForgotten(TeamEvent):
+    """The member's key was destroyed (crypto-shredding): their name and role can never be read again; their
+    gender, stints and flights stay, so every figure stays the same. The reason never names the person."""
+
+    member_id: str
+    reason: str
+    forgotten_on: date
 
 
 class FlightBooked(BookingEvent):

@@ -47,7 +47,7 @@ class GrpcExpertDirectory:
             if e.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 return None  # unknown, or not even the form of an expert id there: not an expert
             raise ExpertsUnavailable(f"the experts service did not answer: {e.code().name} {e.details()}") from e
-        return ExpertRecord(expert_id=reply.expert_id or expert_id, active=reply.active)
+        return ExpertRecord(expert_id=reply.expert_id or expert_id, active=reply.active, forgotten=reply.forgotten)
 
     async def close(self) -> None:
         if self._channel is not None:

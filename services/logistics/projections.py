@@ -2,7 +2,9 @@
 
 * `logistics_bookings`: one row per booking (its current itinerary, status and miles) and one row per leg
   (segment), with each leg's statute miles (services.kernel.reference) computed as the event is applied.
-* `logistics_team`: team members and their stints on the team.
+* `logistics_team`: team members and their stints on the team. The name and role columns hold what the
+  event holds, sealed with the member's key: the queries open them, the projection never does.
+  TeamMemberForgotten redacts them (empty, and the date the member was forgotten).
 
 Both are idempotent (the kernel's tracking table) and guard on stream versions, so a replay or a rebuild
 gives the same tables.
@@ -22,6 +24,7 @@ from services.logistics.events import (
     FlightCancelled,
     FlightChanged,
     Segment,
+    TeamMemberForgotten,
     TeamMemberJoined,
     TeamMemberLeft,
 )
@@ -153,10 +156,11 @@ class TeamView(Projection):
     CREATE SCHEMA IF NOT EXISTS {SCHEMA};
     CREATE TABLE IF NOT EXISTS {SCHEMA}.team_members (
         member_id   text PRIMARY KEY,
-        name        text NOT NULL,
+        name        text NOT NULL,  -- name and role sealed (services.kernel.personal); '' once forgotten
         gender      text NOT NULL,
         role        text NOT NULL
     );
+    ALTER TABLE {SCHEMA}.team_members ADD COLUMN IF NOT EXISTS forgotten_on date;
     CREATE TABLE IF NOT EXISTS {SCHEMA}.team_stints (
         member_id   text NOT NULL,
         joined_on   date NOT NULL,
@@ -180,6 +184,12 @@ class TeamView(Projection):
                 f"INSERT INTO {SCHEMA}.team_stints (member_id, joined_on) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 event.member_id,
                 event.joined_on,
+            )
+        elif isinstance(event, TeamMemberForgotten):
+            await conn.execute(
+                f"UPDATE {SCHEMA}.team_members SET name = '', role = '', forgotten_on = $2 WHERE member_id = $1",
+                event.member_id,
+                event.forgotten_on,
             )
         elif isinstance(event, TeamMemberLeft):
             await conn.execute(

@@ -31,7 +31,7 @@ def services() -> dict[str, Service]:
 
 
 def projections() -> dict[str, tuple[str, Projection]]:
-    """projection name -> (owning service, the instance its service runs)."""
+    """projection name -> (owning service, an instance as its service's `build()` makes it)."""
     return {p.name: (ctx, p) for ctx, svc in services().items() for p in svc.projections}
 
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import importlib.util
 import json
 import sys
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from services.kernel.settings import SERVICE_PORTS, Settings
-from services.ops import catalog
+from services.ops import catalog, report_cli
 
 console = Console()
 
@@ -28,9 +29,18 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     s = DevStack(Settings().mieux_home)
     if args.action == "up":
-        st = s.up()
+        st = s.up(tls=args.tls)
         console.print(f"PostgreSQL  [green]{st['database_url']}[/] (pid {st['pg_pid']})")
         console.print(f"Broker      [green]{st['kafka_bootstrap_servers']}[/] (Tansu, pid {st['kafka_pid']})")
+        if st.get("tls"):
+            t = s.tls_dir
+            console.print(
+                f"gRPC        [green]mutual TLS[/] (CA {t}/ca.crt); e.g. grpcurl -cacert {t}/ca.crt "
+                f"-cert {t}/client.crt -key {t}/client.key 127.0.0.1:50051 list",
+                highlight=False,
+            )
+        else:
+            console.print("gRPC        plaintext on loopback (`mieux dev up --tls` for mutual TLS)")
         console.print(f"State and tokens in {s.home}/ ; stop with `mieux dev down`")
     elif args.action == "down":
         s.down()
@@ -72,8 +82,14 @@ async def _tail(args: argparse.Namespace) -> int:
 
     from services.kernel import bus
     from services.kernel.envelope import DecodeError, parse_message
+    from services.kernel.settings import SettingsError
+    from services.kernel.signing import HEADER, Verifier, owner_of, signature_of
 
     settings = Settings()
+    verifier = None  # an events topic: whether each message's signature verifies is shown (signing.py)
+    if owner_of(args.topic) is not None:
+        with contextlib.suppress(SettingsError):
+            verifier = Verifier.from_settings(settings)
     c = bus.consumer(settings, group_id=None, enable_auto_commit=False)
     await c.start()
     try:
@@ -111,7 +127,7 @@ async def _tail(args: argparse.Namespace) -> int:
                     if since_ms is not None and m.timestamp < since_ms:
                         continue
                     # a dead letter's headers say why (reason) and where it came from (origin, projection)
-                    headers = {k: (v or b"").decode(errors="replace") for k, v in m.headers or ()}
+                    headers = {k: (v or b"").decode(errors="replace") for k, v in m.headers or () if k != HEADER}
                     try:
                         env = parse_message(m.value)
                     except DecodeError as e:
@@ -127,9 +143,15 @@ async def _tail(args: argparse.Namespace) -> int:
                     if args.stream and env.stream_id != args.stream:
                         continue
                     seen += 1
+                    signature = None
+                    if verifier is not None:
+                        why = verifier.check(args.topic, m.value, env, signature_of(m.headers))
+                        signature = why or f"verified (key {env.key_id})"
                     if args.json:
                         line = env.model_dump_json()
-                        print(line if not headers else json.dumps({**json.loads(line), "headers": headers}), flush=True)
+                        extra = {"signature": signature} if signature else {}
+                        extra.update({"headers": headers} if headers else {})
+                        print(line if not extra else json.dumps({**json.loads(line), **extra}), flush=True)
                     else:
                         console.print(
                             f"[dim]{env.recorded_at:%Y-%m-%d %H:%M:%S}[/] p{m.partition}@{m.offset} "
@@ -137,6 +159,9 @@ async def _tail(args: argparse.Namespace) -> int:
                             f"by {escape(env.actor)} {escape(json.dumps(env.data)[:160])}",
                             highlight=False,
                         )
+                        if signature:
+                            colour = "green" if signature.startswith("verified") else "red"
+                            console.print(f"    [{colour}]signature: {escape(signature)}[/]", highlight=False)
                         print_headers(headers)
                     if args.limit is not None and seen >= args.limit:
                         return 0
@@ -157,16 +182,29 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from services.kernel import bus
     from services.kernel.db import create_pool
+    from services.kernel.envelope import topic_for
     from services.kernel.relay import request_replay
     from services.kernel.store import EventStore
 
     async def go() -> str:
         settings = Settings()
+        # every topic of the catalogue, created before anything is published, not only this service's: on
+        # a new, empty broker the running services' clients would have it auto-create the topics they read
+        # with its default partition count, and the dead-letter topics would be missing until their
+        # consumer groups restart
+        groups = catalog.consumer_groups()
+        events = [c for c in catalog.CONTEXTS if importlib.util.find_spec(f"services.{c}.events") is not None]
+        topics = {topic_for(c): settings.topic_partitions for c in events}
+        topics.update({t: settings.topic_partitions for _, read in groups for t in read})
+        topics.update({bus.dlq_topic(group): bus.DLQ_PARTITIONS for group, _ in groups})
         pool = await create_pool(settings.dsn())
         try:
             store = EventStore(pool, args.service)
-            return await request_replay(store, settings, args.from_position)
+            return await request_replay(store, settings, args.from_position, topics)
         finally:
             await pool.close()
 
@@ -232,9 +270,128 @@ def cmd_projections(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+# --- parked events -----------------------------------------------------------------------------------
+
+
+def who_asks(settings: Settings) -> str:
+    """Who retries or drops parked events, as the parked rows record it: the principal of the token the CLI
+    presents, and the OS user running it."""
+    import getpass
+    import os
+
+    from services.kernel.settings import SettingsError, hash_token
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        user = f"uid {os.getuid()}"
+    try:
+        principal = settings.tokens().get(hash_token(settings.client_token()))
+        name = principal.name if principal is not None else "an unknown token"
+    except SettingsError:
+        name = "no token"
+    return f"{name} (os user {user})"
+
+
+def cmd_parked(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from services.kernel import parking
+
+    async def go() -> int:
+        settings = Settings()
+        conn = await asyncpg.connect(settings.dsn())
+        try:
+            if not await parking.ready(conn):
+                console.print("nothing parked: no consumer has created the parking tables yet")
+                return 0 if args.action == "list" else 1
+            if args.action == "list":
+                return await parked_list(conn, args)
+            if args.action == "show":
+                return await parked_show(conn, args)
+            by = who_asks(settings)
+            if args.action == "retry":
+                ids = await parking.request(conn, "retry", by, group=args.group, stream=args.stream)
+            elif args.target.isdigit():
+                ids = await parking.request(conn, "drop", by, parked_id=int(args.target), why=args.reason)
+            elif args.stream:
+                ids = await parking.request(conn, "drop", by, group=args.target, stream=args.stream, why=args.reason)
+            else:
+                console.print("[red]drop takes a parked event's id, or a consumer group with --stream[/]")
+                return 2
+            if not ids:
+                console.print("nothing parked matches")
+                return 1
+            console.print(f"asked the consumers that hold the partitions ({len(ids)} request(s)); waiting ...")
+            ok = True
+            for r in await parking.wait_done(conn, ids, args.wait):
+                where = f"#{r['id']} {r['consumer_group']} {r['topic']}[{r['kafka_partition']}]"
+                if r["done_at"] is None:
+                    ok = False
+                    console.print(
+                        f"{escape(where)}: [yellow]not performed yet[/] (it is, once a consumer of the group "
+                        "holds that partition: is the service running?)"
+                    )
+                else:
+                    ok = ok and "still parked" not in r["outcome"] and not r["outcome"].startswith("failed")
+                    console.print(f"{escape(where)}: {escape(r['outcome'])}", highlight=False)
+            return 0 if ok else 1
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+async def parked_list(conn, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    from services.kernel import parking
+
+    rows = await parking.listing(conn, args.group, args.all)
+    if args.json:
+        for r in rows:
+            print(json.dumps(dict(r), default=str), flush=True)
+        return 0
+    table = Table("id", "group", "consumer", "stream", "event type", "reason", "since")
+    if args.all:
+        table.add_column("state")
+    for r in rows:
+        cells = [str(r["id"]), r["consumer_group"], r["consumer"], r["stream_id"], r["event_type"], r["reason"]]
+        cells.append(f"{r['parked_at']:%Y-%m-%d %H:%M:%S}")
+        if args.all:
+            settled = f" by {r['settled_by']}: {r['settled_why']}" if r["state"] != "parked" else ""
+            cells.append(r["state"] + settled)
+        table.add_row(*(escape(c) for c in cells))
+    console.print(table)
+    console.print(f"{len(rows)} {'rows' if args.all else 'parked'}")
+    return 0
+
+
+async def parked_show(conn, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    from services.kernel import parking
+
+    row = await parking.one(conn, args.id)
+    if row is None:
+        console.print(f"[red]no parked event #{args.id}[/]")
+        return 2
+    fields = {k: v for k, v in dict(row).items() if k != "envelope"}
+    if fields.get("signature") is not None:  # the mieux-signature header it came with (text: base64)
+        fields["signature"] = bytes(fields["signature"]).decode(errors="replace")
+    raw = bytes(row["envelope"])
+    try:
+        envelope: object = json.loads(raw)
+    except ValueError:
+        envelope = raw.decode(errors="replace")
+    if args.json:
+        print(json.dumps({**fields, "envelope": envelope}, default=str))
+        return 0
+    for k, v in fields.items():
+        console.print(f"[bold]{k:15}[/] {escape(str(v))}", highlight=False)
+    text = envelope if isinstance(envelope, str) else json.dumps(envelope, indent=2)
+    console.print(f"[bold]envelope[/]\n{escape(text)}", highlight=False)
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """The whole stack in the foreground: the dev stack and every service on its fixed port."""
-    import importlib.util
     import os
     import signal
 
@@ -247,8 +404,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         stack = DevStack(home)
         ours = not all(stack.status().values())
         stack.up()
-        env = {**os.environ, "MIEUX_HOME": str(home)}
-        names = [n for n in SERVICE_PORTS if importlib.util.find_spec(f"services.{n}.__main__")]
+        env = {"MIEUX_STATS_HTTP_PORT": "8056", **os.environ, "MIEUX_HOME": str(home)}  # the report pages
+        names = list(catalog.CONTEXTS)
         procs = Processes()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -313,6 +470,13 @@ def main(argv: list[str] | None = None) -> int:
 
     d = sub.add_parser("dev", help="the embedded dev stack (PostgreSQL + Tansu) in the background")
     d.add_argument("action", choices=["up", "down", "status"])
+    d.add_argument(
+        "--tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="up: gRPC with mutual TLS (a CA and certificates under the stack's tls/), or --no-tls for "
+        "plaintext; neither keeps the stack's last choice",
+    )
     d.set_defaults(fn=cmd_dev)
 
     e = sub.add_parser("events", help="the event catalogue and the streams")
@@ -342,8 +506,30 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--all", action="store_true")
     pr.set_defaults(fn=cmd_projections)
 
-    for ctx in catalog.CONTEXTS:
-        importlib.import_module(f"services.{ctx}.cli").register(sub)
+    pk = sub.add_parser("parked", help="events a consumer could never apply, kept in order: list, show, retry, drop")
+    pks = pk.add_subparsers(dest="action", required=True)
+    pkl = pks.add_parser("list", help="parked events: id, group, consumer, stream, event type, reason, since")
+    pkl.add_argument("group", nargs="?", help="only this consumer group, e.g. mieux.requests.projections")
+    pkl.add_argument("--all", action="store_true", help="also those retried or dropped since")
+    pkl.add_argument("--json", action="store_true", help="one row per line, as JSON")
+    pkw = pks.add_parser("show", help="a parked event: its envelope and why it is parked")
+    pkw.add_argument("id", type=int)
+    pkw.add_argument("--json", action="store_true")
+    pkr = pks.add_parser("retry", help="apply a group's parked events again, in order, once the cause is fixed")
+    pkr.add_argument("group", help="the consumer group, e.g. mieux.requests.projections")
+    pkr.add_argument("--stream", help="only this stream's parked events")
+    pkd = pks.add_parser("drop", help="drop a parked event (its stream's later ones are then retried)")
+    pkd.add_argument("target", help="a parked event's id, or a consumer group with --stream (all of that stream's)")
+    pkd.add_argument("--stream", help="with a group: drop every parked event of this stream")
+    pkd.add_argument("--reason", required=True, help="why (recorded with who)")
+    for cmd in (pkr, pkd):
+        cmd.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the consumers (default 60)")
+    for cmd in (pkl, pkw, pkr, pkd):
+        cmd.set_defaults(fn=cmd_parked)
+
+    for ctx in catalog.CONTEXTS:  # a context without verbs of its own has no cli.py
+        if importlib.util.find_spec(f"services.{ctx}.cli") is not None:
+            importlib.import_module(f"services.{ctx}.cli").register(sub)
     sc = sub.add_parser("scenario", help="years of operations as data, replayed through the gRPC APIs")
     ss = sc.add_subparsers(dest="scenario_command", required=True)
     rp = ss.add_parser("replay", help="send a scenario file's commands to the running services (safe to repeat)")
@@ -351,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--no-progress", action="store_true", help="no progress bar")
     rp.set_defaults(fn=cmd_scenario_replay)
 
+    report_cli.register(sub)  # mieux report, mieux export iati
     up = sub.add_parser("up", help="the dev stack and every service in the foreground (Ctrl-C stops all)")
     up.set_defaults(fn=cmd_up)
 

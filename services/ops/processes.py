@@ -11,8 +11,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
 async def serving(address: str) -> bool:
+    from services.kernel.grpckit import channel  # TLS when the stack (or the environment) says so
+
     try:
-        async with grpc.aio.insecure_channel(address) as ch:
+        async with channel(address) as ch:
             r = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
             return r.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.aio.AioRpcError:

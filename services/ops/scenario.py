@@ -1,8 +1,12 @@
 """Scenarios: years of operations as data (`scenarios/*.yaml`): the file's shape, validated on load.
 
-`replay.py` sends a scenario through the gRPC APIs. Every command id is derived from the file:
+`scenario_replay.py` sends a scenario through the gRPC APIs. Every command id is derived from the file:
 `<id_prefix>:<section>:<key>[:<step>]`, so a second replay is answered with the first results and appends
-nothing. The file's `report:` section (the published figures the data is built to give) is never read.
+nothing. The file's `report:` section (the published figures the data is built to give) is never replayed:
+the tests check the data against it and the demo prints it beside the figures the services computed.
+
+A scenario may follow another (`follows:`, a file beside it): it is replayed after that one, and names its
+experts and actions (e.g. the history of 2009-2016 deploys the experts of the 2017 roster).
 """
 
 from __future__ import annotations
@@ -55,6 +59,35 @@ class RequestEntry(_Entry):
 class Fiche(_Entry):
     agreed_on: date
     summary: str = ""
+    pillars: tuple[str, ...] = ()  # the GAMM pillars the action serves
+    themes: tuple[str, ...] = ()  # none: the request's
+
+
+class Feedback(_Entry):
+    """The participants' feedback forms of a held activity."""
+
+    respondents: int = Field(ge=1)
+    skills_enhanced: int = Field(ge=0)
+    makes_a_difference: int = Field(ge=0)
+    recorded_on: date
+
+
+class Assessment(_Entry):
+    rating: Literal["poor", "fair", "good", "excellent"]
+    submitted_on: date
+
+
+class Deliverable(_Entry):
+    kind: str
+    title: str
+    delivered_on: date
+
+
+class Evaluation(_Entry):
+    """An expert's post-mission evaluation of a deployment: question key -> score 1-5."""
+
+    submitted_on: date
+    answers: dict[str, int]
 
 
 class Held(_Entry):
@@ -78,6 +111,7 @@ class ActivityEntry(_Entry):
     city: str = ""
     airport: str = ""
     held: Held | None = None
+    feedback: Feedback | None = None
     cancelled: Cancelled | None = None
 
 
@@ -88,6 +122,8 @@ class ActionEntry(_Entry):
     follow_up: int | None = None
     fiche: Fiche | None = None
     activities: tuple[ActivityEntry, ...] = ()
+    assessment: Assessment | None = None  # the partner's
+    deliverables: tuple[Deliverable, ...] = ()  # recorded in order: the n-th is <code>/D<n>
     closed_on: date | None = None
 
     @field_validator("code", mode="before")
@@ -112,6 +148,7 @@ class DeploymentEntry(_Entry):
     expert: str
     activity: str
     cancelled: Cancelled | None = None
+    evaluation: Evaluation | None = None
 
     @property
     def key(self) -> str:
@@ -164,6 +201,7 @@ class OffsetEntry(_Entry):
 class Scenario(_Entry):
     name: str
     id_prefix: str = Field(min_length=1)
+    follows: str = ""  # the scenario file (beside this one) replayed before it, whose experts this one names
     report: dict[str, Any] = Field(default_factory=dict)  # published figures: for the tests, never replayed
     team: tuple[TeamEntry, ...] = ()
     requests: tuple[RequestEntry, ...] = ()
@@ -188,9 +226,11 @@ class Scenario(_Entry):
         n += len(self.experts) + sum(1 for e in self.experts if e.deactivated_on)
         n += sum(1 + bool(r.assessed_on) + bool(r.decision) for r in self.requests)
         for a in self.actions:
-            n += (a.fiche is not None) + (a.closed_on is not None)
-            n += sum(1 + (x.held is not None) + (x.cancelled is not None) for x in a.activities)
-        n += len(self.deployments) + sum(1 for d in self.deployments if d.cancelled)
+            n += (a.fiche is not None) + (a.closed_on is not None) + (a.assessment is not None) + len(a.deliverables)
+            n += sum(
+                1 + (x.held is not None) + (x.cancelled is not None) + (x.feedback is not None) for x in a.activities
+            )
+        n += sum(1 + (d.cancelled is not None) + (d.evaluation is not None) for d in self.deployments)
         n += sum(1 + (f.change is not None) + (f.cancelled is not None) for f in self.flights)
         n += sum(1 + len(o.retirements) for o in self.offsets)
         return n

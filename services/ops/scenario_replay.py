@@ -2,8 +2,9 @@
 
 Every entry of the file is sent as commands to the services with the typed clients: the team, the expert
 roster, the requests (approved one at a time, in date order, each waited for until the actions service
-has opened its action, so codes come out in order), the actions' fiches and activities, the deployments,
-the flights and the carbon offsets. Nothing is written to a database directly.
+has opened its action, so codes come out in order), the actions' fiches, activities and results (before
+any closure; scenario_results.py), the deployments and their evaluations, the flights and the carbon offsets.
+A file that follows another names that one's experts by key. Nothing is written to a database directly.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from typing import Any, TypeVar
 import grpc
 from mieux.common.v1 import common_pb2
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from services.actions.client import ActionsClient
 from services.carbon.client import CarbonClient
 from services.experts.client import ExpertsClient
 from services.kernel.settings import Settings
 from services.logistics.client import LogisticsClient
+from services.ops import scenario_results as results
 from services.ops.scenario import (
     ActionEntry,
     DeploymentEntry,
@@ -36,12 +37,15 @@ from services.ops.scenario import (
     Scenario,
     load,
 )
+from services.ops.scenario_progress import ReplayProgress as _Progress
 from services.requests.client import RequestsClient
 
 T = TypeVar("T")
 RETRYABLE = (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 CONCURRENCY = 8
 ACTION_WAIT_S = 60.0
+# optional, for tests: hears every error status a call met, and whether the call is retried (same command id)
+OnError = Callable[[grpc.aio.AioRpcError, bool], None]
 
 
 # --- replay ---------------------------------------------------------------------------------------
@@ -63,38 +67,7 @@ class ReplayResult:
         return self.commands - self.duplicates
 
 
-class _Progress:
-    def __init__(self, total: int, enabled: bool, console: Console | None) -> None:
-        self.bar: Progress | None = None
-        if enabled:
-            self.bar = Progress(
-                TextColumn("[bold]{task.description:<12}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=console,
-            )
-            self.task = self.bar.add_task("scenario", total=total)
-
-    def __enter__(self) -> _Progress:
-        if self.bar is not None:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-    def phase(self, name: str) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, description=name)
-
-    def advance(self) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task)
-
-
-async def _retrying(call: Callable[[], Awaitable[T]], deadline_s: float = 60.0) -> T:
+async def _retrying(call: Callable[[], Awaitable[T]], deadline_s: float = 60.0, on_error: OnError | None = None) -> T:
     """A command retried while the service is briefly away or a stream changed concurrently (same command id,
     so a retry of a command that did get through is answered with its first result)."""
     start = time.monotonic()
@@ -103,7 +76,10 @@ async def _retrying(call: Callable[[], Awaitable[T]], deadline_s: float = 60.0) 
         try:
             return await call()
         except grpc.aio.AioRpcError as e:
-            if e.code() not in RETRYABLE or time.monotonic() - start > deadline_s:
+            retry = e.code() in RETRYABLE and time.monotonic() - start <= deadline_s
+            if on_error is not None:
+                on_error(e, retry)
+            if not retry:
                 raise
         await asyncio.sleep(delay)
         delay = min(delay * 2, 1.0)
@@ -120,8 +96,9 @@ async def _gather(items: Iterable[T], fn: Callable[[T], Awaitable[None]], limit:
 
 
 class _Replayer:
-    def __init__(self, sc: Scenario, clients: dict[str, Any], bar: _Progress) -> None:
+    def __init__(self, sc: Scenario, clients: dict[str, Any], bar: _Progress, on_error: OnError | None) -> None:
         self.sc = sc
+        self.on_error = on_error
         self.rq: RequestsClient = clients["requests"]
         self.ac: ActionsClient = clients["actions"]
         self.ex: ExpertsClient = clients["experts"]
@@ -132,7 +109,7 @@ class _Replayer:
         self.team_keys = {t.key for t in sc.team}
 
     async def send(self, call: Callable[[], Awaitable[T]]) -> T:
-        out = await _retrying(call)
+        out = await _retrying(call, on_error=self.on_error)
         self.result.commands += 1
         ack = out[0] if isinstance(out, tuple) else out
         if isinstance(ack, common_pb2.CommandAck) and ack.duplicate:
@@ -261,6 +238,8 @@ class _Replayer:
                 action = await self.ac.get_action(r.action)
                 break
             except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.NOT_FOUND and self.on_error is not None:  # NOT_FOUND: not open yet
+                    self.on_error(e, e.code() in RETRYABLE)
                 if e.code() not in (grpc.StatusCode.NOT_FOUND, *RETRYABLE):
                     raise
             if time.monotonic() - start > ACTION_WAIT_S:
@@ -292,6 +271,8 @@ class _Replayer:
                         action_code=a.code,
                         agreed_on=fiche.agreed_on.isoformat(),
                         summary=fiche.summary,
+                        pillars=fiche.pillars,
+                        themes=fiche.themes,
                     )
                 )
             for x in sorted(a.activities, key=lambda x: x.n):
@@ -333,6 +314,7 @@ class _Replayer:
                             reason=c.reason,
                         )
                     )
+            await results.of_action(self, a)  # feedback, assessment, deliverables: before any closure
             if a.closed_on is not None:
                 closed_on = a.closed_on
                 await self.send(
@@ -361,8 +343,9 @@ class _Replayer:
                         command_id=self.sc.cid("deployment", d.key), expert_id=expert_id, activity_id=d.activity
                     )
                 )
+                await results.evaluation(self, d, expert_id)
                 if d.cancelled is not None:
-                    expert = await _retrying(lambda: self.ex.get(expert_id))
+                    expert = await _retrying(lambda: self.ex.get(expert_id), on_error=self.on_error)
                     dep = next(x for x in expert.deployments if x.activity_id == d.activity)
                     c = d.cancelled
                     await self.send(
@@ -459,7 +442,11 @@ class _Replayer:
 
 
 async def replay(
-    path: str | Path, settings: Settings, progress: bool = True, console: Console | None = None
+    path: str | Path,
+    settings: Settings,
+    progress: bool = True,
+    console: Console | None = None,
+    on_error: OnError | None = None,
 ) -> ReplayResult:
     """Send the scenario's commands to the running services (gRPC only); safe to run again."""
     sc = load(path)
@@ -473,7 +460,8 @@ async def replay(
     ):
         clients = {"requests": rq, "actions": ac, "experts": ex, "logistics": lo, "carbon": co}
         with _Progress(sc.commands(), progress, console) as bar:
-            r = _Replayer(sc, clients, bar)
+            r = _Replayer(sc, clients, bar, on_error)
+            r.result.ids.update(results.followed_ids(sc, Path(path)))  # the experts of the file it follows
             await r.team()
             await r.experts()
             await r.requests()

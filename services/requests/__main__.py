@@ -4,13 +4,13 @@ from services.kernel.grpckit import Registrar
 from services.kernel.service import Service
 from services.requests import api
 from services.requests.projections import RequestRegister, RequestsPerYear
-from services.requests.queries import RequestQueries
+from services.requests.queries import RequestsQueries
 
 
 def build() -> Service:
     def registrars(svc: Service) -> list[Registrar]:
         assert svc.store is not None
-        return [api.registrar(svc.store, RequestQueries(svc.store.pool))]
+        return [api.registrar(svc.store, RequestsQueries(svc.store.pool))]
 
     return Service(
         name="requests",

@@ -21,7 +21,7 @@ from services.requests.commands import (
     WithdrawRequest,
 )
 from services.requests.domain import Request
-from services.requests.queries import RequestQueries
+from services.requests.queries import RequestsQueries
 
 SERVICE_NAME = "mieux.requests.v1.Requests"
 COMMANDS = ("SubmitRequest", "AssessEligibility", "ApproveRequest", "RejectRequest", "WithdrawRequest")
@@ -33,7 +33,7 @@ ACCESS = {
 
 
 class RequestsServicer(requests_pb2_grpc.RequestsServicer):
-    def __init__(self, store: EventStore, queries: RequestQueries) -> None:
+    def __init__(self, store: EventStore, queries: RequestsQueries) -> None:
         self.store = store
         self.queries = queries
 
@@ -131,7 +131,7 @@ class RequestsServicer(requests_pb2_grpc.RequestsServicer):
         return requests_pb2.RequestsPerYear(years=[requests_pb2.YearCount(year=y, count=c) for y, c in rows])
 
 
-def registrar(store: EventStore, queries: RequestQueries) -> Registrar:
+def registrar(store: EventStore, queries: RequestsQueries) -> Registrar:
     def add(server: grpc.aio.Server) -> None:
         requests_pb2_grpc.add_RequestsServicer_to_server(RequestsServicer(store, queries), server)
 

@@ -7,22 +7,23 @@ organisation, an unknown theme or institution type, a missing date or reason) is
 
 from __future__ import annotations
 
-from datetime import date
-
-from pydantic import Field, field_validator
+from pydantic import field_validator
 
 from services.kernel import reference
 from services.kernel.command import Command
+from services.kernel.limits import Day, Id, Name, Reason, Title, capped, shown
 from services.requests.domain import INSTITUTION_TYPES, partner_of, request_id_for
+
+MAX_THEMES = 20
 
 
 class SubmitRequest(Command):
-    partner: str = Field(min_length=2, max_length=40)
-    institution: str = Field(min_length=1, max_length=300)
-    institution_type: str
-    received_on: date
-    title: str = Field(min_length=1, max_length=300)
-    themes: tuple[str, ...] = ()
+    partner: Id
+    institution: Name
+    institution_type: Id
+    received_on: Day
+    title: Title
+    themes: capped(Id, MAX_THEMES) = ()  # type: ignore[valid-type]
 
     @field_validator("partner")
     @classmethod
@@ -38,7 +39,7 @@ class SubmitRequest(Command):
     def known_themes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         unknown = [t for t in v if t not in reference.themes()]
         if unknown:
-            raise ValueError(f"unknown theme(s) {', '.join(unknown)}; known: {', '.join(reference.themes())}")
+            raise ValueError(f"unknown theme(s) {shown(', '.join(unknown))}; known: {', '.join(reference.themes())}")
         return v
 
     @field_validator("institution_type")
@@ -57,22 +58,22 @@ class SubmitRequest(Command):
 class RequestCommand(Command):
     """A command on a request already submitted."""
 
-    request_id: str = Field(min_length=1, max_length=200)
+    request_id: Id
 
 
 class AssessEligibility(RequestCommand):
-    assessed_on: date
+    assessed_on: Day
 
 
 class ApproveRequest(RequestCommand):
-    approved_on: date
+    approved_on: Day
 
 
 class RejectRequest(RequestCommand):
-    rejected_on: date
-    reason: str = Field(min_length=1, max_length=1000)
+    rejected_on: Day
+    reason: Reason
 
 
 class WithdrawRequest(RequestCommand):
-    withdrawn_on: date
-    reason: str = Field(min_length=1, max_length=1000)
+    withdrawn_on: Day
+    reason: Reason

@@ -17,7 +17,7 @@ from services.kernel import paging
 from services.kernel.db import Pool
 
 
-class RequestQueries:
+class RequestsQueries:
     """The queries over the requests read models (schema `requests_views`)."""
 
     def __init__(self, pool: Pool) -> None:

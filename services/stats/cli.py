@@ -1,6 +1,8 @@
 """`mieux stats ...`: the annual report's figures, read over gRPC from the stats service.
 
-mieux stats year 2017 [--json]     the year at a glance (table, or JSON)
+mieux stats year 2017 [--json]     the year at a glance (table; JSON adds the results, origin and history)
+mieux stats results 2017 [--json]  the results, the experts' origin, the change on 2016 and the totals since
+                                   the first year
 mieux stats regions 2017 [--json]  activities, partners, participants and experts by region and area
 mieux stats requests-per-year      requests received per year since the first
 mieux stats years                  the years with figures
@@ -138,9 +140,21 @@ async def _run(args: argparse.Namespace) -> int:
         if args.stats_command == "year":
             y = await c.year_at_a_glance(args.year)
             if args.json:
-                print(json.dumps(year_json(y), indent=2))
+                from services.stats.results_cli import results_json
+
+                extra = results_json(await c.results(args.year), await c.history(args.year))
+                print(json.dumps({**year_json(y), **extra}, indent=2))
             else:
                 console.print(year_table(y))
+        elif args.stats_command == "results":
+            from services.stats.results_cli import results_json, results_tables
+
+            r, h = await c.results(args.year), await c.history(args.year)
+            if args.json:
+                print(json.dumps(results_json(r, h), indent=2))
+            else:
+                for t in results_tables(r, h):
+                    console.print(t)
         elif args.stats_command == "regions":
             r = await c.region_report(args.year)
             if args.json:
@@ -167,6 +181,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     y = sts.add_parser("year", help="the year at a glance")
     y.add_argument("year", type=int)
     y.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    res = sts.add_parser("results", help="the results, the experts' origin, the change on the year before")
+    res.add_argument("year", type=int)
+    res.add_argument("--json", action="store_true")
     r = sts.add_parser("regions", help="the figures by region and area")
     r.add_argument("year", type=int)
     r.add_argument("--json", action="store_true")

@@ -41,3 +41,21 @@ class StatsClient:
 
     async def years(self) -> list[int]:
         return list((await self.stub.ListYears(stats_pb2.ListYearsQuery(), **self._kw())).years)
+
+    async def results(self, year: int) -> stats_pb2.Results:
+        return await self.stub.GetResults(stats_pb2.GetResultsQuery(year=year), **self._kw())
+
+    async def history(self, year: int) -> stats_pb2.History:
+        return await self.stub.GetHistory(stats_pb2.GetHistoryQuery(year=year), **self._kw())
+
+    async def report_page(self, year: int) -> str:
+        """The annual report page of the year (HTML); roles finance, ops, admin."""
+        # a page is a dozen queries of four services: thrice a query's deadline
+        reply = await self.stub.GetReportPage(
+            stats_pb2.GetReportPageQuery(year=year), metadata=call_metadata(self.token), timeout=3 * self.deadline
+        )
+        return reply.html
+
+    async def open_report_session(self, year: int) -> stats_pb2.ReportSession:
+        """A one-time link to the page over HTTP, for this client's principal."""
+        return await self.stub.OpenReportSession(stats_pb2.OpenReportSessionQuery(year=year), **self._kw())

@@ -1,4 +1,6 @@
-"""The stats read side: facts kept from every service's events (one projection per topic).
+"""The stats read side: facts kept from every service's events (one projection per topic, and one for the
+results, deliverables and expert origin across the actions and experts topics, whose tables are in
+results_facts.py).
 
 Events of different services arrive in any order (and a rebuild reads one service's log after another),
 so no projection folds a figure incrementally. Each keeps *facts* keyed by the ids the events carry
@@ -42,6 +44,7 @@ from services.logistics.events import (
 )
 from services.requests.events import RequestReceived
 from services.stats.base import SCHEMA, StatsProjection
+from services.stats.results_facts import ResultsFacts
 
 # --- requests ---------------------------------------------------------------------------------------
 
@@ -368,19 +371,21 @@ class StatsLogistics(StatsProjection):
 class StatsCarbon(StatsProjection):
     base_name = "stats_carbon"
     topics = (topic_for("carbon"),)
-    table_names = ("emissions", "offsets_purchased", "offsets_retired")
+    table_names = ("emission_legs", "offsets_purchased", "offsets_retired")
     ddl = """
-    -- calculations (+1) and reversals (-1) of a booking's emissions: the footprint is their signed sum
-    CREATE TABLE IF NOT EXISTS {s}.emissions (
+    -- each leg of a calculation (+1) or reversal (-1) of a booking's emissions, in the year the leg departs
+    -- (DESIGN.md section 6): the footprint of a year is their signed sum
+    CREATE TABLE IF NOT EXISTS {s}.emission_legs (
         stream_id      text NOT NULL,
         stream_version integer NOT NULL,
+        leg            integer NOT NULL,
         booking_id     text NOT NULL,
         sign           integer NOT NULL,
         kg_co2e        numeric(18, 6) NOT NULL,
         departure_year integer NOT NULL,
         traveller_kind text NOT NULL,
         action_code    text,
-        PRIMARY KEY (stream_id, stream_version)
+        PRIMARY KEY (stream_id, stream_version, leg)
     );
     CREATE TABLE IF NOT EXISTS {s}.offsets_purchased (
         lot_id       text PRIMARY KEY,
@@ -404,16 +409,28 @@ class StatsCarbon(StatsProjection):
     async def apply(self, conn: asyncpg.Connection, env: Envelope, event: Event) -> None:
         match event:
             case FlightEmissionsCalculated() | FlightEmissionsReversed():
-                await conn.execute(
-                    f"INSERT INTO {self.t('emissions')} VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-                    env.stream_id,
-                    env.stream_version,
-                    event.booking_id,
-                    1 if isinstance(event, FlightEmissionsCalculated) else -1,
-                    event.kg_co2e,
-                    event.departure_year,
-                    event.traveller_kind,
-                    event.action_code,
+                sign = 1 if isinstance(event, FlightEmissionsCalculated) else -1
+                # an event without segments (none the carbon service writes) counts whole in its departure year
+                legs = [(s.kg_co2e, s.departs_on.year) for s in event.segments] or [
+                    (event.kg_co2e, event.departure_year)
+                ]
+                await conn.executemany(
+                    f"INSERT INTO {self.t('emission_legs')} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+                    "ON CONFLICT DO NOTHING",
+                    [
+                        (
+                            env.stream_id,
+                            env.stream_version,
+                            n,
+                            event.booking_id,
+                            sign,
+                            kg,
+                            year,
+                            event.traveller_kind,
+                            event.action_code,
+                        )
+                        for n, (kg, year) in enumerate(legs, start=1)
+                    ],
                 )
             case OffsetsPurchased():
                 await conn.execute(
@@ -437,5 +454,11 @@ class StatsCarbon(StatsProjection):
                 )
 
 
+class StatsResults(ResultsFacts):
+    """The results (feedback, assessments, deliverables, the fiches' themes and GAMM pillars) and the experts'
+    nationalities, from the actions and experts topics: tables and apply in results_facts.py."""
+
+
 def all_projections(schema: str = SCHEMA) -> list[StatsProjection]:
-    return [cls(schema) for cls in (StatsRequests, StatsActions, StatsExperts, StatsLogistics, StatsCarbon)]
+    classes = (StatsRequests, StatsActions, StatsExperts, StatsLogistics, StatsCarbon, StatsResults)
+    return [cls(schema) for cls in classes]

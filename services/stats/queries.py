@@ -230,7 +230,7 @@ class StatsQueries:
             y.team_statute_miles, y.team_members = await self.team_air_miles(conn, year)
             y.footprint_kg_co2e = Decimal(
                 await conn.fetchval(
-                    f"SELECT coalesce(sum(sign * kg_co2e), 0) FROM {s}.emissions WHERE departure_year = $1", year
+                    f"SELECT coalesce(sum(sign * kg_co2e), 0) FROM {s}.emission_legs WHERE departure_year = $1", year
                 )
             )
             y.vers_purchased = await conn.fetchval(
@@ -290,7 +290,7 @@ class StatsQueries:
             UNION SELECT extract(year FROM starts_on)::int FROM {s}.deployments
             UNION SELECT extract(year FROM registered_on)::int FROM {s}.experts WHERE registered_on IS NOT NULL
             UNION SELECT extract(year FROM departs_on)::int FROM {s}.itinerary_legs
-            UNION SELECT departure_year FROM {s}.emissions
+            UNION SELECT departure_year FROM {s}.emission_legs
             UNION SELECT extract(year FROM purchased_on)::int FROM {s}.offsets_purchased
             UNION SELECT against_year FROM {s}.offsets_retired
             ORDER BY 1"""

@@ -74,7 +74,9 @@ async def run_flow(settings: Settings) -> dict[str, object]:
 
         await eventually(action_opened, 60, "the actions service to open an action for the approved request")
         code = str(out["action_code"])
-        await actions.agree_fiche(command_id=cid("fiche"), action_code=code, agreed_on="2019-03-10")
+        await actions.agree_fiche(
+            command_id=cid("fiche"), action_code=code, agreed_on="2019-03-10", pillars=["legal_migration"]
+        )
         _, a1 = await actions.plan_activity(
             command_id=cid("plan-1"),
             action_code=code,

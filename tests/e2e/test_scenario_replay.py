@@ -29,6 +29,7 @@ from services.requests.client import RequestsClient
 pytestmark = pytest.mark.e2e
 SERVICES = ("requests", "actions", "experts", "logistics", "carbon")
 FILE = Path(__file__).with_name("scenario_small.yaml")
+AFTER = Path(__file__).with_name("scenario_small_after.yaml")  # follows FILE
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,7 @@ async def test_a_scenario_replayed_twice_through_the_services(services, pool) ->
         a1, a2, a3 = [await actions.get_action(c) for c in ("2046-01", "2046-02", "2046-03")]
         assert (a1.partner, a1.request_id, a1.follow_up) == ("MN", first.ids["q1"], 1)
         assert (a2.partner, a2.status) == ("BT", "closed")
+        eva = await experts.get(first.ids["ex1"])
         assert (a3.partner, a3.follow_up, a3.title) == ("MN", 2, "Mongolia II")
         assert (await requests.get(first.ids["q4"])).status == "rejected"
         assert (await requests.get(first.ids["q5"])).status == "received"
@@ -79,11 +81,26 @@ async def test_a_scenario_replayed_twice_through_the_services(services, pool) ->
         assert (held.status, held.participants_male, held.participants_female) == ("held", 12, 9)
         assert (await actions.get_activity("2046-01/A2")).status == "cancelled"
 
-        eva = await experts.get(first.ids["ex1"])
         assert sorted(d.activity_id for d in eva.deployments) == ["2046-01/A1", "2046-02/A1"]
         ken = await experts.get(first.ids["ex2"])
         assert [d.status for d in ken.deployments] == ["cancelled"]
         assert not (await experts.get(first.ids["ex3"])).active
+
+        # the results: feedback of a held activity, the partner's assessment and deliverables (before the closure),
+        # an expert's evaluation of a deployment
+        assert (await actions.get_activity("2046-01/A1")).feedback_respondents == 18
+        a2 = await actions.get_action("2046-02")
+        assert (list(a2.pillars), list(a2.fiche_themes)) == (
+            ["irregular_migration"],
+            ["maritime_border_management", "policy_development"],
+        )
+        assert (a2.partner_rating, [d.deliverable_id for d in a2.deliverables]) == (
+            "good",
+            ["2046-02/D1", "2046-02/D2"],
+        )
+        assert (list(a1.pillars), list(a1.fiche_themes)) == (["legal_migration"], ["international_labour_migration"])
+        evaluated = [x for x in eva.deployments if x.activity_id == "2046-01/A1"]
+        assert [x.evaluated for x in evaluated] == [True]
 
         assert (await logistics.get_booking(first.ids["fl3"])).status == "cancelled"
         assert (await logistics.get_booking(first.ids["fl2"])).changes == 1
@@ -114,6 +131,30 @@ async def test_a_scenario_replayed_twice_through_the_services(services, pool) ->
     again = await replay(FILE, settings, progress=False)
     assert (again.commands, again.appended) == (first.commands, 0)
     assert again.ids == first.ids
+    assert await store_counts(pool) == before
+
+
+async def test_a_scenario_that_follows_another_names_its_experts_and_actions(services, pool) -> None:  # type: ignore[no-untyped-def]
+    """scenario_small_after.yaml follows scenario_small.yaml: it details an action the first opened, deploys an
+    expert of the first's roster by key, and opens an action of its own with the next code of the year."""
+    settings = Settings()
+    first = await replay(FILE, settings, progress=False)  # already replayed above: nothing new
+    after = await replay(AFTER, settings, progress=False)
+    assert after.commands == load(AFTER).commands() and after.duplicates == 0
+    assert after.ids["ex2"] == first.ids["ex2"]  # derived, as the experts service derives it
+    async with ActionsClient.connect(settings) as actions, ExpertsClient.connect(settings) as experts:
+        a3 = await actions.get_action("2046-03")
+        assert (a3.status, a3.activities_held, [d.kind for d in a3.deliverables]) == ("closed", 1, ["strategy"])
+        a4 = await actions.get_action("2046-04")
+        assert (a4.partner, a4.follow_up, a4.title, a4.request_id) == ("BT", 2, "Bhutan II", after.ids["q6"])
+        ken = await experts.get(first.ids["ex2"])
+        assert sorted((d.activity_id, d.status) for d in ken.deployments) == [
+            ("2046-01/A1", "cancelled"),
+            ("2046-03/A1", "deployed"),
+        ]
+    before = await store_counts(pool)
+    again = await replay(AFTER, settings, progress=False)
+    assert (again.commands, again.appended) == (after.commands, 0)
     assert await store_counts(pool) == before
 
 

@@ -5,9 +5,10 @@ nothing), then every command and query over gRPC with its status codes, and noth
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import date
 from typing import Any
 
@@ -15,9 +16,19 @@ import asyncpg
 import grpc
 import pytest
 from aiokafka import AIOKafkaProducer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mieux.actions.v1 import actions_pb2, actions_pb2_grpc
 from mieux.common.v1 import common_pb2
-from support import ServiceProcess, eventually, grpc_stub, make_envelope, read_topic, running_service
+from support import (
+    ServiceProcess,
+    eventually,
+    grpc_stub,
+    make_envelope,
+    mieux_cli,
+    read_topic,
+    running_service,
+    signed,
+)
 
 from services.actions.client import ActionsClient
 from services.kernel import bus
@@ -26,6 +37,7 @@ from services.kernel.envelope import Envelope, topic_for
 from services.kernel.grpckit import call_metadata, field_violations
 from services.kernel.paging import encode_key
 from services.kernel.settings import Settings
+from services.kernel.signing import Signer, signer_for
 from services.requests.events import RequestApproved
 
 pytestmark = pytest.mark.integration
@@ -91,7 +103,9 @@ def approval(partner: str, name: str, approved_on: str, themes: tuple[str, ...] 
 
 
 async def publish(producer: AIOKafkaProducer, env: Envelope, key: str | None = None) -> None:
-    await producer.send_and_wait(REQUESTS_TOPIC, env.to_bytes(), key=(key or env.stream_id).encode())
+    """As the requests service's relay publishes it: signed with its key (the consumers park what is not)."""
+    [m] = signed(REQUESTS_TOPIC, [env])
+    await producer.send_and_wait(REQUESTS_TOPIC, m.value, key=key.encode() if key else m.key, headers=m.headers)
 
 
 async def opened_for(pool: Pool, request_id: str) -> list[asyncpg.Record]:
@@ -145,9 +159,19 @@ def plan_cmd(code: str, **over: Any) -> actions_pb2.PlanActivityCommand:
     return actions_pb2.PlanActivityCommand(**fields)
 
 
-def fiche_cmd(code: str, command_id: str | None = None, agreed_on: str = "2017-04-01") -> Any:
+def fiche_cmd(
+    code: str,
+    command_id: str | None = None,
+    agreed_on: str = "2017-04-01",
+    pillars: Sequence[str] = ("irregular_migration",),
+    themes: Sequence[str] = (),
+) -> Any:
     return actions_pb2.AgreeActionFicheCommand(
-        command_id=command_id or f"fiche-{uuid.uuid4()}", action_code=code, agreed_on=d(agreed_on)
+        command_id=command_id or f"fiche-{uuid.uuid4()}",
+        action_code=code,
+        agreed_on=d(agreed_on),
+        pillars=pillars,
+        themes=themes,
     )
 
 
@@ -407,6 +431,130 @@ async def test_finance_may_read_but_not_command(action: str, stub, tokens, pool)
     assert await count_events(pool, action) == before + 1
 
 
+# --- results: participants' feedback, the partner's assessment, deliverables ---------------------------
+
+
+def feedback_cmd(activity_id: str, respondents: int = 30, **over: Any) -> Any:
+    fields = {
+        "command_id": f"fb-{uuid.uuid4()}",
+        "activity_id": activity_id,
+        "respondents": respondents,
+        "skills_enhanced": 27,
+        "makes_a_difference": 26,
+        "recorded_on": d("2017-05-12"),
+    }
+    return actions_pb2.RecordParticipantFeedbackCommand(**{**fields, **over})
+
+
+def assessment_cmd(code: str, rating: str = "excellent", **over: Any) -> Any:
+    fields = {
+        "command_id": f"pa-{uuid.uuid4()}",
+        "action_code": code,
+        "rating": rating,
+        "submitted_on": d("2017-06-01"),
+    }
+    return actions_pb2.SubmitPartnerAssessmentCommand(**{**fields, **over})
+
+
+def deliverable_cmd(code: str, kind: str = "handbook", **over: Any) -> Any:
+    fields = {
+        "command_id": f"dl-{uuid.uuid4()}",
+        "action_code": code,
+        "kind": kind,
+        "title": "Handbook on asylum interviews",
+        "delivered_on": d("2017-06-15"),
+    }
+    return actions_pb2.RecordDeliverableCommand(**{**fields, **over})
+
+
+async def test_the_results_of_an_action_are_recorded_and_read_back(agreed: str, stub, tokens) -> None:
+    await stub.PlanActivity(plan_cmd(agreed), **md(tokens))
+    await stub.RecordActivityHeld(held_cmd(f"{agreed}/A1"), **md(tokens))  # 36 participants
+    ack = await stub.RecordParticipantFeedback(feedback_cmd(f"{agreed}/A1"), **md(tokens))
+    assert (ack.stream_id, ack.first_version, ack.last_version) == (agreed, 5, 5)
+    await stub.SubmitPartnerAssessment(assessment_cmd(agreed), **md(tokens, "service"))
+    d1 = await stub.RecordDeliverable(deliverable_cmd(agreed), **md(tokens))
+    d2 = await stub.RecordDeliverable(deliverable_cmd(agreed, kind="sop", title="SOPs"), **md(tokens))
+    assert d2.first_version == d1.first_version + 1
+    got = await stub.GetAction(actions_pb2.GetActionQuery(action_code=agreed), **md(tokens, "finance"))
+    assert (list(got.pillars), list(got.fiche_themes)) == (
+        ["irregular_migration"],
+        ["international_protection_and_asylum"],
+    )
+    assert (got.partner_rating, got.assessed_on.iso) == ("excellent", "2017-06-01")
+    assert [(x.deliverable_id, x.kind) for x in got.deliverables] == [
+        (f"{agreed}/D1", "handbook"),
+        (f"{agreed}/D2", "sop"),
+    ]
+    one = await stub.GetActivity(actions_pb2.GetActivityQuery(activity_id=f"{agreed}/A1"), **md(tokens))
+    assert (one.feedback_respondents, one.feedback_skills_enhanced, one.feedback_makes_a_difference) == (30, 27, 26)
+
+
+async def test_results_refused_by_a_rule_are_failed_precondition_and_store_nothing(
+    agreed: str, stub, tokens, pool
+) -> None:
+    async def refused_rule(call: Any, words: str) -> None:
+        before = await count_events(pool)
+        e = await refused(call)
+        assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, e
+        assert words in (e.details() or ""), e.details()
+        assert await count_events(pool) == before
+
+    await stub.PlanActivity(plan_cmd(agreed), **md(tokens))
+    await refused_rule(stub.RecordParticipantFeedback(feedback_cmd(f"{agreed}/A1"), **md(tokens)), "only for a held")
+    await refused_rule(stub.SubmitPartnerAssessment(assessment_cmd(agreed), **md(tokens)), "no activity held yet")
+    await stub.RecordActivityHeld(held_cmd(f"{agreed}/A1"), **md(tokens))  # 36 participants
+    await refused_rule(
+        stub.RecordParticipantFeedback(feedback_cmd(f"{agreed}/A1", respondents=37), **md(tokens)), "too many"
+    )
+    await refused_rule(
+        stub.RecordParticipantFeedback(feedback_cmd(f"{agreed}/A1", recorded_on=d("2017-05-07")), **md(tokens)),
+        "before activity",
+    )
+    await stub.RecordParticipantFeedback(feedback_cmd(f"{agreed}/A1", respondents=36), **md(tokens))
+    await refused_rule(stub.RecordParticipantFeedback(feedback_cmd(f"{agreed}/A1"), **md(tokens)), "once per activity")
+    await stub.SubmitPartnerAssessment(assessment_cmd(agreed, rating="fair"), **md(tokens))
+    await refused_rule(stub.SubmitPartnerAssessment(assessment_cmd(agreed), **md(tokens)), "once per action")
+    await refused_rule(
+        stub.RecordDeliverable(deliverable_cmd(agreed, delivered_on=d("2017-03-01")), **md(tokens)), "was opened"
+    )
+    await stub.CloseAction(close_cmd(agreed), **md(tokens))
+    await refused_rule(stub.RecordDeliverable(deliverable_cmd(agreed), **md(tokens)), "nothing changes after closure")
+
+
+async def test_malformed_results_and_fiches_name_the_field_and_store_nothing(action: str, stub, tokens, pool) -> None:
+    before = await count_events(pool)
+    a1 = f"{action}/A1"
+    cases = [
+        (stub.AgreeActionFiche(fiche_cmd(action, pillars=["labour"]), **md(tokens)), "pillars"),
+        (stub.RecordParticipantFeedback(feedback_cmd(a1, skills_enhanced=31), **md(tokens)), "skills_enhanced"),
+        (stub.RecordParticipantFeedback(feedback_cmd(a1, respondents=0), **md(tokens)), "respondents"),
+        (stub.SubmitPartnerAssessment(assessment_cmd(action, rating="superb"), **md(tokens)), "rating"),
+        (stub.RecordDeliverable(deliverable_cmd(action, kind="report"), **md(tokens)), "kind"),
+        (stub.RecordDeliverable(deliverable_cmd(action, title=""), **md(tokens)), "title"),
+    ]
+    for call, field in cases:
+        e = await refused(call)
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, e)
+        assert field in [f for f, _ in field_violations(e)], (field, field_violations(e))
+    # a fiche naming no pillar breaks the rule (the pillars are the fiche's to name)
+    e = await refused(stub.AgreeActionFiche(fiche_cmd(action, pillars=[]), **md(tokens)))
+    assert e.code() == grpc.StatusCode.FAILED_PRECONDITION and "GAMM pillar" in (e.details() or "")
+    assert await count_events(pool) == before
+
+
+async def test_finance_may_not_record_results(agreed: str, stub, tokens, pool) -> None:
+    before = await count_events(pool, agreed)
+    for call in (
+        stub.SubmitPartnerAssessment(assessment_cmd(agreed), **md(tokens, "finance")),
+        stub.RecordDeliverable(deliverable_cmd(agreed), **md(tokens, "finance")),
+        stub.RecordParticipantFeedback(feedback_cmd(f"{agreed}/A1"), **md(tokens, "finance")),
+    ):
+        e = await refused(call)
+        assert e.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert await count_events(pool, agreed) == before
+
+
 # --- lists ---------------------------------------------------------------------------------------
 
 
@@ -466,7 +614,7 @@ async def test_lists_page_by_key_so_rows_added_meanwhile_repeat_or_skip_nothing(
         (await approve(pool, producer, "UG", "Uganda", f"{y}-03-01"))["stream_id"] for y in (2038, 2039, 2040, 2041)
     ]
     for code in codes:
-        await stub.AgreeActionFiche(fiche_cmd(code), **md(tokens))
+        await stub.AgreeActionFiche(fiche_cmd(code, themes=["migration_data_management"]), **md(tokens))
     for code in codes[1:]:
         await stub.PlanActivity(plan_cmd(code), **md(tokens))
 
@@ -547,6 +695,42 @@ async def test_an_approval_that_cannot_open_an_action_goes_to_the_dead_letter_qu
     )
     [record] = [m for m in dead if Envelope.from_bytes(m.value).event_id == bad.event_id]
     assert b"partner" in dict(record.headers)["reason"]
+
+
+async def test_unsigned_forged_and_foreign_approvals_open_nothing_and_are_parked_with_their_reason(
+    pool, producer, stack_env
+) -> None:
+    """Whoever can reach the broker can publish onto mieux.requests.events: an approval without a signature,
+    one signed by a forger under the requests service's key id, one signed with the actions service's own key
+    (valid, but not the topic's producer's) open no action; each is parked for the policy with its reason,
+    which `mieux parked list` shows."""
+    settings = Settings()
+    unsigned, forged, foreign = (approval("MA", "Morocco", f"2036-01-0{day}") for day in (1, 2, 3))
+    sentinel = approval("SN", "Senegal", "2036-01-04")
+    requests_kid = signer_for(settings, "requests").key_id
+    forger = Signer("requests", requests_kid, Ed25519PrivateKey.generate())
+    actions_key = signer_for(settings, "actions")
+    key = unsigned.stream_id.encode()  # one partition: the sentinel is handled after them
+    await producer.send_and_wait(REQUESTS_TOPIC, unsigned.to_bytes(), key=key)
+    for signer, env in ((forger, forged), (actions_key, foreign)):
+        [m] = signer.seal([env])
+        await producer.send_and_wait(REQUESTS_TOPIC, m.value, key=key, headers=m.headers)
+    await publish(producer, sentinel, key=unsigned.stream_id)
+
+    async def sentinel_opened() -> bool:
+        return bool(await opened_for(pool, sentinel.stream_id))
+
+    await eventually(sentinel_opened, 60, "the signed approval after them to open its action")
+    for env in (unsigned, forged, foreign):
+        assert await opened_for(pool, env.stream_id) == []
+    code, out = await mieux_cli(stack_env, "parked", "list", "mieux.actions.open_action_on_approval", "--json")
+    assert code == 0, out
+    reasons = {r["stream_id"]: r["reason"] for r in map(json.loads, out.splitlines()) if r["stream_id"]}
+    assert reasons[unsigned.stream_id] == "unsigned"
+    assert reasons[forged.stream_id] == "signature does not verify"
+    assert reasons[foreign.stream_id] == (
+        f"signed with a key of actions ({actions_key.key_id}), not of requests, the topic's producer"
+    )
 
 
 async def snapshot(pool: Pool) -> tuple[list[tuple], list[tuple]]:

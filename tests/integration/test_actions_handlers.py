@@ -86,7 +86,9 @@ async def test_a_concurrent_change_is_aborted_and_stores_nothing(pool, store: Ev
     result = await handlers.open_action(store, opening(1))
     assert result is not None
     racing = RacingStore(pool, store.schema)
-    cmd = AgreeActionFiche(command_id="fiche-race", action_code=result.stream_id, agreed_on=date(2040, 2, 1))
+    cmd = AgreeActionFiche(
+        command_id="fiche-race", action_code=result.stream_id, agreed_on=date(2040, 2, 1), pillars=("legal_migration",)
+    )
     with pytest.raises(ConcurrencyError) as info:
         await handlers.agree_action_fiche(racing, cmd)
     st = status_for(info.value)

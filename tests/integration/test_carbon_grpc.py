@@ -15,7 +15,7 @@ import grpc
 import pytest
 from mieux.carbon.v1 import carbon_pb2, carbon_pb2_grpc
 from mieux.common.v1 import common_pb2
-from support import eventually, grpc_stub, make_envelope, running_service
+from support import eventually, grpc_stub, make_envelope, running_service, signed
 
 from services.carbon.commands import PurchaseOffsets
 from services.carbon.queries import CarbonQueries
@@ -85,8 +85,8 @@ async def publish(*envs: Envelope) -> None:
     producer = bus.producer(settings)
     await producer.start()
     try:
-        for e in envs:
-            await producer.send_and_wait(LOGISTICS, e.to_bytes(), key=e.stream_id.encode())
+        for m in signed(LOGISTICS, envs):  # as the logistics service's relay publishes them
+            await producer.send_and_wait(LOGISTICS, m.value, key=m.key, headers=m.headers)
     finally:
         await producer.stop()
 
@@ -585,7 +585,8 @@ async def test_finance_reads_the_footprint_by_kind_action_and_region_and_the_led
     producer = bus.producer(settings)
     await producer.start()
     try:
-        await producer.send_and_wait("mieux.actions.events", action_env.to_bytes(), key=code.encode())
+        [m] = signed("mieux.actions.events", [action_env])
+        await producer.send_and_wait("mieux.actions.events", m.value, key=m.key, headers=m.headers)
     finally:
         await producer.stop()
     b1, b2, b3 = new_booking(), new_booking(), new_booking()
@@ -630,7 +631,8 @@ async def test_finance_reads_the_footprint_by_kind_action_and_region_and_the_led
     assert Decimal(ledger.footprint_kg_co2e) == expected_total
     assert Decimal(ledger.coverage) == (Decimal(1000) / expected_total).quantize(Decimal("0.0001"))
 
-    for role in ("ops", "service"):
+    # ops may not; the `service` role may (the stats service builds the annual report page with it)
+    for role in ("ops",):
         e = await refused(
             stub.GetOffsetLedger(
                 carbon_pb2.GetOffsetLedgerQuery(year=year), metadata=call_metadata(tokens[role]), timeout=RPC_TIMEOUT
@@ -639,3 +641,95 @@ async def test_finance_reads_the_footprint_by_kind_action_and_region_and_the_led
         assert e.code() == grpc.StatusCode.PERMISSION_DENIED
     e = await refused(stub.PurchaseOffsets(purchase_command(), metadata=md, timeout=RPC_TIMEOUT))
     assert e.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+# --- a booking across New Year: each leg in the year it departs (DESIGN.md section 6) ---------------------------
+
+
+async def test_a_booking_across_new_year_counts_each_leg_in_the_year_it_departs(
+    stub, pool, tokens, carbon, tmp_path, monkeypatch
+) -> None:
+    """Out on 29 December, back on 1 January: the footprint by traveller kind, action and region, the ledger's
+    coverage, the listing by year and the finance CSV of each year have the leg that departs in it, and only it
+    (the booking's first-leg `departure_year` stays on its emissions, as their contract says)."""
+    from services.actions.events import ActionOpened
+    from services.carbon.cli import carbon_cmd
+
+    y1, y2, code = 2087, 2088, "2087-11"
+    opened = ActionOpened(
+        action_code=code,
+        request_id="req-ny",
+        partner="KE",
+        partner_kind="country",
+        partner_name="Kenya",
+        region="africa_ces",
+        title="Kenya",
+        follow_up=1,
+        year=y1,
+        opened_on=date(y1, 2, 1),
+    )
+    settings = Settings()
+    producer = bus.producer(settings)
+    await producer.start()
+    try:
+        env = envelope(opened, code, 1).model_copy(update={"source": "actions"})
+        [m] = signed("mieux.actions.events", [env])
+        await producer.send_and_wait("mieux.actions.events", m.value, key=m.key, headers=m.headers)
+    finally:
+        await producer.stop()
+    b = new_booking()
+    await publish(
+        envelope(
+            flight_booked(b, [("BRU", "NBO", f"{y1}-12-29"), ("NBO", "BRU", f"{y2}-01-01")], action_code=code), b, 1
+        )
+    )
+    flight = await wait_flight(stub, tokens["finance"], b, 1)
+    assert flight.departure_year == y1
+    out, back = (Decimal(s.kg_co2e) for s in flight.segments)
+    assert out + back == Decimal(flight.kg_co2e) and out > 0 and back > 0
+    md = call_metadata(tokens["finance"])
+
+    async def footprint(year: int) -> carbon_pb2.Footprint:
+        return await stub.GetFootprint(carbon_pb2.GetFootprintQuery(year=year), metadata=md, timeout=RPC_TIMEOUT)
+
+    async def both_years() -> bool:
+        return (Decimal((await footprint(y1)).kg_co2e), Decimal((await footprint(y2)).kg_co2e)) == (out, back)
+
+    await eventually(both_years, 60, "each leg's footprint in its own year")
+    for year, kg in ((y1, out), (y2, back)):
+        fp = await footprint(year)
+        assert [(r.traveller_kind, r.action_code, r.region, r.flights) for r in fp.rows] == [
+            ("expert", code, "africa_ces", 1)
+        ], year
+        assert Decimal(fp.kg_co2e_by_region["africa_ces"]) == Decimal(fp.kg_co2e_by_action[code]) == kg
+        listed = await stub.ListFlightEmissions(
+            carbon_pb2.ListFlightEmissionsQuery(year=year), metadata=md, timeout=RPC_TIMEOUT
+        )
+        assert b in {f.booking_id for f in listed.flight_emissions}, year
+    # coverage: one VER retired against each year, over that year's legs only
+    lot = await purchase(
+        stub, tokens["ops"], purchase_command(quantity=2, purchased_on=common_pb2.Date(iso=f"{y1}-12-01"))
+    )
+    for year in (y1, y2):
+        await retire(
+            stub, tokens["ops"], lot_id=lot.stream_id, quantity=1, against_year=year,
+            retired_on=common_pb2.Date(iso=f"{y1}-12-{10 + year - y1}"),
+        )  # fmt: skip
+    await wait_lot(stub, tokens["finance"], lot.stream_id, 3)
+    for year, kg in ((y1, out), (y2, back)):
+        ledger = await stub.GetOffsetLedger(
+            carbon_pb2.GetOffsetLedgerQuery(year=year), metadata=md, timeout=RPC_TIMEOUT
+        )
+        assert Decimal(ledger.footprint_kg_co2e) == kg, year
+        assert Decimal(ledger.coverage) == (Decimal(1000) / kg).quantize(Decimal("0.0001")), year
+    # the finance CSV of each year, as `mieux carbon report --year Y --csv FILE` writes it
+    monkeypatch.setenv("MIEUX_CARBON_ADDR", f"127.0.0.1:{carbon}")
+    monkeypatch.setenv("MIEUX_TOKEN", tokens["finance"])
+    for year, kg in ((y1, out), (y2, back)):
+        path = tmp_path / f"carbon-{year}.csv"
+        await carbon_cmd(type("Args", (), {"year": year, "csv": str(path)})())  # type: ignore[arg-type]
+        rows = path.read_text().splitlines()
+        footprint_rows = [r.split(",") for r in rows if r.startswith("footprint,")]
+        assert [(r[3], r[4], Decimal(r[10])) for r in footprint_rows] == [(code, "africa_ces", kg)], year
+        retired = next(r.split(",") for r in rows if r.startswith("retired_against_year,"))
+        assert (retired[9], Decimal(retired[10])) == ("1", kg), year

@@ -7,7 +7,7 @@ import json
 import sys
 
 import pytest
-from support import make_envelope
+from support import make_envelope, signed
 
 from services.kernel import bus
 from services.kernel.envelope import Envelope, topic_for
@@ -105,3 +105,27 @@ async def test_tail_of_a_dead_letter_topic_shows_why_each_message_is_there(stack
     assert "undecodable" in text
     assert "reason: apply failed: CheckViolation [total]" in text  # printed as it is, not read as markup
     assert "projection: p1" in text
+
+
+async def test_tail_of_an_events_topic_says_whether_each_message_is_signed_by_its_producer(stack_env, schema) -> None:
+    topic = topic_for(schema)
+    genuine, doctored = signed(topic, [envelope("Opened", "s", 1), envelope("Opened", "d", 1)])
+    unsigned = envelope("Opened", "u", 1)
+    await send(
+        topic,
+        [
+            (genuine.value, "s", genuine.headers),
+            (doctored.value.replace(b'"version":1', b'"version":2'), "d", doctored.headers),
+            (unsigned.to_bytes(), "u", []),
+        ],
+    )
+    kid = Envelope.from_bytes(genuine.value).key_id
+    every = {r["stream_id"]: r for r in lines(await tail(stack_env, topic, "--json"))}
+    assert {s: r["signature"] for s, r in every.items()} == {
+        "s": f"verified (key {kid})",
+        "d": "signature does not verify",
+        "u": "unsigned",
+    }
+    assert all("headers" not in r for r in every.values())  # the signature header is not printed as such
+    text = await tail(stack_env, topic, "--stream", "s")
+    assert f"signature: verified (key {kid})" in text

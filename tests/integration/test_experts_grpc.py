@@ -450,7 +450,9 @@ async def test_a_reused_command_id_with_another_payload_is_already_exists(stub, 
     e = await refused(stub.RegisterExpert(other, **md(tokens["ops"])))
     assert e.code() == grpc.StatusCode.ALREADY_EXISTS
     [row] = await pool.fetch("SELECT data FROM experts.events WHERE stream_id = $1", first.stream_id)
-    assert row["data"]["name"] == "Tanja van Veldhuizen"
+    assert row["data"]["name"].startswith(f"enc:v1:{first.stream_id}:") and "Tanja" not in str(row["data"])
+    got = await stub.GetExpert(experts_pb2.GetExpertQuery(expert_id=first.stream_id), **md(tokens["ops"]))
+    assert got.name == "Tanja van Veldhuizen"  # the first payload's, sealed in the event, opened by the query
     e = await refused(deploy(stub, tokens["ops"], first.stream_id, "2017-04/A1", cmd.command_id))
     assert e.code() == grpc.StatusCode.ALREADY_EXISTS
     assert await event_count(pool, first.stream_id) == 1

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import ClassVar
 
 import asyncpg
 import pytest
 from prometheus_client import REGISTRY
-from support import eventually, make_envelope, read_topic
+from support import eventually, make_envelope, read_topic, signed
 
-from services.kernel import bus
+from services.kernel import bus, parking
 from services.kernel.bus import dlq_topic, group_lag
 from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, parse_message, topic_for
@@ -56,12 +56,22 @@ def envelope(stream: str, version: int, n: int, schema_version: int = 1) -> Enve
     )
 
 
-async def produce(settings: Settings, topic: str, values: list[bytes], keys: list[str]) -> None:
+async def produce(
+    settings: Settings, topic: str, items: Sequence[Envelope | bytes], keys: Sequence[str] | None = None
+) -> None:
+    """In order: an envelope signed as the topic's producer signs it (support.signed), keyed by its stream; bytes
+    (junk) as they are, keyed by `keys` (by position)."""
+    sealed = iter(signed(topic, [i for i in items if isinstance(i, Envelope)]))
     p = bus.producer(settings)
     await p.start()
     try:
-        for v, k in zip(values, keys, strict=True):
-            await p.send(topic, value=v, key=k.encode())
+        for i, item in enumerate(items):
+            if isinstance(item, Envelope):
+                m = next(sealed)
+                await p.send(topic, value=m.value, key=m.key, headers=m.headers)
+            else:
+                assert keys is not None
+                await p.send(topic, value=item, key=keys[i].encode())
         await p.flush()
     finally:
         await p.stop()
@@ -91,7 +101,7 @@ async def test_every_event_delivered_twice_gives_the_single_delivery_read_model(
     settings = Settings()
     events = [envelope(f"s{s}", v, n=s * 100 + v) for s in range(10) for v in range(1, 21)]
     twice = events + events[::-1]
-    await produce(settings, topic_for(schema), [e.to_bytes() for e in twice], [e.stream_id for e in twice])
+    await produce(settings, topic_for(schema), twice)
 
     async def done() -> bool:
         return runner.applied + runner.duplicates >= len(twice)
@@ -105,30 +115,39 @@ async def test_every_event_delivered_twice_gives_the_single_delivery_read_model(
     assert (runner.applied, runner.duplicates) == (len(events), len(events))
 
 
-async def test_poison_messages_go_to_the_dlq_and_the_next_good_one_is_applied(pool, schema, runner) -> None:
+async def test_poison_messages_are_parked_and_dead_lettered_and_the_other_streams_flow(pool, schema, runner) -> None:
+    """What can never be applied goes to the DLQ with its reason and is parked; an event of a stream parked
+    behind an unknown schema version waits (in order), the other streams flow; once the poison is dropped, the
+    event behind it is applied."""
     settings = Settings()
-    good1, good2 = envelope("a", 1, 5), envelope("a", 2, 7)
+    good1, good2, other = envelope("a", 1, 5), envelope("a", 4, 7), envelope("b", 1, 3)
     unknown_version = envelope("a", 3, 9, schema_version=99)
-    values = [
-        good1.to_bytes(),
-        b"{not json",
-        unknown_version.to_bytes(),
-        json.dumps({"x": 1}).encode(),
-        good2.to_bytes(),
-    ]
-    await produce(settings, topic_for(schema), values, ["a"] * len(values))
+    values = [good1, b"{not json", unknown_version, json.dumps({"x": 1}).encode(), good2, other]
+    await produce(settings, topic_for(schema), values, ["a"] * 5 + ["b"])
 
-    async def applied_both() -> bool:
-        return (await counts(pool, schema)).get("a") == (2, 12)
-
-    await eventually(applied_both, what="both good messages applied")
-    dead = await read_topic(settings, dlq_topic(runner.group), lambda s: len(s) >= 3, raw=True)
+    dead = await read_topic(settings, dlq_topic(runner.group), lambda s: len(s) >= 4, raw=True)
     reasons = [dict(m.headers)["reason"].decode() for m in dead]
-    assert len(dead) == 3
+    assert len(dead) == 4
     assert any("not JSON" in r for r in reasons)
     assert any("schema version 99" in r for r in reasons)
     assert any("not an envelope" in r for r in reasons)
-    assert runner.dead == 3
+    parked = {
+        r["event_id"]: r
+        for r in await pool.fetch("SELECT * FROM parking.parked WHERE consumer_group = $1", runner.group)
+    }
+    head = parked[unknown_version.event_id]
+    assert f"behind parked #{head['id']}" in reasons
+    assert parked[good2.event_id]["reason"] == f"behind parked #{head['id']}"
+    assert parked[good2.event_id]["behind"] == head["id"]
+    assert len(parked) == 3 and sum(1 for r in parked.values() if r["stream_id"] == "") == 1  # two non-envelopes
+    assert await counts(pool, schema) == {"a": (1, 5), "b": (1, 3)}  # good2 waits behind the unknown version
+    assert runner.dead == 4
+
+    async with pool.acquire() as conn:
+        ids = await parking.request(conn, "drop", "tester", parked_id=head["id"], why="a version nobody reads")
+        done = await parking.wait_done(conn, ids, 30)
+    assert done[0]["outcome"] == "dropped 1, applied 1"
+    assert await counts(pool, schema) == {"a": (2, 12), "b": (1, 3)}
 
 
 def picky_projection(schema: str, topics: tuple[str, ...]) -> Projection:
@@ -156,9 +175,11 @@ def picky_projection(schema: str, topics: tuple[str, ...]) -> Projection:
     return Picky()
 
 
-async def test_projections_sharing_a_group_each_get_their_topics_and_their_own_poison(pool, schema) -> None:
+async def test_projections_sharing_a_group_each_get_their_topics_and_their_own_poison(pool, schema, stack) -> None:
     """One runner, two projections: each applies the events of its own topics; an event one of them
-    cannot apply goes to the group's DLQ naming that projection, and the other still applies it."""
+    cannot apply is parked for that projection and goes to the group's DLQ naming it, and the other still
+    applies it."""
+    stack.new_signing_key(f"{schema}_other")  # the other topic's producer, a service of the test's own
     settings = Settings()
     main, other = topic_for(schema), topic_for(f"{schema}_other")
     counting, picky = counting_projection(schema), picky_projection(schema, (main, other))
@@ -171,8 +192,8 @@ async def test_projections_sharing_a_group_each_get_their_topics_and_their_own_p
     try:
         on_main = [envelope("s1", 1, 5), envelope("s2", 1, 13), envelope("s1", 2, 7)]
         on_other = envelope("s3", 1, 100)
-        await produce(settings, main, [e.to_bytes() for e in on_main], [e.stream_id for e in on_main])
-        await produce(settings, other, [on_other.to_bytes()], [on_other.stream_id])
+        await produce(settings, main, on_main)
+        await produce(settings, other, [on_other])
 
         async def handled() -> bool:
             return runner.applied >= 6 and runner.dead >= 1  # counts: 3 applied; picky: 3 of 4, 1 dead
@@ -188,6 +209,13 @@ async def test_projections_sharing_a_group_each_get_their_topics_and_their_own_p
         assert headers["origin"] == main
         assert "apply failed" in headers["reason"]
         assert parse_message(dead[0].value).event_id == on_main[1].event_id
+        parked = await pool.fetch(
+            "SELECT consumer, event_id, state FROM parking.parked WHERE consumer_group = $1", runner.group
+        )
+        assert [tuple(r.values()) for r in parked] == [(picky.name, on_main[1].event_id, "parked")]
+        assert headers["parked"] == str(
+            await pool.fetchval("SELECT id FROM parking.parked WHERE consumer_group = $1", runner.group)
+        )
         tracked = await pool.fetch(
             "SELECT projection, count(*) AS n FROM projections.tracking WHERE projection = ANY($1::text[]) GROUP BY 1",
             [counting.name, picky.name],
@@ -222,7 +250,7 @@ async def test_a_projection_added_to_a_group_that_ran_before_is_flagged_until_re
     await first.start()
     try:
         assert first.needs_rebuild == []  # a new group starts at the beginning
-        await produce(settings, topic, [e.to_bytes() for e in event_log], [e.stream_id for e in event_log])
+        await produce(settings, topic, event_log)
 
         async def committed() -> bool:
             return first.applied == 5 and await group_lag(settings, group, [topic]) == 0
@@ -239,7 +267,7 @@ async def test_a_projection_added_to_a_group_that_ran_before_is_flagged_until_re
         try:
             assert second.needs_rebuild == [picky.name]
             if await picky_total() is None:
-                await produce(settings, topic, [later.to_bytes()], [later.stream_id])
+                await produce(settings, topic, [later])
 
             async def live_applied() -> bool:
                 return await picky_total() == 100 and (await counts(pool, schema)).get("s1") == (6, 115)
@@ -276,7 +304,7 @@ async def test_lag_counts_the_events_a_held_back_projection_has_not_applied(pool
         async def behind() -> bool:
             return lag() == len(events)
 
-        await produce(settings, topic_for(schema), [e.to_bytes() for e in events], [e.stream_id for e in events])
+        await produce(settings, topic_for(schema), events)
         await eventually(behind, what="the lag to count the five held-back events")
         assert runner.applied == 0
 

@@ -27,7 +27,7 @@ import pytest
 from history import History, build_history
 from support import make_envelope, own_database
 
-from services.actions.events import ActionClosed, ActionFicheAgreed
+from services.actions.events import ActionClosed
 from services.kernel.db import Pool, create_pool
 from services.kernel.envelope import Envelope, registry, topic_for
 from services.kernel.projection import AsyncSource, BatchResult, Projection, apply_batch, rebuild
@@ -51,8 +51,8 @@ UNKNOWN = "ContractTestUnheardOf"  # an event type no reader knows
 
 
 def the_decisions(h: History) -> None:
-    """What the stats history has no use for: requests assessed, approved, rejected and withdrawn, an
-    action fiche agreed and an action closed (streams and ids of tests/history.py)."""
+    """What the stats history has no use for: requests assessed, approved, rejected and withdrawn, and an
+    action closed (streams and ids of tests/history.py)."""
     h.add(
         "req-req-2",
         RequestEligibilityAssessed(request_id="req-2", eligible=True, instrument="EDF", assessed_on=date(2017, 3, 20)),
@@ -77,7 +77,6 @@ def the_decisions(h: History) -> None:
     )
     h.add("req-req-3", RequestRejected(request_id="req-3", reason="not eligible", rejected_on=date(2017, 11, 2)))
     h.add("req-req-4", RequestWithdrawn(request_id="req-4", reason="no longer needed", withdrawn_on=date(2019, 2, 1)))
-    h.add("2017-01", ActionFicheAgreed(action_code="2017-01", agreed_on=date(2017, 2, 15), summary="the fiche"))
     h.add("2016-01", ActionClosed(action_code="2016-01", closed_on=date(2017, 6, 30), activities_held=2))
 
 

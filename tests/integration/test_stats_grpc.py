@@ -16,9 +16,17 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import grpc
 import pytest
-from history import History
+from history import History, sealed
 from mieux.stats.v1 import stats_pb2, stats_pb2_grpc
-from support import YEAR_JSON_KEYS, ServiceProcess, eventually, grpc_stub, running_service
+from support import (
+    RESULTS_JSON_KEYS,
+    YEAR_JSON_KEYS,
+    ServiceProcess,
+    eventually,
+    grpc_stub,
+    running_service,
+    signed,
+)
 
 from services.actions.events import ActionOpened, ActivityCancelled, ActivityHeld
 from services.carbon.events import FlightEmissionsCalculated, Money, OffsetsPurchased, OffsetsRetired
@@ -106,7 +114,7 @@ def history() -> History:
             eid,
             ExpertRegistered(
                 expert_id=eid,
-                name=eid,
+                name=sealed(eid, eid),
                 gender=gender,
                 background=background,
                 nationality="FR",
@@ -135,8 +143,17 @@ def history() -> History:
             cancelled_on=D("2093-03-01"),
         ),
     )
-    h.add("team", TeamMemberJoined(member_id="tm-g1", name="A", gender="female", role="PO", joined_on=D("2092-01-01")))
-    h.add("team", TeamMemberJoined(member_id="tm-g2", name="B", gender="male", role="PO", joined_on=D("2092-01-01")))
+    for member, name, gender in (("tm-g1", "A", "female"), ("tm-g2", "B", "male")):
+        h.add(
+            "team",
+            TeamMemberJoined(
+                member_id=member,
+                name=sealed(member, name),
+                gender=gender,
+                role=sealed(member, "PO"),
+                joined_on=D("2092-01-01"),
+            ),
+        )
     h.add("team", TeamMemberLeft(member_id="tm-g2", left_on=D("2093-02-01")))
     fare = Fare(amount="100", currency="EUR")
     for n, (o, d) in enumerate([*TEAM_FLIGHTS, ("BRU", "DKR")]):
@@ -197,8 +214,9 @@ async def publish(settings: Settings, h: History) -> None:
     p = bus.producer(settings)
     await p.start()
     try:
-        for env in h.envelopes:
-            await p.send(topic_for(env.source), value=env.to_bytes(), key=env.stream_id.encode())
+        for env in h.envelopes:  # each signed as its service's relay signs it
+            [m] = signed(topic_for(env.source), [env])
+            await p.send(topic_for(env.source), value=m.value, key=m.key, headers=m.headers)
         await p.flush()
     finally:
         await p.stop()
@@ -294,7 +312,7 @@ async def test_figures_over_grpc_from_the_topics(
         capsys.readouterr()
         await cli._run(argparse.Namespace(stats_command="year", year=Y, json=True))
         out = json.loads(capsys.readouterr().out)
-        for key in YEAR_JSON_KEYS:
+        for key in (*YEAR_JSON_KEYS, *RESULTS_JSON_KEYS):
             assert key in out, key
         assert (out["year"], out["activities"], out["experts_deployed"]) == (
             Y,
@@ -310,6 +328,21 @@ async def test_figures_over_grpc_from_the_topics(
         table = capsys.readouterr().out
         assert "Africa" in table and "Africa (West)" in table
 
+        # the results and the history: the activities of Y against Y - 1, and the totals since the first year
+        results, past = await c.results(Y), await c.history(Y)
+        assert results.interventions >= len(HELD) and results.year == Y
+        changes = {ch.figure: ch for ch in past.changes}
+        assert int(changes["activities"].value) == before.activities
+        assert past.first_year and past.first_year <= Y - 1
+        assert {y.year for y in past.activities_per_year} == set(range(past.first_year, Y + 1))
+        assert past.partners_served >= 3 and past.experts_deployed >= 2
+        capsys.readouterr()
+        await cli._run(argparse.Namespace(stats_command="results", year=Y, json=False))
+        printed = capsys.readouterr().out
+        assert "policy development" in printed and "change on the previous year" in printed
+        await cli._run(argparse.Namespace(stats_command="results", year=Y, json=True))
+        assert set(json.loads(capsys.readouterr().out)) == set(RESULTS_JSON_KEYS)
+
 
 async def test_readers_only_and_bad_input(stats_service: ServiceProcess) -> None:
     settings = Settings()
@@ -321,12 +354,16 @@ async def test_readers_only_and_bad_input(stats_service: ServiceProcess) -> None
             await stub.ListYears(
                 stats_pb2.ListYearsQuery(), metadata=call_metadata(settings.client_token(role)), timeout=10
             )
+        finance = call_metadata(settings.client_token("finance"))
+        await stub.GetResults(stats_pb2.GetResultsQuery(year=2017), metadata=finance, timeout=10)
+        await stub.GetHistory(stats_pb2.GetHistoryQuery(year=2017), metadata=finance, timeout=10)
         for year in (0, 20000):
-            with pytest.raises(grpc.aio.AioRpcError) as e:
-                await stub.GetYearAtAGlance(
-                    stats_pb2.GetYearAtAGlanceQuery(year=year),
-                    metadata=call_metadata(settings.client_token("ops")),
-                    timeout=10,
-                )
-            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert [f for f, _ in field_violations(e.value)] == ["year"]
+            for call in (
+                stub.GetYearAtAGlance(stats_pb2.GetYearAtAGlanceQuery(year=year), metadata=finance, timeout=10),
+                stub.GetResults(stats_pb2.GetResultsQuery(year=year), metadata=finance, timeout=10),
+                stub.GetHistory(stats_pb2.GetHistoryQuery(year=year), metadata=finance, timeout=10),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    await call
+                assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert [f for f, _ in field_violations(e.value)] == ["year"]

@@ -11,7 +11,7 @@ replays, and a rebuild equal to the live tables, table by table.
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import date
@@ -20,18 +20,25 @@ from typing import Any
 
 import pytest
 from history import (
+    ACTIONS,
+    ASSESSMENTS,
     BOOKINGS,
     CANCELLED_ACTIVITIES,
+    DELIVERABLES,
     DEPLOYMENTS,
     EMISSIONS,
     EVALUATIONS,
     EXPERTS,
+    FEEDBACK,
+    FICHES,
     HELD,
     LOTS,
+    NATIONALITY_UPDATES,
     PROFILE_UPDATES,
     REQUESTS,
     RETIREMENTS,
     TEAM,
+    THEMES,
     History,
     Stint,
     build_history,
@@ -45,6 +52,7 @@ from services.kernel.reference import statute_miles
 from services.stats.base import StatsProjection
 from services.stats.projections import all_projections
 from services.stats.queries import StatsQueries, YearAtAGlance
+from services.stats.results import Results, ResultsQueries
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +121,7 @@ def expected(year: int) -> dict[str, Any]:
         "expert_pool_previous": pool(year - 1),
         "team_statute_miles": miles,
         "team_members": len(members),
-        "footprint": sum((em.sign * em.kg for em in EMISSIONS if em.year == year), Decimal(0)),
+        "footprint": sum((em.in_year(year) for em in EMISSIONS), Decimal(0)),
         "vers_purchased": sum(q for _, q, on in LOTS if on.year == year),
         "vers_retired": sum(q for _, q, against, _ in RETIREMENTS if against == year),
         "satisfaction": {q: (sum(1 for s in ss if s >= 4), len(ss)) for q, ss in answers.items()},
@@ -129,8 +137,8 @@ class Stats:
     projections: list[StatsProjection]
     queries: StatsQueries
 
-    def projection_for(self, env: Envelope) -> StatsProjection:
-        return next(p for p in self.projections if topic_for(env.source) in p.topics)
+    def projections_for(self, env: Envelope) -> list[StatsProjection]:
+        return [p for p in self.projections if topic_for(env.source) in p.topics]
 
     async def feed(self, envelopes: Iterable[Envelope], batch: int = 7) -> tuple[int, int]:
         """Apply as the runner would: batches of envelopes of any topics. (applied, duplicates)"""
@@ -192,12 +200,23 @@ def figures(y: YearAtAGlance) -> dict[str, Any]:
     }
 
 
+def results_figures(r: Results) -> dict[str, Any]:
+    return {
+        **{k: v for k, v in vars(r).items() if k != "deliverables"},
+        "deliverables": [tuple(d) for d in r.deliverables],
+        "derived": (r.partners_good_or_excellent, r.skills_enhanced_pct, r.policy_development_pct),
+    }
+
+
 async def all_figures(q: StatsQueries) -> dict[str, Any]:
     years = await q.years()
     out: dict[str, Any] = {"years": years, "requests_per_year": await q.requests_per_year()}
+    rq = ResultsQueries(q)
     for y in years:
         out[y] = figures(await q.year_at_a_glance(y))
         out[f"regions {y}"] = await q.region_report(y)
+        out[f"results {y}"] = results_figures(await rq.results(y))
+        out[f"history {y}"] = vars(await rq.history(y))
     return out
 
 
@@ -333,16 +352,18 @@ async def test_any_order_of_arrival_gives_the_same_figures(
 
 async def test_duplicates_and_replays_change_no_figure(stats: Stats, history: History) -> None:
     applied, _ = await stats.feed(history.envelopes)
-    assert applied == len(history.envelopes)
+    pairs = sum(len(stats.projections_for(e)) for e in history.envelopes)  # the runner counts (projection, event)
+    assert applied == pairs
     tables, before = await stats.tables(), await all_figures(stats.queries)
     # redelivered, in other batches and twice in one batch: all dropped by the tracking table
     applied, duplicates = await stats.feed([e for e in history.envelopes for _ in (1, 2)], batch=5)
-    assert (applied, duplicates) == (0, 2 * len(history.envelopes))
+    assert (applied, duplicates) == (0, 2 * pairs)
     assert await stats.tables() == tables
     # and even applied again past the tracking table, the facts are keyed by their ids
     async with stats.pool.acquire() as conn, conn.transaction():
         for env in history.envelopes:
-            await stats.projection_for(env).apply(conn, env, registry.decode(env))
+            for projection in stats.projections_for(env):
+                await projection.apply(conn, env, registry.decode(env))
     assert await stats.tables() == tables
     assert await all_figures(stats.queries) == before
 
@@ -368,3 +389,115 @@ async def test_rebuild_equals_the_live_read_models(stats: Stats, history: Histor
     for table, rows in live_tables.items():
         assert rebuilt[table] == rows, table
     assert await all_figures(stats.queries) == live_figures
+
+
+# --- results, expert origin and history (DESIGN.md section 6) -------------------------------------------
+
+
+def expected_results(year: int) -> dict[str, Any]:
+    """The results of a year, worked out from the history's data."""
+    cancelled_activities = {aid for aid, *_ in CANCELLED_ACTIVITIES}
+    held = [a for a in HELD if in_year(a.starts_on, year) and a.activity_id not in cancelled_activities]
+    peer = [g["peer_to_peer_beneficial"] for _, _, on, g in EVALUATIONS if on.year == year]
+    ratings = [rating for *_, rating, on in ASSESSMENTS if on.year == year]
+    forms = [f for f in FEEDBACK if f[3].year == year and f[0] not in cancelled_activities]
+    region_of = {code: region for code, _, region, _ in ACTIONS}
+    fiche = {code: (pillars, themes) for code, pillars, themes, _ in FICHES}
+    interventions = sorted({a.action_code for a in held})
+    themes = {c: fiche[c][1] if c in fiche else THEMES[c] for c in interventions}  # the fiche's, else the request's
+    themes_by_region: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for c in interventions:
+        for t in themes[c]:
+            themes_by_region[region_of[c]][t] += 1
+    experts = {e.expert_id: e for e in EXPERTS}
+    nationality = {e.expert_id: NATIONALITY_UPDATES.get(e.expert_id, e.nationality) for e in EXPERTS}
+    background = {e.expert_id: PROFILE_UPDATES.get(e.expert_id, e.background) for e in EXPERTS}
+    deployed = {
+        d.expert_id
+        for d in DEPLOYMENTS
+        if in_year(d.starts_on, year) and not d.cancelled and d.activity_id not in cancelled_activities
+    }
+    europe = {"FR", "NO", "RU"}  # of the history's nationalities, those in UN M49's Europe (AM, MX, SN are not)
+    origin: dict[str, dict[str, int]] = {"europe": defaultdict(int), "outside_europe": defaultdict(int)}
+    for x in deployed:
+        if background[x] in ("academia", "ngo", "private_consultant"):
+            origin["europe" if nationality[x] in europe else "outside_europe"][background[x]] += 1
+    assert experts
+    return {
+        "experts_agreeing": (sum(1 for s in peer if s >= 4), len(peer)),
+        "partners": (sum(1 for r in ratings if r in ("good", "excellent")), len(ratings)),
+        "feedback": (len(forms), sum(f[4] for f in forms), sum(f[5] for f in forms), sum(f[6] for f in forms)),
+        "deliverables": sorted((d[4], d[3]) for d in DELIVERABLES if d[5].year == year),
+        "interventions": len(interventions),
+        "policy_development": sum(1 for c in interventions if "policy_development" in themes[c]),
+        "pillars": dict(Counter(p for c in interventions for p in fiche.get(c, ((), ()))[0])),
+        "themes_by_region": {r: dict(t) for r, t in themes_by_region.items()},
+        "activity_types_by_region": dict(Counter(a.region for a in held)),  # every activity here is a workshop
+        "origin": {k: dict(v) for k, v in origin.items()},
+        "nationalities": sorted({nationality[x] for x in deployed}),
+    }
+
+
+@pytest.mark.parametrize("year", [2016, 2017])
+async def test_the_results_and_the_experts_origin_of_the_year(stats: Stats, history: History, year: int) -> None:
+    await stats.feed(history.envelopes)
+    want = expected_results(year)
+    r = await ResultsQueries(stats.queries).results(year)
+    assert (r.experts_agreeing.agreeing, r.experts_agreeing.answers) == want["experts_agreeing"]
+    good = r.partners_good_or_excellent
+    assert (good.count, r.partners_assessing) == want["partners"]
+    assert (r.feedback_activities, r.respondents, r.skills_enhanced, r.makes_a_difference) == want["feedback"]
+    assert sorted((d["kind"], d["region"]) for d in r.deliverables) == want["deliverables"]
+    assert (r.interventions, r.policy_development) == (want["interventions"], want["policy_development"])
+    assert {s.key: s.count for s in r.pillars if s.count} == want["pillars"]
+    assert {k: {s.key: s.count for s in v} for k, v in r.themes_by_region.items()} == want["themes_by_region"]
+    types = {k: {s.key: s.count for s in v if s.count} for k, v in r.activity_types_by_region.items()}
+    assert types == {k: {"workshop": n} for k, n in want["activity_types_by_region"].items()}
+    origin = {
+        "europe": {s.key: s.count for s in r.origin.europe if s.count},
+        "outside_europe": {s.key: s.count for s in r.origin.outside if s.count},
+    }
+    assert origin == want["origin"]
+    assert r.nationalities == want["nationalities"]
+
+
+async def test_the_results_of_2017_in_their_shares(stats: Stats, history: History) -> None:
+    """The cases the history holds: a fiche stored before fiches named themes (2016-01: its request's themes),
+    an action without a fiche (2017-02: its request's), an expert whose nationality changed (Armenia, in
+    Western Asia, then Norway, in Europe), a deliverable dated in the next year, a fair rating."""
+    await stats.feed(history.envelopes)
+    r = await ResultsQueries(stats.queries).results(2017)
+    assert r.experts_agreeing.share_pct == Decimal("66.7")  # 2 of 3 evaluations of 2017 agree
+    assert r.partners_good_or_excellent.share_pct == Decimal("66.7")  # good, excellent, fair
+    assert (r.skills_enhanced_pct, r.makes_a_difference_pct) == (Decimal("85.2"), Decimal("85.2"))  # 23 of 27
+    assert (r.policy_development, r.interventions, r.policy_development_pct) == (2, 3, Decimal("66.7"))
+    assert [s.count for s in r.origin.europe] == [1, 0, 0] and r.origin.share("europe").share_pct == Decimal("100.0")
+    assert r.nationalities == ["FR", "NO"]
+
+
+async def test_the_change_on_the_previous_year_and_the_totals_since_the_first(stats: Stats, history: History) -> None:
+    await stats.feed(history.envelopes)
+    h = await ResultsQueries(stats.queries).history(2017)
+    assert h.first_year == 2015  # the first fact: an expert registered in 2015
+    changes = {c.figure: c for c in h.changes}
+    assert (changes["activities"].value, changes["activities"].previous) == (4, 1)
+    assert changes["activities"].change_pct == Decimal("300.0")
+    assert changes["activities: Latin America and the Caribbean"].change_pct == Decimal("0.0")  # 1 vs 1
+    assert changes["activities: africa_ces"].change_pct is None  # none the year before
+    assert changes["experts_agreeing_pct"].change_points == Decimal("66.7") - Decimal("100.0")
+    assert changes["experts_agreeing_pct"].change_pct is None
+    # since 2015: exp-1, exp-3 and exp-4 deployed (exp-2's deployment and exp-5's activity were cancelled)
+    assert (h.experts_deployed, h.partners_served, h.strategies_supported) == (3, 3, 2)
+    assert h.activities_per_year == [(2015, 0), (2016, 1), (2017, 4)]
+    assert h.requests_per_year == [(2015, 0), (2016, 1), (2017, 2)]
+
+
+async def test_a_booking_across_new_year_counts_each_leg_in_its_year(stats: Stats, history: History) -> None:
+    """bk-6 leaves on 30 December 2017 and comes back on 5 January 2018: the 2017 footprint has its first leg,
+    2018's its return, as the team's air miles have each leg in its year."""
+    await stats.feed(history.envelopes)
+    y2017, y2018 = [await stats.queries.year_at_a_glance(y) for y in (2017, 2018)]
+    out, back = Decimal("600.5"), Decimal("590.25")
+    assert y2017.footprint_kg_co2e == expected(2017)["footprint"] and out <= y2017.footprint_kg_co2e
+    assert y2018.footprint_kg_co2e == back
+    assert y2018.team_statute_miles == statute_miles("MEX", "BRU")  # bk-6's return leg, in 2018 too

@@ -71,7 +71,16 @@ def opened(code: str = CODE, partner: str = "CR", follow_up: int = 3) -> ActionO
     )
 
 
-FICHE = ActionFicheAgreed(action_code=CODE, agreed_on=date(2017, 11, 30))
+FICHE = ActionFicheAgreed(
+    action_code=CODE, agreed_on=date(2017, 11, 30), pillars=("irregular_migration",), themes=("thb_and_som",)
+)
+
+
+def fiche(**over: Any) -> AgreeActionFiche:
+    """AgreeActionFiche naming a pillar and, unless told, no theme (the action's own)."""
+    return AgreeActionFiche.model_validate(
+        {"command_id": "f", "action_code": CODE, "agreed_on": "2017-11-30", "pillars": ["irregular_migration"], **over}
+    )
 
 
 def planned(n: int) -> ActivityPlanned:
@@ -226,15 +235,40 @@ def test_follow_up_numbers_start_at_one() -> None:
 # --- the action fiche ----------------------------------------------------------------------------
 
 
-def test_agreeing_the_fiche_records_it() -> None:
-    cmd = AgreeActionFiche.model_validate({"command_id": "f", "action_code": CODE, "agreed_on": "2017-11-30"})
-    assert given_when_then(Action, CODE, [opened()], lambda a: a.agree_fiche(cmd)) == [FICHE]
+def test_agreeing_the_fiche_records_it_with_the_actions_themes_when_it_names_none() -> None:
+    assert given_when_then(Action, CODE, [opened()], lambda a: a.agree_fiche(fiche())) == [FICHE]
+
+
+def test_the_fiche_names_its_own_themes_and_several_pillars() -> None:
+    cmd = fiche(pillars=["irregular_migration", "international_protection"], themes=["policy_development"])
+    [e] = given_when_then(Action, CODE, [opened()], lambda a: a.agree_fiche(cmd))
+    assert isinstance(e, ActionFicheAgreed)
+    assert (e.pillars, e.themes) == (("irregular_migration", "international_protection"), ("policy_development",))
+    a = Action.fold(CODE, [opened(), e])
+    assert (a.state.pillars, a.state.themes) == (e.pillars, e.themes)
+
+
+def test_a_fiche_naming_no_gamm_pillar_is_refused() -> None:
+    with pytest.raises(RuleBroken, match="GAMM pillar"):
+        given_when_then(Action, CODE, [opened()], lambda a: a.agree_fiche(fiche(pillars=[])))
+
+
+def test_a_fiche_without_themes_of_an_action_without_themes_is_refused() -> None:
+    bare = opened().model_copy(update={"themes": ()})
+    with pytest.raises(RuleBroken, match="themes"):
+        given_when_then(Action, CODE, [bare], lambda a: a.agree_fiche(fiche()))
+    assert given_when_then(Action, CODE, [bare], lambda a: a.agree_fiche(fiche(themes=["thb_and_som"]))) == [FICHE]
+
+
+@pytest.mark.parametrize(("over", "field"), [({"pillars": ["labour"]}, "pillars"), ({"themes": ["x"]}, "themes")])
+def test_unknown_pillars_and_themes_are_malformed(over: dict[str, Any], field: str) -> None:
+    data = {"command_id": "f", "action_code": CODE, "agreed_on": "2017-11-30", "pillars": ["irregular_migration"]}
+    assert field in violated_fields(AgreeActionFiche, {**data, **over})
 
 
 def test_the_fiche_is_agreed_once() -> None:
-    cmd = AgreeActionFiche.model_validate({"command_id": "f", "action_code": CODE, "agreed_on": "2017-12-01"})
     with pytest.raises(RuleBroken, match="already agreed"):
-        given_when_then(Action, CODE, [opened(), FICHE], lambda a: a.agree_fiche(cmd))
+        given_when_then(Action, CODE, [opened(), FICHE], lambda a: a.agree_fiche(fiche(agreed_on="2017-12-01")))
 
 
 # --- planning ------------------------------------------------------------------------------------
@@ -346,9 +380,7 @@ def test_an_action_with_planned_activities_cannot_be_closed() -> None:
         lambda a: a.plan_activity(plan()),
         lambda a: a.record_held(hold(1)),
         lambda a: a.cancel_activity(cancel(2)),
-        lambda a: a.agree_fiche(
-            AgreeActionFiche.model_validate({"command_id": "f2", "action_code": CODE, "agreed_on": "2018-07-01"})
-        ),
+        lambda a: a.agree_fiche(fiche(command_id="f2", agreed_on="2018-07-01")),
     ],
     ids=["close", "plan", "hold", "cancel", "fiche"],
 )

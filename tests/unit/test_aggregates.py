@@ -78,3 +78,42 @@ def test_folding_an_event_without_a_handler_raises() -> None:
 
     agg = Tolerant.fold("p", [PingSent(n=1), PingLost()])
     assert (agg.total, agg.version) == (1, 2)
+
+
+class Other(Event, abstract=True):
+    source: ClassVar[str] = "test"
+
+
+class OtherHappened(Other, register=False):
+    pass
+
+
+def test_an_event_of_another_stream_or_of_an_unknown_type_changes_nothing() -> None:
+    """A stream id may name another aggregate's stream (a caller's mistake): its events, and events of a type
+    this build does not know (a newer writer's, during a rolling deploy), are folded as no change, so the
+    command is refused by the rules instead of failing."""
+    from services.kernel.envelope import UnknownEvent
+
+    class Pinger(Aggregate):
+        folds = Pinged
+
+        def when_PingSent(self, e: PingSent) -> None:
+            pass
+
+    agg = Pinger.fold("p", [OtherHappened(), UnknownEvent(x=1), PingSent(n=1)])
+    assert agg.version == 3
+
+
+def test_an_aggregate_with_handlers_must_say_which_stream_it_folds() -> None:
+    with pytest.raises(TypeError, match="folds"):
+
+        class Pinger(Aggregate):
+            def when_PingSent(self, e: PingSent) -> None:
+                pass
+
+
+def test_an_event_class_may_not_declare_a_type_other_than_its_name() -> None:
+    with pytest.raises(TypeError, match="class name"):
+
+        class Renamed(Pinged, register=False):
+            event_type: ClassVar[str] = "SomethingElse"

@@ -32,6 +32,7 @@ from services.experts.events import (
 )
 from services.experts.queries import ListDeploymentsQuery, ListExpertsQuery
 from services.kernel.errors import NotFound, RuleBroken
+from services.kernel.personal import PersonalDataError, SubjectKey, is_sealed
 
 EXPERT = "expert-00000000-0000-5000-8000-000000000001"
 DEP1 = "dep-00000000-0000-5000-8000-0000000000d1"
@@ -47,9 +48,11 @@ REGISTER: dict[str, Any] = {
     "registered_on": "2016-05-02",
 }
 
+KEY = SubjectKey.new(EXPERT)  # the expert's own key, as the experts service keeps it
+
 REGISTERED = ExpertRegistered(
     expert_id=EXPERT,
-    name="Tanja van Veldhuizen",
+    name=KEY.seal("Tanja van Veldhuizen"),
     gender="female",
     background="academia",
     nationality="NL",
@@ -87,16 +90,34 @@ def activity(
 # --- RegisterExpert ------------------------------------------------------------------------------
 
 
-def test_registering_records_expert_registered_with_the_canonical_nationality() -> None:
+def test_registering_records_expert_registered_with_the_canonical_nationality_and_the_name_sealed() -> None:
     cmd = RegisterExpert.model_validate({**REGISTER, "nationality": "nl"})
-    events = given_when_then(Expert, EXPERT, [], lambda e: e.register(cmd))
-    assert events == [REGISTERED]
+    [e] = given_when_then(Expert, EXPERT, [], lambda e: e.register(cmd, KEY))
+    assert isinstance(e, ExpertRegistered) and e.model_copy(update={"name": REGISTERED.name}) == REGISTERED
+    assert "Tanja" not in e.model_dump_json() and is_sealed(e.name) and KEY.reveal(e.name) == "Tanja van Veldhuizen"
+    assert e.name != REGISTERED.name  # a fresh nonce each time
+
+
+def test_an_event_with_a_name_in_clear_cannot_be_made() -> None:
+    with pytest.raises(ValidationError, match="sealed"):
+        ExpertRegistered.model_validate({**REGISTERED.model_dump(), "name": "Tanja van Veldhuizen"})
 
 
 def test_registering_twice_breaks_a_rule() -> None:
     cmd = RegisterExpert.model_validate(REGISTER)
     with pytest.raises(RuleBroken, match="already registered"):
-        given_when_then(Expert, EXPERT, [REGISTERED], lambda e: e.register(cmd))
+        given_when_then(Expert, EXPERT, [REGISTERED], lambda e: e.register(cmd, KEY))
+
+
+def test_a_registration_is_hashed_with_the_name_keyed_so_its_hash_cannot_confirm_a_guessed_name() -> None:
+    cmd = RegisterExpert.model_validate(REGISTER)
+    with pytest.raises(RuntimeError, match="keyed"):
+        cmd.digest()
+    keyed = cmd.keyed(KEY)
+    assert keyed.digest() == cmd.keyed(KEY).digest()  # a retry compares equal
+    assert keyed.digest() != cmd.keyed(SubjectKey.new(EXPERT)).digest()  # another key: nothing to compare with
+    other = RegisterExpert.model_validate({**REGISTER, "name": "Someone else"}).keyed(KEY)
+    assert other.digest() != keyed.digest()  # another payload is still told apart (ALREADY_EXISTS)
 
 
 def test_the_expert_id_is_a_uuid5_of_the_command_id() -> None:
@@ -145,7 +166,7 @@ def update(**over: Any) -> UpdateExpertProfile:
 
 def test_a_profile_update_records_the_whole_profile_and_what_changed() -> None:
     [e] = given_when_then(
-        Expert, EXPERT, [REGISTERED], lambda x: x.update_profile(update(background="private_consultant"))
+        Expert, EXPERT, [REGISTERED], lambda x: x.update_profile(update(background="private_consultant"), KEY)
     )
     assert e == ExpertProfileUpdated(
         expert_id=EXPERT,
@@ -162,21 +183,42 @@ def test_a_profile_update_records_the_whole_profile_and_what_changed() -> None:
 
 
 def test_themes_given_replace_the_list_and_may_clear_it() -> None:
-    [e] = given_when_then(Expert, EXPERT, [REGISTERED], lambda x: x.update_profile(update(themes=[])))
+    [e] = given_when_then(Expert, EXPERT, [REGISTERED], lambda x: x.update_profile(update(themes=[]), KEY))
     assert isinstance(e, ExpertProfileUpdated) and e.themes == () and e.changed == ("themes",)
 
 
 def test_an_update_that_changes_nothing_breaks_a_rule() -> None:
     with pytest.raises(RuleBroken, match="changes nothing"):
         given_when_then(
-            Expert, EXPERT, [REGISTERED], lambda x: x.update_profile(update(gender="female", nationality="nl"))
+            Expert,
+            EXPERT,
+            [REGISTERED],
+            lambda x: x.update_profile(update(name="Tanja van Veldhuizen", gender="female", nationality="nl"), KEY),
+        )
+
+
+def test_a_new_name_is_sealed_and_listed_as_changed() -> None:
+    [e] = given_when_then(
+        Expert, EXPERT, [REGISTERED], lambda x: x.update_profile(update(name="T. van Veldhuizen"), KEY)
+    )
+    assert isinstance(e, ExpertProfileUpdated) and e.changed == ("name",)
+    assert KEY.reveal(e.name) == "T. van Veldhuizen" and "Veldhuizen" not in e.model_dump_json()
+
+
+def test_an_update_with_another_key_than_the_experts_does_not_open_the_name() -> None:
+    with pytest.raises(PersonalDataError):
+        given_when_then(
+            Expert, EXPERT, [REGISTERED], lambda x: x.update_profile(update(gender="male"), SubjectKey.new(EXPERT))
         )
 
 
 def test_an_update_before_the_registration_breaks_a_rule() -> None:
     with pytest.raises(RuleBroken, match="registered on 2016-05-02"):
         given_when_then(
-            Expert, EXPERT, [REGISTERED], lambda x: x.update_profile(update(name="T. v. V.", updated_on="2016-01-01"))
+            Expert,
+            EXPERT,
+            [REGISTERED],
+            lambda x: x.update_profile(update(name="T. v. V.", updated_on="2016-01-01"), KEY),
         )
 
 

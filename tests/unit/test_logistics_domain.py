@@ -11,6 +11,7 @@ from support import given_when_then, violated_fields
 
 from services.kernel.envelope import Event
 from services.kernel.errors import RuleBroken
+from services.kernel.personal import SubjectKey
 from services.kernel.reference import geodesic_km, statute_miles
 from services.logistics.commands import BookFlight, CancelFlight, ChangeFlight, JoinTeam, LeaveTeam, booking_id_for
 from services.logistics.domain import TEAM_STREAM, Booking, ExpertRecord, Team
@@ -27,8 +28,13 @@ from services.logistics.events import (
 BOOKING = booking_id_for("cmd-book-1")
 ACTIVE = ExpertRecord("exp-1", active=True)
 
+KEY = SubjectKey.new("tm-1")  # the member's own key, as the logistics service keeps it
 JOINED = TeamMemberJoined(
-    member_id="tm-1", name="Ana Pérez", gender="female", role="Project Officer", joined_on=date(2016, 9, 1)
+    member_id="tm-1",
+    name=KEY.seal("Ana Pérez"),
+    gender="female",
+    role=KEY.seal("Project Officer"),
+    joined_on=date(2016, 9, 1),
 )
 LEFT = TeamMemberLeft(member_id="tm-1", left_on=date(2017, 6, 30))
 
@@ -87,7 +93,7 @@ def team_given(*events: Event) -> Team:
 # --- the team ---------------------------------------------------------------------------------------
 
 
-def test_joining_the_team_records_team_member_joined() -> None:
+def test_joining_the_team_records_team_member_joined_with_name_and_role_sealed() -> None:
     cmd = JoinTeam(
         command_id="c1",
         member_id="tm-1",
@@ -96,25 +102,28 @@ def test_joining_the_team_records_team_member_joined() -> None:
         role="Project Officer",
         joined_on="2016-09-01",
     )
-    assert given_when_then(Team, TEAM_STREAM, [], lambda t: t.join(cmd)) == [JOINED]
+    [e] = given_when_then(Team, TEAM_STREAM, [], lambda t: t.join(cmd, KEY))
+    assert isinstance(e, TeamMemberJoined) and e.model_copy(update={"name": JOINED.name, "role": JOINED.role}) == JOINED
+    assert (KEY.reveal(e.name), KEY.reveal(e.role)) == ("Ana Pérez", "Project Officer")
+    assert "Ana" not in e.model_dump_json() and "Officer" not in e.model_dump_json()
 
 
 def test_a_member_cannot_join_twice() -> None:
     cmd = JoinTeam(command_id="c2", member_id="tm-1", name="Ana", gender="female", role="PO", joined_on="2017-01-01")
     with pytest.raises(RuleBroken, match="cannot join twice"):
-        given_when_then(Team, TEAM_STREAM, [JOINED], lambda t: t.join(cmd))
+        given_when_then(Team, TEAM_STREAM, [JOINED], lambda t: t.join(cmd, KEY))
 
 
 def test_a_member_who_left_may_rejoin_after_the_day_they_left() -> None:
     cmd = JoinTeam(command_id="c3", member_id="tm-1", name="Ana", gender="female", role="PO", joined_on="2017-09-01")
-    [ev] = given_when_then(Team, TEAM_STREAM, [JOINED, LEFT], lambda t: t.join(cmd))
+    [ev] = given_when_then(Team, TEAM_STREAM, [JOINED, LEFT], lambda t: t.join(cmd, KEY))
     assert isinstance(ev, TeamMemberJoined) and ev.joined_on == date(2017, 9, 1)
 
 
 def test_a_member_cannot_rejoin_on_or_before_the_day_they_left() -> None:
     cmd = JoinTeam(command_id="c4", member_id="tm-1", name="Ana", gender="female", role="PO", joined_on="2017-06-30")
     with pytest.raises(RuleBroken, match="rejoin only after"):
-        given_when_then(Team, TEAM_STREAM, [JOINED, LEFT], lambda t: t.join(cmd))
+        given_when_then(Team, TEAM_STREAM, [JOINED, LEFT], lambda t: t.join(cmd, KEY))
 
 
 def test_leaving_the_team_records_team_member_left() -> None:

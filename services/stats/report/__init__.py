@@ -1,0 +1,1 @@
+"""The annual report page (page.py) and its charts (charts.py)."""
