@@ -56,6 +56,18 @@ A = TypeVar("A", bound=Aggregate)
 S = TypeVar("S")
 
 
+def long_token(label: str) -> str:
+    """A test token of `label`, padded to the 32 characters every token has at least (principals.py)."""
+    return f"{label}-".ljust(40, "x")
+
+
+def registry(tokens: dict[str, tuple[str, list[str], list[str] | None]]) -> dict[str, Any]:
+    """The token registry's JSON (MIEUX_AUTH_TOKENS) of token -> (name, roles, calls or None), salted."""
+    from services.kernel.principals import entry_for
+
+    return {"tokens": [entry_for(t, n, r, c).model_dump(mode="json") for t, (n, r, c) in tokens.items()]}  # type: ignore[arg-type]
+
+
 def given_when_then(
     aggregate: type[A], stream_id: str, given: Iterable[Event], when: Callable[[A], Sequence[Event]]
 ) -> list[Event]:

@@ -14,7 +14,7 @@ from services.carbon import handlers
 from services.carbon.commands import MAX_YEAR, MIN_YEAR, PurchaseOffsets, RetireOffsets
 from services.carbon.queries import CarbonQueries
 from services.kernel.errors import FieldViolation, InvalidArgument, NotFound
-from services.kernel.grpckit import COMMANDERS, READERS, Registrar
+from services.kernel.grpckit import COMMANDERS, FIGURES, READERS, Registrar
 from services.kernel.protos import ack, date_pb, fields
 from services.kernel.settings import Role
 from services.kernel.store import EventStore
@@ -28,8 +28,9 @@ ACCESS = {
     f"/{SERVICE_NAME}/RetireOffsets": COMMANDERS,
     f"/{SERVICE_NAME}/GetFlightEmissions": READERS,
     f"/{SERVICE_NAME}/ListFlightEmissions": READERS,
-    f"/{SERVICE_NAME}/GetOffsetLot": READERS,
-    f"/{SERVICE_NAME}/ListOffsetLots": READERS,
+    # the offset lots are the ledger (finance reads it); a flight's emissions name its traveller (finance does not)
+    f"/{SERVICE_NAME}/GetOffsetLot": FIGURES,
+    f"/{SERVICE_NAME}/ListOffsetLots": FIGURES,
     f"/{SERVICE_NAME}/GetFootprint": FINANCE_AND_REPORTS,
     f"/{SERVICE_NAME}/GetOffsetLedger": FINANCE_AND_REPORTS,
     f"/{SERVICE_NAME}/GetFootprintByMonth": FINANCE_AND_REPORTS,

@@ -1,7 +1,7 @@
 """`python -m services.experts`: the experts service (gRPC + relay + its roster projection)."""
 
 from services.experts import api
-from services.experts.actions import ActionsClient
+from services.experts.actions import CALLS, ActionsClient
 from services.experts.projections import Roster
 from services.experts.queries import ExpertsQueries
 from services.kernel.grpckit import Registrar
@@ -18,6 +18,7 @@ def build() -> Service:
 
     return Service(
         name="experts",
+        calls=CALLS,
         grpc_services=[api.SERVICE_NAME],
         access=api.ACCESS,
         registrars=registrars,

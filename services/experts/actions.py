@@ -37,6 +37,10 @@ def facts_of(a: actions_pb2.Activity, asked: str) -> ActivityFacts:
     )
 
 
+# the one call the experts service makes (a deployment's activity must exist): its principal's allow-list
+CALLS = ("/mieux.actions.v1.Actions/GetActivity",)
+
+
 class ActionsClient:
     """Asks `mieux.actions.v1.Actions/GetActivity` at service_address("actions")."""
 
@@ -45,7 +49,7 @@ class ActionsClient:
 
     async def get_activity(self, activity_id: str) -> ActivityFacts:
         try:
-            token = self.settings.client_token("service")
+            token = self.settings.client_token("experts")  # its own principal
         except Exception as e:  # no token configured: the call could only be refused
             raise ActionsUnavailable(f"no service token to call the actions service: {e}") from e
         async with channel(service_address("actions")) as ch:

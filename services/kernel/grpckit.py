@@ -1,9 +1,11 @@
 """The gRPC kit: a `grpc.aio` server with health checking, reflection, graceful shutdown, and one
 interceptor that authenticates, sets correlation ids and maps errors to status codes.
 
-Auth: `authorization: Bearer <token>`; tokens are stored hashed (sha256) in settings and map to a
-principal with roles. Each RPC names the roles that may call it; health and reflection are open (probes).
-The principal is recorded as `actor` on every event a command appends.
+Auth: `authorization: Bearer <token>`, checked against the token registry (principals.py: salted hashes,
+compared in constant time, reloaded when its file changes) for every kind of handler (unary and streaming; an
+unknown kind is refused). Each RPC names the roles that may call it; a service principal may also call only the
+methods of its allow-list. Health and reflection are open (probes). The principal's name (a person, a service)
+is recorded as `actor` on every event a command appends.
 
 TLS: a server with MIEUX_TLS_CERT_FILE and MIEUX_TLS_KEY_FILE serves TLS only (with MIEUX_TLS_CLIENT_AUTH it
 also requires a client certificate of MIEUX_TLS_CA_FILE); `channel()` uses TLS whenever MIEUX_TLS_CA_FILE is
@@ -47,7 +49,8 @@ from services.kernel.errors import (
 )
 from services.kernel.faults import is_transient
 from services.kernel.limits import check_message
-from services.kernel.settings import Principal, Role, Settings, SettingsError, hash_token
+from services.kernel.principals import TokenRegistry
+from services.kernel.settings import Principal, Role, Settings, SettingsError
 from services.kernel.store import EventTooLarge
 
 log = logging.getLogger(__name__)
@@ -56,9 +59,12 @@ principal_var: contextvars.ContextVar[Principal | None] = contextvars.ContextVar
 correlation_var: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="")
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Who may call what (DESIGN.md section 11). admin is ops and more; finance reads figures, ledgers and reports
+# only (never a command, the raw event log or a query answering with people's data).
 COMMANDERS: frozenset[Role] = frozenset({"service", "ops", "admin"})
-READERS: frozenset[Role] = frozenset({"service", "ops", "finance", "admin"})
-ADMINS: frozenset[Role] = frozenset({"admin"})  # forgetting a person (DESIGN.md section 11)
+READERS: frozenset[Role] = frozenset({"service", "ops", "admin"})  # queries of records (people's data among them)
+FIGURES: frozenset[Role] = READERS | {"finance"}  # aggregate figures, ledgers, reports
+ADMINS: frozenset[Role] = frozenset({"admin"})  # forgetting a person, replaying and redriving events
 
 
 def current_actor() -> str:
@@ -159,8 +165,8 @@ class Access:
 
 
 class KitInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, tokens: Mapping[str, Principal], access: Access) -> None:
-        self.tokens = dict(tokens)
+    def __init__(self, tokens: TokenRegistry, access: Access) -> None:
+        self.tokens = tokens
         self.access = access
 
     def _authenticate(
@@ -171,11 +177,10 @@ class KitInterceptor(grpc.aio.ServerInterceptor):
         auth = metadata.get("authorization", "")
         if not auth.lower().startswith("bearer "):
             return None, _status(grpc.StatusCode.UNAUTHENTICATED, "missing bearer token")
-        principal = self.tokens.get(hash_token(auth[7:].strip()))
+        principal = self.tokens.authenticate(auth[7:].strip())
         if principal is None:
             return None, _status(grpc.StatusCode.UNAUTHENTICATED, "unknown token")
-        allowed = self.access.roles_for(method)
-        if allowed is None or not (principal.roles & allowed):
+        if not principal.may_call(method, self.access.roles_for(method)):
             return principal, _status(
                 grpc.StatusCode.PERMISSION_DENIED, f"{principal.name} may not call {method.rsplit('/', 1)[-1]}"
             )
@@ -200,6 +205,8 @@ class KitInterceptor(grpc.aio.ServerInterceptor):
                 context.set_trailing_metadata((("x-correlation-id", correlation_id),))
             if refusal is not None:
                 await context.abort_with_status(rpc_status.to_status(refusal))
+            if request is None:  # a stream of requests: checked one by one (_checked)
+                return
             if isinstance(request, Undecodable):
                 raise InvalidArgument(FieldViolation("request", "not a valid message of this method's request type"))
             check_message(request)
@@ -236,7 +243,51 @@ class KitInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, tolerant(handler.request_deserializer), handler.response_serializer
             )
-        return handler
+        # client- and bidi-streaming: authenticated before the first request is read (none is served today)
+        if handler.stream_unary:
+            inner_su = handler.stream_unary
+
+            async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    await prepare(None, context)
+                    return await inner_su(_checked(requests), context)
+                except Exception as e:
+                    await fail(e, context)
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary, tolerant(handler.request_deserializer), handler.response_serializer
+            )
+        if handler.stream_stream:
+            inner_ss = handler.stream_stream
+
+            async def stream_stream(
+                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                try:
+                    await prepare(None, context)
+                    async for item in inner_ss(_checked(requests), context):
+                        yield item
+                except Exception as e:
+                    await fail(e, context)
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream, tolerant(handler.request_deserializer), handler.response_serializer
+            )
+
+        # a handler of a kind this kit does not know: refused rather than served unchecked
+        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this kind of method is not served")
+
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """A stream of requests, each checked as a unary request is (decodable, within the limits)."""
+    async for request in requests:
+        if isinstance(request, Undecodable):
+            raise InvalidArgument(FieldViolation("request", "not a valid message of this method's request type"))
+        check_message(request)
+        yield request
 
 
 Registrar = Callable[[grpc.aio.Server], None]

@@ -52,6 +52,9 @@ class Service:
     grpc_services: Sequence[str]
     access: Mapping[str, frozenset[Role]]
     registrars: Callable[[Service], Iterable[Registrar]]
+    # the calls this service makes of the others (full method names): its principal's allow-list, which
+    # services/ops/catalog.py gathers for the tokens the dev stack, the deploy and the tests issue
+    calls: Sequence[str] = ()
     projections: Sequence[Projection] = ()
     policies: Sequence[Policy] = ()
     # other servers of the process: started after gRPC, stopped before it

@@ -1,32 +1,40 @@
 """Settings shared by every service, read from the environment (pydantic-settings).
 
 `DATABASE_URL` and `KAFKA_BOOTSTRAP_SERVERS` point at external servers. When they are unset, the
-services use the dev stack started by `mieux dev up`, whose addresses and hashed tokens are in
+services use the dev stack started by `mieux dev up`, whose addresses and token registry file are in
 `$MIEUX_HOME/stack.json` (default `.mieux/`). With neither, start-up fails with a clear message.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from services.kernel.principals import TokenRegistry
 
 Role = Literal["service", "ops", "finance", "admin"]
 
 
 class Principal(BaseModel):
+    """Who calls: a person (roles ops, finance, admin) or a service (role `service` and the full names of the
+    calls its flows make: `calls`, its allow-list). `calls` None: whatever the roles admit."""
+
     name: str
     roles: frozenset[Role]
+    calls: frozenset[str] | None = None
 
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    def may_call(self, method: str, allowed: frozenset[Role] | None) -> bool:
+        """Whether this principal may call `method`, which admits the roles `allowed` (None: an unknown method)."""
+        if allowed is None or not (self.roles & allowed):
+            return False
+        return self.calls is None or method in self.calls
 
 
 class SettingsError(RuntimeError):
@@ -77,10 +85,12 @@ class Settings(BaseSettings):
     mieux_home: Path = Field(default=Path(".mieux"), alias="MIEUX_HOME")
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
     kafka_bootstrap_servers: str | None = Field(default=None, alias="KAFKA_BOOTSTRAP_SERVERS")
-    # sha256(token) -> principal. JSON in MIEUX_AUTH_TOKENS; the dev stack writes its own.
-    auth_tokens: dict[str, Principal] | None = Field(default=None, alias="MIEUX_AUTH_TOKENS")
-    # the bearer token this process presents when it calls another service or is a CLI
-    token: str | None = Field(default=None, alias="MIEUX_TOKEN")
+    # the token registry (principals.py): salted entries as JSON inline, and/or in a file read again when it
+    # changes (issued and revoked person tokens); the dev stack names its auth-tokens.json in stack.json
+    auth_tokens: dict[str, Any] | list[Any] | None = Field(default=None, alias="MIEUX_AUTH_TOKENS")
+    auth_tokens_file: Path | None = Field(default=None, alias="MIEUX_AUTH_TOKENS_FILE")
+    # the bearer token this process presents when it calls another service or is a CLI (32 characters or more)
+    token: SecretStr | None = Field(default=None, alias="MIEUX_TOKEN")
 
     topic_partitions: int = Field(default=4, alias="MIEUX_TOPIC_PARTITIONS")
     topic_replication: int = Field(default=1, alias="MIEUX_TOPIC_REPLICATION")
@@ -182,6 +192,8 @@ class Settings(BaseSettings):
             )
         if self.kafka_security_protocol == "PLAINTEXT" and self.kafka_ca_file is not None:
             problems.append("MIEUX_KAFKA_CA_FILE is set but MIEUX_KAFKA_SECURITY_PROTOCOL is PLAINTEXT")
+        if self.token is not None and len(self.token.get_secret_value()) < 32:
+            problems.append("MIEUX_TOKEN is shorter than 32 characters: no token that short is accepted")
         if problems:
             raise SettingsError("; ".join(problems))
         return self
@@ -205,13 +217,18 @@ class Settings(BaseSettings):
             raise SettingsError("no broker: set KAFKA_BOOTSTRAP_SERVERS or start the dev stack with `mieux dev up`")
         return servers
 
-    def tokens(self) -> dict[str, Principal]:
-        if self.auth_tokens is not None:
-            return self.auth_tokens
-        raw = self.stack.get("auth_tokens")
-        if not raw:
-            raise SettingsError("no tokens: set MIEUX_AUTH_TOKENS or start the dev stack")
-        return {h: Principal.model_validate(p) for h, p in raw.items()}
+    @cached_property
+    def _registry(self) -> Any:
+        from services.kernel.principals import TokenRegistry, parse_entries
+
+        if self.auth_tokens is None and self.auth_tokens_file is None:
+            raise SettingsError("no tokens: set MIEUX_AUTH_TOKENS or MIEUX_AUTH_TOKENS_FILE, or start the dev stack")
+        fixed = parse_entries(self.auth_tokens, "MIEUX_AUTH_TOKENS") if self.auth_tokens is not None else []
+        return TokenRegistry(fixed, self.auth_tokens_file)
+
+    def tokens(self) -> TokenRegistry:
+        """The token registry of this process (one per Settings; its file is re-read when it changes)."""
+        return self._registry
 
     def kafka_security(self) -> dict[str, Any]:
         """The aiokafka client arguments of MIEUX_KAFKA_SECURITY_PROTOCOL (none for PLAINTEXT)."""
@@ -234,14 +251,17 @@ class Settings(BaseSettings):
             )
         return out
 
-    def client_token(self, role: Role = "ops") -> str:
-        """The token a CLI or service client presents: MIEUX_TOKEN, else the dev stack's for `role`."""
-        if self.token:
-            return self.token
+    def client_token(self, who: str = "ops") -> str:
+        """The token a CLI or service client presents: MIEUX_TOKEN, else the dev stack's token of `who`: a
+        person's role (`ops`, `finance`, `admin`) for the CLI, or the calling service's own name (`experts`)."""
+        if self.token is not None:
+            return self.token.get_secret_value()
         path = self.mieux_home / "tokens.json"
         if path.exists():
-            return json.loads(path.read_text())[role]
-        raise SettingsError("no client token: set MIEUX_TOKEN or start the dev stack")
+            tokens = json.loads(path.read_text())
+            if who in tokens:
+                return str(tokens[who])
+        raise SettingsError(f"no client token: set MIEUX_TOKEN or start the dev stack (which has one for {who!r})")
 
 
 SERVICE_PORTS: dict[str, int] = {

@@ -4,7 +4,7 @@ from services.kernel.grpckit import Registrar
 from services.kernel.personal import Keyring, MasterKeys
 from services.kernel.service import Service
 from services.logistics import api
-from services.logistics.experts import GrpcExpertDirectory
+from services.logistics.experts import CALLS, GrpcExpertDirectory
 from services.logistics.projections import BookingsView, TeamView
 from services.logistics.queries import LogisticsQueries
 
@@ -19,6 +19,7 @@ def build() -> Service:
 
     return Service(
         name="logistics",
+        calls=CALLS,
         grpc_services=[api.SERVICE_NAME],
         access=api.ACCESS,
         registrars=registrars,

@@ -9,7 +9,7 @@ from mieux.common.v1 import common_pb2
 from mieux.logistics.v1 import logistics_pb2, logistics_pb2_grpc
 
 from services.kernel.errors import NotFound
-from services.kernel.grpckit import ADMINS, COMMANDERS, READERS, Registrar
+from services.kernel.grpckit import ADMINS, COMMANDERS, FIGURES, READERS, Registrar
 from services.kernel.personal import FORGOTTEN, Keyring
 from services.kernel.protos import ack, date_pb, fields
 from services.kernel.store import EventStore
@@ -33,6 +33,7 @@ ACCESS = {
     **{f"/{SERVICE_NAME}/{name}": COMMANDERS for name in COMMANDS},
     **{f"/{SERVICE_NAME}/{name}": READERS for name in QUERIES},
     f"/{SERVICE_NAME}/ForgetTeamMember": ADMINS,
+    f"/{SERVICE_NAME}/GetAirMilesPerTeamMember": FIGURES,  # a figure: finance reads it too
 }
 
 

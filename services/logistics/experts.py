@@ -20,6 +20,10 @@ class ExpertDirectory(Protocol):
     async def get(self, expert_id: str) -> ExpertRecord | None: ...
 
 
+# the one call the logistics service makes (a traveller who is an expert must be one): its principal's allow-list
+CALLS = ("/mieux.experts.v1.Experts/GetExpert",)
+
+
 class GrpcExpertDirectory:
     """`mieux.experts.v1.Experts/GetExpert` with the `service` token and a deadline.
 
@@ -40,7 +44,7 @@ class GrpcExpertDirectory:
         try:
             reply = await self._stub().GetExpert(
                 experts_pb2.GetExpertQuery(expert_id=expert_id),
-                metadata=call_metadata(self.settings.client_token("service")),
+                metadata=call_metadata(self.settings.client_token("logistics")),  # its own principal
                 timeout=self.settings.grpc_deadline_s,
             )
         except grpc.aio.AioRpcError as e:

@@ -30,6 +30,11 @@ def services() -> dict[str, Service]:
     return {ctx: service(ctx) for ctx in CONTEXTS}
 
 
+def calls() -> dict[str, tuple[str, ...]]:
+    """service -> the calls it makes of the others (its `Service.calls`): each service principal's allow-list."""
+    return {ctx: tuple(svc.calls) for ctx, svc in services().items()}
+
+
 def projections() -> dict[str, tuple[str, Projection]]:
     """projection name -> (owning service, an instance as its service's `build()` makes it)."""
     return {p.name: (ctx, p) for ctx, svc in services().items() for p in svc.projections}

@@ -16,7 +16,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from services.kernel.settings import SERVICE_PORTS, Settings
-from services.ops import catalog, report_cli
+from services.ops import catalog, report_cli, tokens_cli
+from services.ops.tokens_cli import refuse_unless_admin, who_asks
 
 console = Console()
 
@@ -208,6 +209,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         finally:
             await pool.close()
 
+    if why := refuse_unless_admin(Settings(), "replaying events"):
+        console.print(f"[red]{escape(why)}[/]")
+        return 2
     console.print(f"replay {args.service} from position {args.from_position}: {asyncio.run(go())}")
     return 0
 
@@ -273,26 +277,6 @@ def cmd_projections(args: argparse.Namespace) -> int:
 # --- parked events -----------------------------------------------------------------------------------
 
 
-def who_asks(settings: Settings) -> str:
-    """Who retries or drops parked events, as the parked rows record it: the principal of the token the CLI
-    presents, and the OS user running it."""
-    import getpass
-    import os
-
-    from services.kernel.settings import SettingsError, hash_token
-
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
-        user = f"uid {os.getuid()}"
-    try:
-        principal = settings.tokens().get(hash_token(settings.client_token()))
-        name = principal.name if principal is not None else "an unknown token"
-    except SettingsError:
-        name = "no token"
-    return f"{name} (os user {user})"
-
-
 def cmd_parked(args: argparse.Namespace) -> int:
     import asyncpg
 
@@ -309,6 +293,9 @@ def cmd_parked(args: argparse.Namespace) -> int:
                 return await parked_list(conn, args)
             if args.action == "show":
                 return await parked_show(conn, args)
+            if why := refuse_unless_admin(settings, f"parked {args.action}"):
+                console.print(f"[red]{escape(why)}[/]")
+                return 2
             by = who_asks(settings)
             if args.action == "retry":
                 ids = await parking.request(conn, "retry", by, group=args.group, stream=args.stream)
@@ -538,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     rp.set_defaults(fn=cmd_scenario_replay)
 
     report_cli.register(sub)  # mieux report, mieux export iati
+    tokens_cli.register(sub)  # mieux tokens issue|revoke|list
     up = sub.add_parser("up", help="the dev stack and every service in the foreground (Ctrl-C stops all)")
     up.set_defaults(fn=cmd_up)
 

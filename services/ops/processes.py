@@ -27,6 +27,9 @@ class Processes:
         self.procs: dict[str, asyncio.subprocess.Process] = {}
 
     async def start(self, service: str, env: dict[str, str]) -> None:
+        """Start `python -m services.<service>` with `env`, less MIEUX_TOKEN: the caller's own token (a person's)
+        is not the service's, which presents its own from the dev stack's tokens.json (its principal)."""
+        env = {k: v for k, v in env.items() if k != "MIEUX_TOKEN"}
         out = open(self.logs / f"{service}.log", "wb") if self.logs else None  # noqa: ASYNC230
         self.procs[service] = await asyncio.create_subprocess_exec(
             sys.executable, "-m", f"services.{service}", env=env, stdout=out, stderr=out

@@ -9,7 +9,7 @@ from mieux.requests.v1 import requests_pb2, requests_pb2_grpc
 from services.kernel import paging, reference
 from services.kernel.application import load
 from services.kernel.errors import NotFound
-from services.kernel.grpckit import COMMANDERS, READERS, Registrar
+from services.kernel.grpckit import COMMANDERS, FIGURES, READERS, Registrar
 from services.kernel.protos import ack, date_pb, fields
 from services.kernel.store import EventStore
 from services.requests import handlers
@@ -29,6 +29,7 @@ QUERIES = ("GetRequest", "ListRequests", "GetRequestsPerYear")
 ACCESS = {
     **{f"/{SERVICE_NAME}/{m}": COMMANDERS for m in COMMANDS},
     **{f"/{SERVICE_NAME}/{m}": READERS for m in QUERIES},
+    f"/{SERVICE_NAME}/GetRequestsPerYear": FIGURES,  # a figure: finance reads it too
 }
 
 

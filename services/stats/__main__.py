@@ -4,6 +4,7 @@ report pages (GetReportPage; over HTTP on MIEUX_STATS_HTTP_PORT when it is not 0
 from services.kernel.grpckit import Registrar
 from services.kernel.service import ExtraServer, Service
 from services.stats import api
+from services.stats.collaborators import CALLS
 from services.stats.projections import all_projections
 from services.stats.queries import StatsQueries
 from services.stats.reports import Reports
@@ -29,6 +30,7 @@ def build() -> Service:
 
     return Service(
         name="stats",
+        calls=CALLS,
         grpc_services=[api.SERVICE_NAME],
         access=api.ACCESS,
         registrars=registrars,

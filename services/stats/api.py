@@ -1,4 +1,4 @@
-"""gRPC servicer of the stats service: queries only, every one open to READERS."""
+"""gRPC servicer of the stats service: queries only, figures every reader (finance too) may see."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import grpc
 from mieux.stats.v1 import stats_pb2, stats_pb2_grpc
 
 from services.kernel.errors import RuleBroken
-from services.kernel.grpckit import READERS, Registrar, principal_var
+from services.kernel.grpckit import FIGURES, Registrar, principal_var
 from services.kernel.protos import fields
 from services.stats import queries as q
 from services.stats import results as rs
@@ -22,7 +22,7 @@ SERVICE_NAME = "mieux.stats.v1.Stats"
 QUERIES = ("GetYearAtAGlance", "GetRegionReport", "GetRequestsPerYear", "ListYears", "GetResults", "GetHistory")
 PAGES = ("GetReportPage", "OpenReportSession")  # for people: finance, ops, admin
 ACCESS = {
-    **{f"/{SERVICE_NAME}/{name}": READERS for name in QUERIES},
+    **{f"/{SERVICE_NAME}/{name}": FIGURES for name in QUERIES},
     **{f"/{SERVICE_NAME}/{name}": PEOPLE for name in PAGES},
 }
 

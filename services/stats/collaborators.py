@@ -1,7 +1,8 @@
-"""The services the stats service calls, as its own principal (the `service` token), to build the annual report
+"""The services the stats service calls, as its own principal (its `stats` token), to build the annual report
 page: the actions of the year (actions), the team's air miles (logistics), the footprint by month and region and
-the offset ledger (carbon). Each call has the settings' deadline; a service that cannot answer fails the page
-(UNAVAILABLE), never a page with a section silently missing."""
+the offset ledger (carbon); CALLS lists them, the stats principal's allow-list. Each call has the settings'
+deadline; a service that cannot answer fails the page (UNAVAILABLE), never a page with a section silently
+missing."""
 
 from __future__ import annotations
 
@@ -17,6 +18,13 @@ from services.kernel.grpckit import call_metadata, channel
 from services.kernel.settings import Settings, service_address
 
 PAGE = 500  # ListActions' largest page
+CALLS = (
+    "/mieux.actions.v1.Actions/ListActions",
+    "/mieux.logistics.v1.Logistics/GetAirMilesPerTeamMember",
+    "/mieux.carbon.v1.Carbon/GetFootprint",
+    "/mieux.carbon.v1.Carbon/GetFootprintByMonth",
+    "/mieux.carbon.v1.Carbon/GetOffsetLedger",
+)
 
 
 @dataclass
@@ -70,6 +78,6 @@ async def collaborators(settings: Settings) -> AsyncIterator[Collaborators]:
             actions_pb2_grpc.ActionsStub(a),
             logistics_pb2_grpc.LogisticsStub(lg),
             carbon_pb2_grpc.CarbonStub(c),
-            settings.client_token("service"),
+            settings.client_token("stats"),  # its own principal
             settings.grpc_deadline_s,
         )

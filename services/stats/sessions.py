@@ -1,6 +1,6 @@
 """Who may open the annual report page over HTTP, and the signed tickets and sessions of the browser.
 
-A person presents a bearer token (`finance`, `ops` or `admin`: the gRPC kit's tokens, MIEUX_AUTH_TOKENS), or the
+A person presents a bearer token (`finance`, `ops` or `admin`: the gRPC kit's token registry, principals.py), or the
 session cookie a ticket set. A ticket comes from the RPC OpenReportSession (`mieux report YEAR --open`), for the
 caller's principal: a link valid for TICKET_S seconds; opening it sets an HttpOnly, SameSite=Strict cookie valid
 for SESSION_S seconds. Both are signed (HMAC-SHA256) with a key derived from this service's own token, which every
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from functools import cached_property
 
-from services.kernel.settings import Principal, Role, Settings, hash_token
+from services.kernel.settings import Principal, Role, Settings
 
 READERS: frozenset[Role] = frozenset({"finance", "ops", "admin"})  # people; not the services' `service` role
 TICKET_S = 60
@@ -48,16 +48,16 @@ class Sessions:
     @cached_property
     def _key(self) -> bytes:
         """Derived from this service's token (read when first needed: a service without one serves no sessions)."""
-        token = self.settings.client_token("service")
+        token = self.settings.client_token("stats")
         return hmac.new(token.encode(), b"mieux stats report sessions v1", hashlib.sha256).digest()
 
     def principals(self) -> dict[str, Principal]:
         """The principals that may read the page, by name."""
-        return {p.name: p for p in self.settings.tokens().values() if p.roles & READERS}
+        return {p.name: p for p in self.settings.tokens().principals() if p.roles & READERS}
 
     def bearer(self, token: str) -> Principal | None:
         """The principal of a bearer token if it may read the page (None: unknown, or not a reader)."""
-        p = self.settings.tokens().get(hash_token(token))
+        p = self.settings.tokens().authenticate(token)
         return p if p is not None and p.roles & READERS else None
 
     def _sign(self, kind: str, principal: str, year: int, ttl: int, now: float | None = None) -> tuple[str, int]:

@@ -6,22 +6,26 @@ from __future__ import annotations
 
 import json
 
-from services.kernel.settings import Settings, hash_token
+from support import long_token, registry
+
+from services.kernel.settings import Settings
 from services.stats.sessions import SESSION_S, TICKET_S, Sessions
 
-PEOPLE = {"ops-token": ("ops", "ops"), "fin-token": ("finance", "finance"), "adm-token": ("admin", "admin")}
+OPS, FIN, ADM, STATS = (long_token(n) for n in ("ops", "fin", "adm", "stats"))
+PEOPLE = {OPS: ("ops", "ops"), FIN: ("finance", "finance"), ADM: ("admin", "admin")}
 
 
-def settings(tokens: dict[str, tuple[str, str]], own: str = "stats-token") -> Settings:
-    table = {hash_token(t): {"name": name, "roles": [role]} for t, (name, role) in tokens.items()}
-    table[hash_token(own)] = {"name": "stats", "roles": ["service"]}
+def settings(tokens: dict[str, tuple[str, str]], own: str = STATS) -> Settings:
+    table = registry(
+        {t: (name, [role], None) for t, (name, role) in tokens.items()} | {own: ("stats", ["service"], [])}
+    )
     return Settings(MIEUX_AUTH_TOKENS=table, MIEUX_TOKEN=own)  # type: ignore[call-arg]
 
 
 def test_people_with_a_reading_role_may_read_and_services_may_not() -> None:
     s = Sessions(settings(PEOPLE))
     assert {t: (p.name if (p := s.bearer(t)) else None) for t in PEOPLE} == {t: n for t, (n, _) in PEOPLE.items()}
-    assert s.bearer("stats-token") is None and s.bearer("nope") is None
+    assert s.bearer(STATS) is None and s.bearer("nope") is None
 
 
 def test_a_ticket_opens_its_year_for_its_principal_until_it_expires() -> None:
@@ -44,7 +48,7 @@ def test_a_ticket_opens_its_year_for_its_principal_until_it_expires() -> None:
 
 def test_another_key_or_a_dropped_token_ends_what_was_issued() -> None:
     ticket, _ = Sessions(settings(PEOPLE)).ticket("ops", 2017)
-    assert Sessions(settings(PEOPLE, own="another-stats-token")).check("ticket", ticket) is None
+    assert Sessions(settings(PEOPLE, own=long_token("another-stats"))).check("ticket", ticket) is None
     without_ops = {t: v for t, v in PEOPLE.items() if v[0] != "ops"}
     assert Sessions(settings(without_ops)).check("ticket", ticket) is None
     assert Sessions(settings(PEOPLE)).check("ticket", ticket) is not None
