@@ -293,9 +293,6 @@ def cmd_parked(args: argparse.Namespace) -> int:
                 return await parked_list(conn, args)
             if args.action == "show":
                 return await parked_show(conn, args)
-            if why := refuse_unless_admin(settings, f"parked {args.action}"):
-                console.print(f"[red]{escape(why)}[/]")
-                return 2
             by = who_asks(settings)
             if args.action == "retry":
                 ids = await parking.request(conn, "retry", by, group=args.group, stream=args.stream)
@@ -326,6 +323,9 @@ def cmd_parked(args: argparse.Namespace) -> int:
         finally:
             await conn.close()
 
+    if args.action in ("retry", "drop") and (why := refuse_unless_admin(Settings(), f"parked {args.action}")):
+        console.print(f"[red]{escape(why)}[/]")
+        return 2
     return asyncio.run(go())
 
 

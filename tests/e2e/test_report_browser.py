@@ -202,7 +202,7 @@ async def test_the_stats_service_serves_the_page_to_people_with_a_token_or_a_ses
             status, body, r = await get(Authorization=f"Bearer {tokens[role]}")
             assert status == 200 and 'data-glance="activities"' in body, role
             assert "default-src 'none'" in r.headers["Content-Security-Policy"]
-        for refused in ({}, {"Authorization": f"Bearer {tokens['service']}"}, {"Authorization": "Bearer nope"}):
+        for refused in ({}, {"Authorization": f"Bearer {tokens['stats']}"}, {"Authorization": "Bearer nope"}):
             status, _, r = await get(**refused)
             assert status == 401, refused
         assert (await get(f"{services['base']}/reports/0999"))[0] == 404

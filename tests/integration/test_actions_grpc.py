@@ -267,7 +267,7 @@ async def test_an_action_from_fiche_to_closure(action: str, stub, tokens, pool) 
     ]
     await stub.RecordActivityHeld(held_cmd(f"{action}/A1"), **md(tokens))
     await stub.CancelActivity(cancel_cmd(f"{action}/A2"), **md(tokens))
-    one = await stub.GetActivity(actions_pb2.GetActivityQuery(activity_id=f"{action}/A1"), **md(tokens, "service"))
+    one = await stub.GetActivity(actions_pb2.GetActivityQuery(activity_id=f"{action}/A1"), **md(tokens, "experts"))
     assert (one.status, one.action_code, one.country, one.airport, one.starts_on.iso) == (
         "held",
         action,
@@ -276,11 +276,11 @@ async def test_an_action_from_fiche_to_closure(action: str, stub, tokens, pool) 
         "2017-05-08",
     )
     assert (one.participants_male, one.participants_female, one.participants_other) == (20, 15, 1)
-    two = await stub.GetActivity(actions_pb2.GetActivityQuery(activity_id=f"{action}/A2"), **md(tokens, "service"))
+    two = await stub.GetActivity(actions_pb2.GetActivityQuery(activity_id=f"{action}/A2"), **md(tokens, "experts"))
     assert (two.status, two.cancelled_on.iso) == ("cancelled", "2017-04-20")
     closed = await stub.CloseAction(close_cmd(action), **md(tokens))
     assert closed.last_version == 7
-    got = await stub.GetAction(actions_pb2.GetActionQuery(action_code=action), **md(tokens, "finance"))
+    got = await stub.GetAction(actions_pb2.GetActionQuery(action_code=action), **md(tokens))
     assert (got.status, got.closed_on.iso, got.partner, got.region, got.year) == (
         "closed",
         "2018-01-31",
@@ -386,8 +386,8 @@ async def test_unknown_ids_are_not_found_and_store_nothing(action: str, stub, to
     calls = [
         stub.AgreeActionFiche(fiche_cmd("2099-99"), **md(tokens)),
         stub.GetAction(actions_pb2.GetActionQuery(action_code="2099-99"), **md(tokens)),
-        stub.GetActivity(actions_pb2.GetActivityQuery(activity_id="2099-99/A1"), **md(tokens, "service")),
-        stub.GetActivity(actions_pb2.GetActivityQuery(activity_id=f"{action}/A5"), **md(tokens, "service")),
+        stub.GetActivity(actions_pb2.GetActivityQuery(activity_id="2099-99/A1"), **md(tokens, "experts")),
+        stub.GetActivity(actions_pb2.GetActivityQuery(activity_id=f"{action}/A5"), **md(tokens, "experts")),
         stub.RecordActivityHeld(held_cmd(f"{action}/A1"), **md(tokens)),
     ]
     for call in calls:
@@ -414,11 +414,15 @@ async def test_a_repeated_command_is_acknowledged_once_and_a_reused_id_is_alread
     assert await count_events(pool, action) == 2
 
 
-async def test_finance_may_read_but_not_command(action: str, stub, tokens, pool) -> None:
-    got = await stub.GetAction(actions_pb2.GetActionQuery(action_code=action), **md(tokens, "finance"))
+async def test_finance_may_neither_read_the_records_nor_command(action: str, stub, tokens, pool) -> None:
+    got = await stub.GetAction(actions_pb2.GetActionQuery(action_code=action), **md(tokens))
     assert got.action_code == action and got.title.startswith("Mexico")
-    await stub.ListActions(actions_pb2.ListActionsQuery(year=2017), **md(tokens, "finance"))
-    await stub.ListActivities(actions_pb2.ListActivitiesQuery(year=2017), **md(tokens, "finance"))
+    for call in (  # finance reads figures, ledgers and reports (stats, carbon), not the actions' records
+        stub.GetAction(actions_pb2.GetActionQuery(action_code=action), **md(tokens, "finance")),
+        stub.ListActions(actions_pb2.ListActionsQuery(year=2017), **md(tokens, "finance")),
+        stub.ListActivities(actions_pb2.ListActivitiesQuery(year=2017), **md(tokens, "finance")),
+    ):
+        assert (await refused(call)).code() == grpc.StatusCode.PERMISSION_DENIED
     before = await count_events(pool, action)
     e = await refused(stub.AgreeActionFiche(fiche_cmd(action), **md(tokens, "finance")))
     assert e.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -427,7 +431,13 @@ async def test_finance_may_read_but_not_command(action: str, stub, tokens, pool)
     e = await refused(stub.GetAction(actions_pb2.GetActionQuery(action_code=action), metadata=call_metadata("no")))
     assert e.code() == grpc.StatusCode.UNAUTHENTICATED
     assert await count_events(pool, action) == before
-    await stub.AgreeActionFiche(fiche_cmd(action), **md(tokens, "service"))  # another service may command
+    # a service may make only the calls of its flows: the experts service asks GetActivity, and commands nothing
+    e = await refused(stub.AgreeActionFiche(fiche_cmd(action), **md(tokens, "experts")))
+    assert e.code() == grpc.StatusCode.PERMISSION_DENIED and "experts may not call AgreeActionFiche" in (
+        e.details() or ""
+    )
+    assert await count_events(pool, action) == before
+    await stub.AgreeActionFiche(fiche_cmd(action), **md(tokens, "admin"))  # admin is ops and more
     assert await count_events(pool, action) == before + 1
 
 
@@ -472,11 +482,11 @@ async def test_the_results_of_an_action_are_recorded_and_read_back(agreed: str, 
     await stub.RecordActivityHeld(held_cmd(f"{agreed}/A1"), **md(tokens))  # 36 participants
     ack = await stub.RecordParticipantFeedback(feedback_cmd(f"{agreed}/A1"), **md(tokens))
     assert (ack.stream_id, ack.first_version, ack.last_version) == (agreed, 5, 5)
-    await stub.SubmitPartnerAssessment(assessment_cmd(agreed), **md(tokens, "service"))
+    await stub.SubmitPartnerAssessment(assessment_cmd(agreed), **md(tokens))
     d1 = await stub.RecordDeliverable(deliverable_cmd(agreed), **md(tokens))
     d2 = await stub.RecordDeliverable(deliverable_cmd(agreed, kind="sop", title="SOPs"), **md(tokens))
     assert d2.first_version == d1.first_version + 1
-    got = await stub.GetAction(actions_pb2.GetActionQuery(action_code=agreed), **md(tokens, "finance"))
+    got = await stub.GetAction(actions_pb2.GetActionQuery(action_code=agreed), **md(tokens))
     assert (list(got.pillars), list(got.fiche_themes)) == (
         ["irregular_migration"],
         ["international_protection_and_asylum"],
@@ -573,7 +583,7 @@ async def test_list_actions_filters_and_pages(pool, producer, stub, tokens) -> N
     await stub.PlanActivity(plan_cmd(codes[1], **dushanbe, **dates), **md(tokens))
 
     async def listed(**q: Any) -> list[str]:
-        reply = await stub.ListActions(actions_pb2.ListActionsQuery(**q), **md(tokens, "finance"))
+        reply = await stub.ListActions(actions_pb2.ListActionsQuery(**q), **md(tokens))
         return [a.action_code for a in reply.actions]
 
     async def projected() -> bool:
@@ -672,7 +682,7 @@ async def test_lists_page_by_key_so_rows_added_meanwhile_repeat_or_skip_nothing(
 async def test_get_activity_reads_its_own_writes(agreed: str, stub, tokens) -> None:
     """Other services check an activity right after it is planned: GetActivity reads the stream itself."""
     ack = await stub.PlanActivity(plan_cmd(agreed), **md(tokens))
-    got = await stub.GetActivity(actions_pb2.GetActivityQuery(activity_id=f"{agreed}/A1"), **md(tokens, "service"))
+    got = await stub.GetActivity(actions_pb2.GetActivityQuery(activity_id=f"{agreed}/A1"), **md(tokens, "experts"))
     assert (got.status, got.planned_version, got.activity_type) == ("planned", ack.first_version, "workshop")
 
 

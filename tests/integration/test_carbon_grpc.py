@@ -164,7 +164,7 @@ async def test_lhr_nbo_economy_is_recorded_once_even_when_redelivered(stub, pool
     assert abs(Decimal(seg["distance_km"]) - 6828) < 2
     assert (seg["haul"], seg["kg_co2e_per_pkm"]) == ("long_haul_uk", "0.11704")
 
-    r = await wait_flight(stub, tokens["finance"], booking, 1)
+    r = await wait_flight(stub, tokens["ops"], booking, 1)
     assert (r.status, r.traveller_kind, r.action_code, r.cabin_class) == ("recorded", "expert", "2017-03", "economy")
     assert r.kg_co2e == data["kg_co2e"] and r.segments[0].factor_id == "desnz-2025-long-haul-uk-economy-with-rf"
     assert r.departure_year == 2017 and r.factor_set.startswith("DESNZ 2025")
@@ -215,7 +215,7 @@ async def test_a_change_reverses_and_recalculates(stub, pool, tokens) -> None:
     # short haul has no premium economy row: the average factor, said so
     assert second["segments"][0]["factor_cabin_class"] == "average" and second["segments"][0]["fallback"]
     assert second["action_code"] == "2017-03"  # kept from the booking
-    r = await wait_flight(stub, tokens["finance"], booking, 3)
+    r = await wait_flight(stub, tokens["ops"], booking, 3)
     assert (r.status, r.calculations, r.reversals, r.cabin_class) == ("recorded", 2, 1, "premium_economy")
     assert r.kg_co2e == second["kg_co2e"]
 
@@ -232,7 +232,7 @@ async def test_a_cancellation_reverses_exactly_what_was_recorded(stub, pool, tok
     recorded = {k: v for k, v in first.items() if k not in ("calculated_on", "cause")}
     assert {k: reversal[k] for k in recorded} == recorded
     assert reversal["cause"] == "cancelled"
-    r = await wait_flight(stub, tokens["finance"], booking, 2)
+    r = await wait_flight(stub, tokens["ops"], booking, 2)
     assert (r.status, r.reversals) == ("cancelled", 1)
 
     async def footprint_nets_to_zero() -> bool:
@@ -271,7 +271,7 @@ async def test_list_flight_emissions_filters_and_pages(stub, pool, tokens) -> No
     async def listing(**q: Any) -> carbon_pb2.FlightEmissionsPage:
         return await stub.ListFlightEmissions(
             carbon_pb2.ListFlightEmissionsQuery(action_code=action, **q),
-            metadata=call_metadata(tokens["finance"]),
+            metadata=call_metadata(tokens["ops"]),
             timeout=RPC_TIMEOUT,
         )
 
@@ -495,7 +495,7 @@ async def test_list_offset_lots_filters_and_pages(stub, tokens) -> None:
 # --- roles -----------------------------------------------------------------------------------------------
 
 
-async def test_finance_may_read_but_not_command(stub, pool, tokens) -> None:
+async def test_finance_reads_the_ledger_but_no_traveller_and_commands_nothing(stub, pool, tokens) -> None:
     cmd = purchase_command()
     e = await refused(purchase(stub, tokens["finance"], cmd))
     assert e.code() == grpc.StatusCode.PERMISSION_DENIED and "PurchaseOffsets" in (e.details() or "")
@@ -508,6 +508,17 @@ async def test_finance_may_read_but_not_command(stub, pool, tokens) -> None:
         carbon_pb2.ListOffsetLotsQuery(page_size=1), metadata=call_metadata(tokens["finance"]), timeout=RPC_TIMEOUT
     )
     assert isinstance(page, carbon_pb2.OffsetLotsPage)
+    for call in (  # a flight's emissions name its traveller: not finance's
+        stub.ListFlightEmissions(
+            carbon_pb2.ListFlightEmissionsQuery(), metadata=call_metadata(tokens["finance"]), timeout=RPC_TIMEOUT
+        ),
+        stub.GetFlightEmissions(
+            carbon_pb2.GetFlightEmissionsQuery(booking_id="bk-x"),
+            metadata=call_metadata(tokens["finance"]),
+            timeout=RPC_TIMEOUT,
+        ),
+    ):
+        assert (await refused(call)).code() == grpc.StatusCode.PERMISSION_DENIED
     e = await refused(
         stub.ListFlightEmissions(
             carbon_pb2.ListFlightEmissionsQuery(), metadata=call_metadata(None), timeout=RPC_TIMEOUT
@@ -595,7 +606,7 @@ async def test_finance_reads_the_footprint_by_kind_action_and_region_and_the_led
         envelope(flight_booked(b2, [("BRU", "NBO", f"{year}-03-02")], kind="team_member", action_code=code), b2, 1),
         envelope(flight_booked(b3, [("BRU", "MAD", f"{year}-05-02")], kind="team_member", action_code=None), b3, 1),
     )
-    flights = [await wait_flight(stub, tokens["finance"], b, 1) for b in (b1, b2, b3)]
+    flights = [await wait_flight(stub, tokens["ops"], b, 1) for b in (b1, b2, b3)]
     expected_total = sum(Decimal(f.kg_co2e) for f in flights)
     md = call_metadata(tokens["finance"])
 
@@ -683,7 +694,7 @@ async def test_a_booking_across_new_year_counts_each_leg_in_the_year_it_departs(
             flight_booked(b, [("BRU", "NBO", f"{y1}-12-29"), ("NBO", "BRU", f"{y2}-01-01")], action_code=code), b, 1
         )
     )
-    flight = await wait_flight(stub, tokens["finance"], b, 1)
+    flight = await wait_flight(stub, tokens["ops"], b, 1)
     assert flight.departure_year == y1
     out, back = (Decimal(s.kg_co2e) for s in flight.segments)
     assert out + back == Decimal(flight.kg_co2e) and out > 0 and back > 0

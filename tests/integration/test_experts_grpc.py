@@ -80,7 +80,7 @@ ACTIVITIES = {
 
 
 class FakeActions(actions_pb2_grpc.ActionsServicer):
-    """GetActivity over fixed activities; demands the `service` token, as the real one would."""
+    """GetActivity over fixed activities; demands the experts service's own token, as the real one would."""
 
     def __init__(self, service_token: str) -> None:
         self.service_token = service_token
@@ -101,7 +101,7 @@ class FakeActions(actions_pb2_grpc.ActionsServicer):
 
 @pytest.fixture(scope="module")
 async def actions(tokens: dict[str, str]) -> AsyncIterator[tuple[FakeActions, int]]:
-    fake = FakeActions(tokens["service"])
+    fake = FakeActions(tokens["experts"])
     async with grpc_double(actions_pb2_grpc.add_ActionsServicer_to_server, fake) as port:
         yield fake, port
 
@@ -187,7 +187,9 @@ async def test_a_registered_expert_is_got_by_every_reader(stub, tokens, pool) ->
     assert ack.stream_id.startswith("expert-") and (ack.first_version, ack.last_version) == (1, 1)
     [row] = await pool.fetch("SELECT * FROM experts.events WHERE stream_id = $1", ack.stream_id)
     assert row["event_type"] == "ExpertRegistered" and row["actor"] == "dev-ops" and row["position"] == ack.position
-    for role in ("finance", "service", "ops", "admin"):
+    e = await refused(stub.GetExpert(experts_pb2.GetExpertQuery(expert_id=ack.stream_id), **md(tokens["finance"])))
+    assert e.code() == grpc.StatusCode.PERMISSION_DENIED  # an expert's record names a person: not finance's
+    for role in ("logistics", "ops", "admin"):  # logistics: the one service whose flows ask for an expert
         e = await stub.GetExpert(experts_pb2.GetExpertQuery(expert_id=ack.stream_id), **md(tokens[role]))
         assert (e.expert_id, e.name, e.gender, e.background, e.nationality) == (
             ack.stream_id,
@@ -200,7 +202,7 @@ async def test_a_registered_expert_is_got_by_every_reader(stub, tokens, pool) ->
         assert list(e.themes) == ["international_protection_and_asylum"] and e.version == 1
 
 
-async def test_finance_may_read_but_not_command_and_a_token_is_needed(stub, tokens, pool) -> None:
+async def test_finance_may_neither_read_nor_command_and_a_token_is_needed(stub, tokens, pool) -> None:
     cmd = registration()
     before = await event_count(pool)
     e = await refused(stub.RegisterExpert(cmd, **md(tokens["finance"])))
@@ -225,9 +227,12 @@ async def test_finance_may_read_but_not_command_and_a_token_is_needed(stub, toke
         assert (await refused(call)).code() == grpc.StatusCode.PERMISSION_DENIED
     assert await event_count(pool) == before + 1  # only the ops registration
     assert await command_rows(pool, cmd.command_id) == 0
-    # finance reads the lists
-    await stub.ListExperts(experts_pb2.ListExpertsQuery(), **md(tokens["finance"]))
-    await stub.ListDeployments(experts_pb2.ListDeploymentsQuery(), **md(tokens["finance"]))
+    # the lists name people: finance reads figures (stats), not them
+    for call in (
+        stub.ListExperts(experts_pb2.ListExpertsQuery(), **md(tokens["finance"])),
+        stub.ListDeployments(experts_pb2.ListDeploymentsQuery(), **md(tokens["finance"])),
+    ):
+        assert (await refused(call)).code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 # --- invalid input -----------------------------------------------------------------------------------
@@ -344,8 +349,8 @@ async def test_deploying_asks_actions_with_the_service_token_and_takes_the_activ
     expert = await register(stub, tokens["ops"])
     ack = await deploy(stub, tokens["ops"], expert, "2017-03/A1")
     assert ack.stream_id == expert and (ack.first_version, ack.last_version) == (2, 2)
-    assert fake.calls[-1] == ("2017-03/A1", f"Bearer {tokens['service']}")
-    e = await stub.GetExpert(experts_pb2.GetExpertQuery(expert_id=expert), **md(tokens["finance"]))
+    assert fake.calls[-1] == ("2017-03/A1", f"Bearer {tokens['experts']}")
+    e = await stub.GetExpert(experts_pb2.GetExpertQuery(expert_id=expert), **md(tokens["ops"]))
     [d] = e.deployments
     assert (d.action_code, d.activity_id, d.starts_on.iso, d.ends_on.iso, d.status) == (
         "2017-03",
@@ -522,7 +527,7 @@ async def test_update_cancel_evaluate_and_deactivate(stub, tokens, pool) -> None
         ),
         **md(ops),
     )
-    got = await stub.GetExpert(experts_pb2.GetExpertQuery(expert_id=expert), **md(tokens["finance"]))
+    got = await stub.GetExpert(experts_pb2.GetExpertQuery(expert_id=expert), **md(tokens["ops"]))
     assert got.background == "private_consultant" and list(got.themes) == [] and not got.active
     assert [(d.activity_id, d.status, d.evaluated) for d in got.deployments] == [
         ("2017-03/A1", "deployed", True),
@@ -600,7 +605,7 @@ async def test_list_experts_filters_and_pages(stub, tokens) -> None:
 
     await eventually(projected, 60, "the roster to show the deactivated expert")
     everyone, pages = await list_all(
-        stub, tokens["finance"], "ListExperts", experts_pb2.ListExpertsQuery(nationality="is"), 2
+        stub, tokens["ops"], "ListExperts", experts_pb2.ListExpertsQuery(nationality="is"), 2
     )
     assert [e.expert_id for e in everyone] == ids and pages == 3  # registration order, no repeats
     assert [e.active for e in everyone] == [True, False, True, True, True]
@@ -641,7 +646,7 @@ async def test_list_deployments_filters_by_year_action_expert_and_status_and_pag
 
     await eventually(projected, 60, "the deployments read model to show the cancellation")
     mine, pages = await list_all(
-        stub, tokens["finance"], "ListDeployments", experts_pb2.ListDeploymentsQuery(expert_id=a), 1
+        stub, tokens["ops"], "ListDeployments", experts_pb2.ListDeploymentsQuery(expert_id=a), 1
     )
     assert [d.activity_id for d in mine] == ["2017-03/A1", "2017-04/A1", "2018-01/A1"] and pages == 3
     assert [d.status for d in mine] == ["deployed", "deployed", "cancelled"]

@@ -18,7 +18,7 @@ import pytest
 from badinput import Rpc, contexts, rpcs
 from mieux.common.v1 import common_pb2
 from mieux.requests.v1 import requests_pb2
-from support import ServiceProcess, running_together
+from support import ServiceProcess, mieux_cli, running_together
 
 from services.kernel.settings import Settings
 from services.ops import catalog, tokens_cli
@@ -167,3 +167,12 @@ def test_a_finance_person_may_not_command(fleet: dict[str, ServiceProcess], monk
         assert submit(fleet["requests"].target, token)[1] == "PERMISSION_DENIED"
     finally:
         assert tokens_cli.revoke(settings, token_id=token_id) == [token_id]
+
+
+@pytest.mark.parametrize("args", [("replay", "requests"), ("parked", "retry", "mieux.requests.projections")])
+async def test_replaying_and_redriving_are_admins(
+    args: tuple[str, ...], stack_env: dict[str, str], tokens: dict[str, str]
+) -> None:
+    for who in ("ops", "finance"):
+        code, out = await mieux_cli({**stack_env, "MIEUX_TOKEN": tokens[who]}, *args)
+        assert code == 2 and f"dev-{who} is not an admin" in out, out
