@@ -13,6 +13,9 @@ What it writes (all git-ignored; every private file is created with mode 0600, f
   127.0.0.1), each Kafka broker of compose (`kafka-1` ... `kafka-3`) and compose's PostgreSQL (`postgres`);
 - `deploy/signing/<service>.pem`: each service's Ed25519 key, with which it signs the events it publishes
   (services/kernel/signing.py); their public keys are MIEUX_VERIFY_KEYS (in `.env` and `mieux-tokens`);
+- `deploy/people/people.json`: the registry of people's own tokens (salted hashes; empty at first), which
+  `mieux tokens issue|revoke` write (MIEUX_AUTH_TOKENS_FILE=deploy/people/people.json); compose's tls-init copies
+  it to each service, Kubernetes mounts it from the Secret `mieux-people`;
 - `deploy/personal-data/<service>.key`: the master key of each service that keeps personal data (experts,
   logistics), base64 of 32 random bytes, which wraps each person's data key (services/kernel/personal.py,
   MIEUX_PERSONAL_DATA_KEY_FILE). Losing it loses every name that service holds: back it up, apart from the
@@ -27,8 +30,10 @@ What it writes (all git-ignored; every private file is created with mode 0600, f
   also holds `verify-keys`. Strimzi's User Operator makes the Kafka passwords (Secret `mieux-<name>`).
 
 Each service gets a token of its own (role `service`, principal named after the service, so the events a
-call causes record which service acted), and people get `ops`, `finance` and `admin` tokens. The services
-only ever see the sha256 of a token (`MIEUX_AUTH_TOKENS`). What exists is kept unless --force (a new token
+call causes record which service acted, allowed only the calls its flows make: services/ops/catalog.py), and
+people get `ops`, `finance` and `admin` tokens (people's own are issued with `mieux tokens issue` into the
+registry file MIEUX_AUTH_TOKENS_FILE, deploy/README.md). The services only ever see a salted sha256 of a token
+(`MIEUX_AUTH_TOKENS`, services/kernel/principals.py). What exists is kept unless --force (a new token
 or CA would lock out every client holding the old one); what is missing is added, from the values already
 there.
 """
@@ -67,8 +72,8 @@ KUBERNETES_PG_CA = "/etc/mieux/pg-ca/ca.crt"  # CloudNativePG's CA (Secret mieux
 KUBERNETES_PG_HOST = "mieux-pg-rw"  # CloudNativePG's read-write Service of the Cluster mieux-pg
 
 
-def sha256(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def generate() -> dict[str, str]:
@@ -76,13 +81,26 @@ def generate() -> dict[str, str]:
     return {name: f"mieux-{name}-{secrets.token_urlsafe(24)}" for name in (*SERVICES, *PEOPLE)}
 
 
-def auth_tokens(tokens: dict[str, str]) -> dict[str, dict[str, object]]:
-    """What MIEUX_AUTH_TOKENS holds: sha256(token) -> {name, roles}."""
-    out: dict[str, dict[str, object]] = {}
+def auth_tokens(tokens: dict[str, str], old: str | None = None) -> dict[str, object]:
+    """What MIEUX_AUTH_TOKENS holds (services/kernel/principals.py): one salted entry per token, a service's with
+    its allow-list of calls (services/ops/catalog.py). An entry of `old` still right for its token (the same
+    hash, name, roles and calls) is kept as it is, so that running this again changes nothing."""
+    from services.kernel.principals import entry_for, parse_entries, salted_hash
+    from services.ops import catalog
+
+    calls = catalog.calls()
+    try:
+        kept = {e.id: e for e in parse_entries(json.loads(old), "MIEUX_AUTH_TOKENS")} if old else {}
+    except (ValueError, RuntimeError):  # the unsalted table of an older version: every entry is made again
+        kept = {}
+    entries = []
     for name, token in tokens.items():
         roles = ["service"] if name in SERVICES else [name]
-        out[sha256(token)] = {"name": name, "roles": roles}
-    return out
+        wanted = entry_for(token, name, roles, calls[name] if name in SERVICES else None, token_id=name)  # type: ignore[arg-type]
+        was = kept.get(name)
+        same = was is not None and (was.name, was.roles, was.calls) == (wanted.name, wanted.roles, wanted.calls)
+        entries.append(was if same and salted_hash(was.salt, token) == was.hash else wanted)  # type: ignore[union-attr]
+    return {"tokens": [e.model_dump(mode="json") for e in entries]}
 
 
 def kafka_user(name: str) -> str:
@@ -219,6 +237,18 @@ def make_personal_data_keys(folder: Path, force: bool) -> dict[str, str]:
     return out
 
 
+def make_people(folder: Path) -> str:
+    """The registry of people's own tokens, `people/people.json` (MIEUX_AUTH_TOKENS_FILE): made empty when
+    missing, never replaced (`mieux tokens issue|revoke` write it); its text, for the Secret mieux-people."""
+    from services.kernel import principals
+
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / "people.json"
+    if not path.exists():
+        principals.write_file(path, [])
+    return path.read_text()
+
+
 def secret(name: str, data: dict[str, str], kind: str = "Opaque") -> dict[str, object]:
     return {
         "apiVersion": "v1",
@@ -234,12 +264,14 @@ def kubernetes_secrets(
     pki: dict[str, tuple[bytes, bytes]] | None,
     signing: dict[str, tuple[bytes, dict]],
     personal: dict[str, str],
+    people: str = '{"tokens": []}',
 ) -> list[dict]:
     """The Secrets the manifests read, besides those the operators make (Strimzi's Kafka passwords and CAs,
     CloudNativePG's CA): JSON documents, which are YAML."""
     tokens = tokens_of(values)
     shared = {"auth-tokens": values["MIEUX_AUTH_TOKENS"], "verify-keys": values["MIEUX_VERIFY_KEYS"]}
     docs = [secret("mieux-tokens", shared | {f"{name}-token": tok for name, tok in tokens.items()})]
+    docs.append(secret("mieux-people", {"people.json": people}))  # mounted: MIEUX_AUTH_TOKENS_FILE
     docs += [secret(f"mieux-signing-{svc}", {"signing.pem": pem.decode()}) for svc, (pem, _) in signing.items()]
     docs += [secret(f"mieux-personal-data-{svc}", {"personal-data.key": key}) for svc, key in personal.items()]
     for role in DB_ROLES:
@@ -285,18 +317,21 @@ def main(argv: list[str] | None = None) -> int:
     env_path = args.out / ".env"
     kept = {} if args.force or not env_path.exists() else read_env(env_path)
     values = {**fresh_values(), **kept}
-    # the hashes of the tokens kept (and of any added): what the services accept
-    values["MIEUX_AUTH_TOKENS"] = json.dumps(auth_tokens(tokens_of(values)), separators=(",", ":"))
+    # the salted hashes of the tokens kept (and of any added): what the services accept
+    registry = auth_tokens(tokens_of(values), kept.get("MIEUX_AUTH_TOKENS"))
+    values["MIEUX_AUTH_TOKENS"] = json.dumps(registry, separators=(",", ":"))
     pki = make_pki(args.out / "tls", args.namespace, args.force)
     print(f"TLS material in {args.out / 'tls'}")
     signing = make_signing_keys(args.out / "signing", args.force)
     print(f"signing keys in {args.out / 'signing'}")
     personal = make_personal_data_keys(args.out / "personal-data", args.force)
     print(f"personal-data master keys in {args.out / 'personal-data'} (back them up, apart from the database)")
+    people = make_people(args.out / "people")
+    print(f"people's tokens in {args.out / 'people' / 'people.json'} (`mieux tokens issue`, deploy/README.md)")
     values["MIEUX_VERIFY_KEYS"] = json.dumps({svc: keys for svc, (_, keys) in signing.items()}, separators=(",", ":"))
     added = sorted(k for k in values if kept.get(k) != values[k]) if kept else []
 
-    docs = kubernetes_secrets(values, None if args.cert_manager else pki, signing, personal)
+    docs = kubernetes_secrets(values, None if args.cert_manager else pki, signing, personal, people)
     outputs = (
         (env_path, compose_env(values)),
         (

@@ -714,7 +714,7 @@ async def test_a_booking_across_new_year_counts_each_leg_in_the_year_it_departs(
         ], year
         assert Decimal(fp.kg_co2e_by_region["africa_ces"]) == Decimal(fp.kg_co2e_by_action[code]) == kg
         listed = await stub.ListFlightEmissions(
-            carbon_pb2.ListFlightEmissionsQuery(year=year), metadata=md, timeout=RPC_TIMEOUT
+            carbon_pb2.ListFlightEmissionsQuery(year=year), metadata=call_metadata(tokens["ops"]), timeout=RPC_TIMEOUT
         )
         assert b in {f.booking_id for f in listed.flight_emissions}, year
     # coverage: one VER retired against each year, over that year's legs only

@@ -46,7 +46,7 @@ from services.kernel.envelope import topic_for
 from services.kernel.policy import Policy
 from services.kernel.projection import Projection
 from services.kernel.runner import projection_group
-from services.kernel.settings import SERVICE_PORTS, Settings, hash_token
+from services.kernel.settings import SERVICE_PORTS, Settings
 from services.ops import catalog
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -243,7 +243,7 @@ def check_env(env: dict[str, Any], where: str, signs: bool = True, personal: boo
     master = sorted(set(env) & PERSONAL_DATA_SETTINGS)
     assert personal or not master, f"{where} keeps no personal data, yet it is given a master key: {master}"
     # a Secret reference stands for a value of the right form (the checks of the Secrets are below)
-    forms = {"MIEUX_AUTH_TOKENS": "{}", "MIEUX_VERIFY_KEYS": "{}"}
+    forms = {"MIEUX_AUTH_TOKENS": "{}", "MIEUX_VERIFY_KEYS": "{}", "MIEUX_TOKEN": "t" * 43}  # a token: 32 or more
     given = {k: forms.get(k, "from-a-secret") if isinstance(v, dict) else str(v) for k, v in env.items()}
     with pytest.MonkeyPatch.context() as mp:
         for name in settings_read():
@@ -393,10 +393,13 @@ def test_compose_env_is_what_the_settings_read(dot_env: dict[str, str], made: Pa
         assert env["MIEUX_KAFKA_USERNAME"] == f"mieux-{name}"
         assert scram[env["MIEUX_KAFKA_USERNAME"]] == env["MIEUX_KAFKA_PASSWORD"]
         # each service presents a token of its own, which authenticates as that service
-        principal = Settings.model_validate({"MIEUX_AUTH_TOKENS": json.loads(env["MIEUX_AUTH_TOKENS"])}).tokens()[
-            hash_token(env["MIEUX_TOKEN"])
-        ]
-        assert principal.name == name and principal.roles == frozenset({"ops" if name == "ops" else "service"})
+        registry = Settings.model_validate({"MIEUX_AUTH_TOKENS": json.loads(env["MIEUX_AUTH_TOKENS"])}).tokens()
+        principal = registry.authenticate(env["MIEUX_TOKEN"])
+        assert (
+            principal is not None
+            and principal.name == name
+            and principal.roles == frozenset({"ops" if name == "ops" else "service"})
+        )
         if name != "ops":  # its signing key (tls-init puts deploy/signing/<name>.pem there), which the keys verify
             assert env["MIEUX_SIGNING_KEY_FILE"] == str(
                 PurePosixPath(env["MIEUX_TLS_CERT_FILE"]).parent / "signing.pem"
@@ -470,6 +473,15 @@ def test_compose_gives_each_container_its_own_tls_files(made: Path) -> None:
     loop = re.search(r"for s in ([a-z ]+); do  # each service's signing key", script)
     assert loop and loop.group(1).split() == list(SERVICE_PORTS)
     assert 'install -m 0400 -o 10001 -g 10001 "/in-signing/$$s.pem" "/out/$$s/signing.pem"' in script
+    # people's own tokens (salted hashes): into every service's volume and ops's, where MIEUX_AUTH_TOKENS_FILE is
+    assert "./people:/in-people:ro" in init["volumes"]
+    loop = re.search(r"for s in ([a-z ]+); do  # people's tokens", script)
+    assert loop and loop.group(1).split() == [*SERVICE_PORTS, "ops"]
+    assert 'install -m 0400 -o 10001 -g 10001 /in-people/people.json "/out/$$s/people.json"' in script
+    assert json.loads((made / "people" / "people.json").read_text()) == {"tokens": []}
+    assert mode(made / "people" / "people.json") == 0o600
+    people = kubernetes_secrets(made)["mieux-people"]["stringData"]["people.json"]
+    assert json.loads(people) == {"tokens": []}
     # the personal-data master key: into the volume of each service that keeps personal data, and no other's
     assert "./personal-data:/in-personal-data:ro" in init["volumes"]
     loop = re.search(r"for s in ([a-z ]+); do  # the master key of each service that keeps personal data", script)
@@ -665,13 +677,17 @@ def test_make_secrets_tokens_authenticate_as_their_principals(tmp_path: Path) ->
     assert set(ms.SERVICES) == set(SERVICE_PORTS)
     assert ms.main(["--out", str(tmp_path)]) == 0
     env = dotenv(tmp_path / ".env")
-    principals = Settings.model_validate({"MIEUX_AUTH_TOKENS": json.loads(env["MIEUX_AUTH_TOKENS"])}).tokens()
-    for svc in SERVICE_PORTS:
-        p = principals[hash_token(env[f"MIEUX_TOKEN_{svc.upper()}"])]
-        assert (p.name, p.roles) == (svc, frozenset({"service"}))
+    registry = Settings.model_validate({"MIEUX_AUTH_TOKENS": json.loads(env["MIEUX_AUTH_TOKENS"])}).tokens()
+    calls = catalog.calls()
+    for svc in SERVICE_PORTS:  # each service: its own principal, allowed only the calls of its flows
+        p = registry.authenticate(env[f"MIEUX_TOKEN_{svc.upper()}"])
+        assert p is not None and (p.name, p.roles, p.calls) == (svc, frozenset({"service"}), frozenset(calls[svc]))
     for role in ("ops", "finance", "admin"):
-        assert principals[hash_token(env[f"MIEUX_TOKEN_{role.upper()}"])].roles == frozenset({role})
-    assert len(principals) == len(SERVICE_PORTS) + 3
+        p = registry.authenticate(env[f"MIEUX_TOKEN_{role.upper()}"])
+        assert p is not None and (p.roles, p.calls) == (frozenset({role}), None)
+    assert len(registry.entries()) == len(SERVICE_PORTS) + 3
+    assert all(len(env[f"MIEUX_TOKEN_{n.upper()}"]) >= 32 for n in (*SERVICE_PORTS, "ops", "finance", "admin"))
+    assert env["MIEUX_TOKEN_OPS"] not in env["MIEUX_AUTH_TOKENS"]  # salted hashes only
     tokens = kubernetes_secrets(tmp_path)["mieux-tokens"]["stringData"]
     assert tokens["auth-tokens"] == env["MIEUX_AUTH_TOKENS"]
     assert all(tokens[f"{svc}-token"] == env[f"MIEUX_TOKEN_{svc.upper()}"] for svc in SERVICE_PORTS)
@@ -685,17 +701,19 @@ def test_make_secrets_tokens_authenticate_as_their_principals(tmp_path: Path) ->
 
 
 def test_make_secrets_adds_what_an_older_env_lacks_and_keeps_the_rest(tmp_path: Path) -> None:
-    """An .env of the version before (a PostgreSQL password and tokens) keeps its tokens; the roles' and
-    Kafka users' passwords are added."""
+    """An .env of the version before (a PostgreSQL password and tokens, their unsalted hashes) keeps its tokens,
+    now with salted entries; the roles' and Kafka users' passwords are added."""
     ms = make_secrets()
     tokens = ms.generate()
-    old = {"POSTGRES_PASSWORD": "kept", "MIEUX_AUTH_TOKENS": json.dumps(ms.auth_tokens(tokens))}
+    unsalted = {ms.sha256(t): {"name": n, "roles": ["service" if n in ms.SERVICES else n]} for n, t in tokens.items()}
+    old = {"POSTGRES_PASSWORD": "kept", "MIEUX_AUTH_TOKENS": json.dumps(unsalted)}
     old |= {f"MIEUX_TOKEN_{n.upper()}": t for n, t in tokens.items()}
     (tmp_path / ".env").write_text("".join(f"{k}='{v}'\n" for k, v in old.items()))
     assert ms.main(["--out", str(tmp_path)]) == 0
     env = dotenv(tmp_path / ".env")
     assert env["POSTGRES_PASSWORD"] == "kept" and env["MIEUX_TOKEN_OPS"] == tokens["ops"]
-    assert json.loads(env["MIEUX_AUTH_TOKENS"]) == ms.auth_tokens(tokens)
+    registry = Settings.model_validate({"MIEUX_AUTH_TOKENS": json.loads(env["MIEUX_AUTH_TOKENS"])}).tokens()
+    assert {n: getattr(registry.authenticate(t), "name", None) for n, t in tokens.items()} == {n: n for n in tokens}
     assert {f"PG_PASSWORD_{r.upper()}" for r in [*SERVICE_PORTS, "ops"]} <= set(env)
     assert {f"KAFKA_PASSWORD_{u.upper()}" for u in [*SERVICE_PORTS, "ops", "admin"]} <= set(env)
 
