@@ -43,7 +43,8 @@ def stack_env(stack: DevStack) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def tokens(stack: DevStack) -> dict[str, str]:
-    """The stack's client tokens by role (`service`, `ops`, `finance`, `admin`), as the CLI reads them."""
+    """The stack's tokens (tokens.json): a person's by role (`ops`, `finance`, `admin`; principals `dev-<role>`), and
+    each service's own by its name (`experts`, ...: its principal, allowed only its calls)."""
     return json.loads((stack.home / "tokens.json").read_text())
 
 

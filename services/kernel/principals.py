@@ -127,24 +127,32 @@ class TokenRegistry:
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._from_file: list[TokenEntry] = []
-        self._refresh()
+        # (salt, digest, entry) of every entry, in bytes: what a call compares against, made once per change
+        self._compiled: list[tuple[bytes, bytes, TokenEntry]] = []
+        self._refresh(force=True)
 
-    def _refresh(self) -> None:
+    def _refresh(self, force: bool = False) -> None:
         """Read the file again if its mtime or size changed (one stat per call otherwise). A file that cannot be
         read or parsed keeps the last good entries: a half-written Secret must not lock everybody out."""
         if self.path is None:
+            if force:
+                self._compile()
             return
         stamp = _stamp(self.path)
-        if stamp == self._stamp:
+        if stamp == self._stamp and not force:
             return
         with self._lock:
             try:
                 self._from_file = read_file(self.path) if stamp is not None else []
             except (SettingsError, ValueError):
-                if self._stamp is None:  # at start: say so
+                if force:  # at start: say so
                     raise
                 return
             self._stamp = stamp
+            self._compile()
+
+    def _compile(self) -> None:
+        self._compiled = [(bytes.fromhex(e.salt), bytes.fromhex(e.hash), e) for e in [*self.fixed, *self._from_file]]
 
     def entries(self) -> list[TokenEntry]:
         self._refresh()
@@ -157,8 +165,10 @@ class TokenRegistry:
         """The principal of `token`, or None. Every entry is compared (hmac.compare_digest), hit or not."""
         if len(token) < MIN_TOKEN_LENGTH or len(token) > 4096:
             return None
+        self._refresh()
+        raw = token.encode()
         found: TokenEntry | None = None
-        for e in self.entries():
-            if hmac.compare_digest(salted_hash(e.salt, token), e.hash) and found is None:
+        for salt, digest, e in self._compiled:
+            if hmac.compare_digest(hashlib.sha256(salt + raw).digest(), digest) and found is None:
                 found = e
         return found.principal() if found is not None else None

@@ -88,7 +88,14 @@ GENERATED = 8  # hypothesis examples per RPC, after its sweep
 RPC_TIMEOUT = 10.0
 RPCS = rpcs()
 # settings the services would take from the environment over the stack's (stack.json): not this stack's
-FOREIGN = ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "MIEUX_AUTH_TOKENS", "MIEUX_TOKEN", "MIEUX_METRICS_PORT")
+FOREIGN = (
+    "DATABASE_URL",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "MIEUX_AUTH_TOKENS",
+    "MIEUX_AUTH_TOKENS_FILE",
+    "MIEUX_TOKEN",
+    "MIEUX_METRICS_PORT",
+)
 
 
 def D(iso: str) -> common_pb2.Date:

@@ -43,20 +43,20 @@ def test_a_token_shorter_than_32_characters_is_neither_issued_nor_accepted() -> 
 def test_every_entry_is_compared_whatever_matches(monkeypatch: pytest.MonkeyPatch) -> None:
     entries = [entry_for(OPS, "ana", ["ops"]), entry_for(FIN, "fay", ["finance"]), entry_for(SVC, "x", ["service"], [])]
     registry = TokenRegistry(entries)
-    compared: list[str] = []
+    compared: list[bytes] = []
     real = principals.hmac.compare_digest
 
-    def counting(a: str, b: str) -> bool:
+    def counting(a: bytes, b: bytes) -> bool:
         compared.append(b)
         return real(a, b)
 
     monkeypatch.setattr(principals.hmac, "compare_digest", counting)
     p = registry.authenticate(OPS)  # the first entry's
     assert p is not None and p.name == "ana" and p.roles == {"ops"}
-    assert compared == [e.hash for e in entries]  # no early exit on the hit
+    assert compared == [bytes.fromhex(e.hash) for e in entries]  # no early exit on the hit
     compared.clear()
     assert registry.authenticate(long_token("nobody")) is None
-    assert compared == [e.hash for e in entries]
+    assert compared == [bytes.fromhex(e.hash) for e in entries]
 
 
 def test_a_service_principal_needs_its_calls_and_may_make_only_those() -> None:
