@@ -13,13 +13,15 @@ next call without restarting a server.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import secrets
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,17 @@ def write_file(path: Path, entries: Sequence[TokenEntry]) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(dump_entries(entries))
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """One writer of the registry file at a time (a read-modify-write would lose another's entry otherwise)."""
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -50,11 +50,12 @@ def ensure(home: Path) -> Path:
         _write_private(path, json.dumps(tokens, indent=2))
     registry = home / REGISTRY_FILE
     own = {stack_entry_id(who) for who in tokens}
-    kept = [e for e in (principals.read_file(registry) if registry.exists() else []) if e.id not in own]
     entries: list[TokenEntry] = [
         principals.entry_for(tokens[r], f"dev-{r}", [r], token_id=stack_entry_id(r))  # type: ignore[list-item]
         for r in PEOPLE
     ]
     entries += [principals.entry_for(tokens[s], s, ["service"], calls[s], token_id=stack_entry_id(s)) for s in calls]
-    principals.write_file(registry, [*entries, *kept])
+    with principals.locked(registry):  # `mieux tokens issue` may be writing it too
+        kept = [e for e in (principals.read_file(registry) if registry.exists() else []) if e.id not in own]
+        principals.write_file(registry, [*entries, *kept])
     return registry

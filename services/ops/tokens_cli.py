@@ -82,10 +82,11 @@ def issue(settings: Settings, person: str, role: str) -> tuple[str, str]:
     if role not in PERSON_ROLES:
         raise SettingsError(f"--role: one of {', '.join(PERSON_ROLES)}")
     path = registry_file(settings)
-    entries = principals.read_file(path) if path.exists() else []
     token = principals.new_token()
     entry = principals.entry_for(token, person, [role])  # type: ignore[list-item]
-    principals.write_file(path, [*entries, entry])
+    with principals.locked(path):
+        entries = principals.read_file(path) if path.exists() else []
+        principals.write_file(path, [*entries, entry])
     return entry.id, token
 
 
@@ -93,10 +94,11 @@ def revoke(settings: Settings, person: str | None = None, token_id: str | None =
     """Remove a person's tokens (all of them), or the token of an id; the ids removed. A service's token is
     not a person's: only `--id` removes it."""
     path = registry_file(settings)
-    entries = principals.read_file(path) if path.exists() else []
-    gone = [e for e in entries if e.id == token_id or (e.name == person and "service" not in e.roles)]
-    if gone:
-        principals.write_file(path, [e for e in entries if e not in gone])
+    with principals.locked(path):
+        entries = principals.read_file(path) if path.exists() else []
+        gone = [e for e in entries if e.id == token_id or (e.name == person and "service" not in e.roles)]
+        if gone:
+            principals.write_file(path, [e for e in entries if e not in gone])
     return [e.id for e in gone]
 
 
