@@ -10,18 +10,21 @@ call, with no restart of the server."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
 from badinput import Rpc, contexts, rpcs
 from mieux.common.v1 import common_pb2
 from mieux.requests.v1 import requests_pb2
-from support import ServiceProcess, mieux_cli, running_together
+from support import ServiceProcess, mieux_cli, start_service
 
 from services.kernel.settings import Settings
 from services.ops import catalog, tokens_cli
+from services.ops.devstack import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -73,8 +76,24 @@ def test_the_services_declare_exactly_the_calls_of_their_flows() -> None:
 
 @pytest.fixture(scope="module")
 def fleet(stack_env: dict[str, str]) -> Iterator[dict[str, ServiceProcess]]:
-    with running_together(contexts(), stack_env) as started:
+    """The six services, each told the others' addresses, started together (each start is mostly imports) with a
+    generous deadline (the machine is shared), all stopped at the end."""
+    names = contexts()
+    ports = {name: free_port() for name in names}
+    env = {**stack_env, **{f"MIEUX_{n.upper()}_ADDR": f"127.0.0.1:{p}" for n, p in ports.items()}}
+    started: dict[str, ServiceProcess] = {}
+    try:
+        with ThreadPoolExecutor(len(names)) as pool:
+            futures = {n: pool.submit(start_service, n, env, ports[n], timeout=180) for n in names}
+            for n, f in futures.items():
+                with contextlib.suppress(Exception):  # a failed start is raised below, after the others are kept
+                    started[n] = f.result()
+            for f in futures.values():
+                f.result()
         yield started
+    finally:
+        with ThreadPoolExecutor(len(names)) as pool:
+            list(pool.map(lambda svc: svc.stop(), started.values()))
 
 
 def call(target: str, rpc: Rpc, token: str) -> str:
