@@ -188,15 +188,17 @@ async def _exists(conn: asyncpg.Connection, table: str) -> bool:
 async def _fill(
     conn: ShadowConnection, projection: Projection, sources: Sequence[AsyncSource], seen: list[int], batch: int
 ) -> int:
-    """Apply to the shadow what each source holds past `seen` (moved on); return how many were applied.
-    A source is read from its start (AsyncSource takes no position) and what was applied before skipped."""
+    """Apply to the shadow what each source holds past `seen` (moved on to the last position read); return
+    how many were applied. A source is read from its start (AsyncSource takes no position) and what a pass
+    before applied is skipped by position (ReadAll's order)."""
     applied = 0
     for i, source in enumerate(sources):
         chunk: list[tuple[Envelope, Event]] = []
+        after = seen[i]
         async for env in source():
-            if env.position <= seen[i]:
+            if env.position <= after:
                 continue
-            seen[i] = env.position
+            seen[i] = max(seen[i], env.position)
             chunk.append((env, registry.decode(env)))
             if len(chunk) >= batch:
                 applied += await _apply_chunk(conn, projection, chunk)
