@@ -10,9 +10,11 @@ the live one, then put in its place in one transaction.
    applying to the live tables meanwhile, and readers keep reading them;
 2. it catches up without holding anything: the sources again, applying only the events past what it read;
 3. it takes the projection's rebuild lock exclusively (the live runner takes it shared around each batch,
-   projection.lock_key), so the live projection is held only for: the sources' remainder up to their head,
-   its tracking rows replaced by the shadow's, its `needs_rebuild` flag cleared, and each live table dropped
-   and the shadow's moved into its schema (its indexes, constraints and privileges with it); then COMMIT.
+   projection.lock_key), so the live projection is held only for: the sources' remainder up to their head
+   if the live projection applied an event the shadow lacks (else what the shadow lacks is still to come
+   to the live runner, which applies it after the swap), its tracking rows replaced by the shadow's, its
+   `needs_rebuild` flag cleared, and each live table dropped and the shadow's moved into its schema (its
+   indexes, constraints and privileges with it); then COMMIT.
 
 Readers see the old version until the commit and the new one after it, never an empty or partial one: a
 query that reaches a table during the swap waits for the commit (DROP TABLE locks it) and then reads the new
@@ -25,6 +27,7 @@ rows, so the runner finds them already applied when they come.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -150,7 +153,9 @@ async def rebuild_beside(
                 await built()
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", lock_key(projection))
             began = time.monotonic()
-            caught_up = await _fill(on, projection, sources, seen, batch)
+            caught_up = 0
+            if await _lacks(conn, projection, shadow):
+                caught_up = await _fill(on, projection, sources, seen, batch)
             await _swap(conn, projection, shadow)
             if swapping is not None:
                 await swapping()
@@ -181,6 +186,17 @@ async def _create(conn: asyncpg.Connection, projection: Projection, shadow: Shad
         raise ValueError(f"{projection.name}: its setup_sql does not create {missing} where a rebuild can point it")
 
 
+async def _lacks(conn: asyncpg.Connection, projection: Projection, shadow: Shadow) -> bool:
+    """Whether the live projection applied an event the shadow has not: only then must the sources be read
+    again while it is held. Else every event the shadow lacks is one the live runner has yet to apply: after
+    the swap it finds it untracked and applies it to the new tables."""
+    return await conn.fetchval(
+        f"SELECT EXISTS (SELECT FROM {TRACKING} t WHERE t.projection = $1 AND NOT EXISTS "
+        f"(SELECT FROM {shadow.tracking} s WHERE s.projection = t.projection AND s.event_id = t.event_id))",
+        projection.name,
+    )
+
+
 async def _exists(conn: asyncpg.Connection, table: str) -> bool:
     return await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table)
 
@@ -189,13 +205,13 @@ async def _fill(
     conn: ShadowConnection, projection: Projection, sources: Sequence[AsyncSource], seen: list[int], batch: int
 ) -> int:
     """Apply to the shadow what each source holds past `seen` (moved on to the last position read); return
-    how many were applied. A source is read from its start (AsyncSource takes no position) and what a pass
-    before applied is skipped by position (ReadAll's order)."""
+    how many were applied. A source that cannot start past a position is read from its start and what a
+    pass before applied is skipped by position (ReadAll's order)."""
     applied = 0
     for i, source in enumerate(sources):
         chunk: list[tuple[Envelope, Event]] = []
         after = seen[i]
-        async for env in source():
+        async for env in _after(source, after)():
             if env.position <= after:
                 continue
             seen[i] = max(seen[i], env.position)
@@ -208,6 +224,14 @@ async def _fill(
     return applied
 
 
+def _after(source: AsyncSource, position: int) -> AsyncSource:
+    """`source` from past `position` when it can start there (a dataclass with an `after_position`, as the
+    ReadAll client's source, so a catch-up does not read the log again), else `source` as it is."""
+    if position > 0 and dataclasses.is_dataclass(source) and hasattr(source, "after_position"):
+        return cast(AsyncSource, dataclasses.replace(source, after_position=position))
+    return source
+
+
 async def _apply_chunk(conn: ShadowConnection, projection: Projection, chunk: list[tuple[Envelope, Event]]) -> int:
     # the kernel's own tracking and apply path, on the shadow (duplicates among the sources dropped there)
     return (await _apply_items(cast(asyncpg.Connection, conn), [(projection, chunk)]))[0]
@@ -217,8 +241,13 @@ async def _swap(conn: asyncpg.Connection, projection: Projection, shadow: Shadow
     """Under the projection's rebuild lock: its tracking rows and flag, then each live table replaced by the
     shadow's, with the live table's privileges; the shadow schema dropped. The tables go last, so that readers
     wait on them for as short a time as can be."""
-    await conn.execute(f"DELETE FROM {TRACKING} WHERE projection = $1", projection.name)
-    await conn.execute(f"INSERT INTO {TRACKING} SELECT * FROM {shadow.tracking}")
+    # the shadow's tracking rows: mostly the live ones already, so only the difference is written
+    await conn.execute(
+        f"DELETE FROM {TRACKING} t WHERE t.projection = $1 AND NOT EXISTS "
+        f"(SELECT FROM {shadow.tracking} s WHERE s.projection = t.projection AND s.event_id = t.event_id)",
+        projection.name,
+    )
+    await conn.execute(f"INSERT INTO {TRACKING} SELECT * FROM {shadow.tracking} ON CONFLICT DO NOTHING")
     await conn.execute(f"DELETE FROM {NEEDS_REBUILD} WHERE projection = $1", projection.name)
     for live, name in shadow.tables.items():
         grants = await conn.fetch(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -25,7 +26,7 @@ from services.kernel.bluegreen import RebuildRunning, rebuild_beside
 from services.kernel.db import Pool, create_pool
 from services.kernel.envelope import Envelope, topic_for
 from services.kernel.eventlog import EventLogServicer, sources_of
-from services.kernel.projection import Projection, rebuild
+from services.kernel.projection import Projection, apply_batch, rebuild
 from services.kernel.runner import ProjectionRunner
 from services.kernel.settings import SERVICE_PORTS, Settings
 from services.kernel.store import EventStore, Metadata
@@ -314,3 +315,61 @@ async def tracking(pool: Pool, projection: Projection) -> set[Any]:
         r[0]
         for r in await pool.fetch("SELECT event_id FROM projections.tracking WHERE projection = $1", projection.name)
     }
+
+
+@dataclass
+class StoreSource:
+    """A source that starts past a position, as the ReadAll client's can (`after_position`): what the
+    catch-up asks of it is recorded."""
+
+    store: EventStore
+    asked: list[int]
+    after_position: int = 0
+
+    async def __call__(self) -> AsyncIterator[Envelope]:
+        self.asked.append(self.after_position)
+        for env in await stored_after(self.store, self.after_position):
+            yield env
+
+
+@pytest.mark.parametrize("live_applied", [0, 4])
+async def test_the_held_catch_up_reads_only_when_the_live_projection_is_ahead(
+    stack: DevStack, schema: str, monkeypatch: pytest.MonkeyPatch, live_applied: int
+) -> None:
+    """Ten events are stored once the shadow is built. When the live runner has applied some of them, the
+    rebuild reads the source again while it holds the live projection, from where it stopped (a source that
+    can start past a position is not read from the start), and the swapped model has all ten. When it has
+    applied none, the source is not read again: the ten are left to the live runner, which applies them
+    after the swap to the new tables."""
+    async with the_stack(stack, schema, monkeypatch) as (pool, store):
+        projection = register_on(schema)
+        topic = projection.topics[0]
+        await append(store, 0, 500)
+        asked: list[int] = []
+        end: list[int] = []
+        later: list[Envelope] = []
+        foreign = Envelope.model_validate(
+            {**(await stored_after(store, 0))[0].model_dump(), "event_id": uuid.uuid4(), "position": 0}
+        )
+
+        async def built() -> None:
+            end.append(await store.last_position())
+            await append(store, 500, 10)
+            later.extend(await stored_after(store, end[0]))
+            # the live runner's path, for the first `live_applied` of them, and an event on the topic that is
+            # not in the store (another producer's, a test's): the rebuild cannot bring it
+            delivered = later[:live_applied] + [foreign] * bool(live_applied)
+            await apply_batch(pool, [projection], [(topic, e.to_bytes()) for e in delivered])
+
+        done = await rebuild_beside(pool, projection, [StoreSource(store, asked)], built=built)
+        caught_up = 10 if live_applied else 0
+        assert (done.events, done.caught_up) == (500 + caught_up, caught_up)
+        assert asked == ([0, end[0], end[0]] if live_applied else [0, end[0]])  # the build, the catch-ups
+        assert len(await rows(pool)) == 500 + caught_up
+        # the tracking rows are the new version's: the foreign event's is gone with what it did
+        stored = {e.event_id for e in await stored_after(store, 0)}
+        assert await tracking(pool, projection) == (stored if live_applied else stored - set(e.event_id for e in later))
+        # what the bus brings next: applied if the rebuild did not catch it up, else found applied
+        result = await apply_batch(pool, [projection], [(topic, e.to_bytes()) for e in later])
+        assert (result.applied, result.duplicates) == (10 - caught_up, caught_up)
+        assert len(await rows(pool)) == 510
