@@ -247,7 +247,10 @@ async def _swap(conn: asyncpg.Connection, projection: Projection, shadow: Shadow
         f"(SELECT FROM {shadow.tracking} s WHERE s.projection = t.projection AND s.event_id = t.event_id)",
         projection.name,
     )
-    await conn.execute(f"INSERT INTO {TRACKING} SELECT * FROM {shadow.tracking} ON CONFLICT DO NOTHING")
+    await conn.execute(
+        f"INSERT INTO {TRACKING} SELECT * FROM {shadow.tracking} s WHERE NOT EXISTS "
+        f"(SELECT FROM {TRACKING} t WHERE t.projection = s.projection AND t.event_id = s.event_id)"
+    )
     await conn.execute(f"DELETE FROM {NEEDS_REBUILD} WHERE projection = $1", projection.name)
     for live, name in shadow.tables.items():
         grants = await conn.fetch(
