@@ -70,10 +70,10 @@ class Shadow:
             raise ValueError(f"projection name {projection.name!r} too long for a shadow schema")
         # live table -> its bare name, which the shadow keeps so that the DDL's generated names (keys,
         # sequences) and the apply code's bare references (`ON CONFLICT ... SET n = counts.n + 1`) hold
-        self.tables = {live: live.split(".", 1)[1] for live in projection.tables}
-        bare = list(self.tables.values())
-        if any("." not in live for live in projection.tables) or len(set(bare)) != len(bare):
+        bare = [live.partition(".")[2] for live in projection.tables]
+        if not all(bare) or len(set(bare)) != len(bare):
             raise ValueError(f"{projection.name}: tables must be schema-qualified with distinct names: {bare}")
+        self.tables = dict(zip(projection.tables, bare, strict=True))
         self.tracking = f"{self.schema}.{SHADOW_TRACKING}"
         targets = {live: f"{self.schema}.{name}" for live, name in self.tables.items()}
         targets[TRACKING] = self.tracking
