@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 from mieux.common.v1 import eventlog_pb2_grpc
 from support import eventually, grpc_double, own_database, publish
@@ -373,3 +374,44 @@ async def test_the_held_catch_up_reads_only_when_the_live_projection_is_ahead(
         result = await apply_batch(pool, [projection], [(topic, e.to_bytes()) for e in later])
         assert (result.applied, result.duplicates) == (10 - caught_up, caught_up)
         assert len(await rows(pool)) == 510
+
+
+async def test_the_swapped_tables_keep_the_live_ones_owner_and_grants(
+    stack: DevStack, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As deployed (deploy/postgres): a service's role owns its read models and grants reading them; the
+    rebuild, run by an operator's role (here the superuser), creates the next version as the live tables'
+    owner, which it may (and must) be to drop them, and gives it the live tables' grants."""
+    owner, reader = f"{schema}_owner", f"{schema}_reader"
+    try:
+        async with the_stack(stack, schema, monkeypatch) as (pool, store):
+            projection = register_on(schema)
+            sources = sources_of(projection, Settings(), "ops")
+            await append(store, 0, 50)
+            async with pool.acquire() as conn:
+                await projection.setup(conn)
+                db = await conn.fetchval("SELECT current_database()")
+                await conn.execute(
+                    f"CREATE ROLE {owner}; CREATE ROLE {reader}; GRANT CREATE ON DATABASE {db} TO {owner}; "
+                    f"GRANT USAGE, CREATE ON SCHEMA requests_views TO {owner}; "
+                    f"GRANT USAGE ON SCHEMA projections TO {owner}; "
+                    f"GRANT SELECT, INSERT, DELETE ON projections.tracking, projections.needs_rebuild TO {owner}; "
+                    f"ALTER TABLE requests_views.requests OWNER TO {owner}; "
+                    f"GRANT SELECT ON requests_views.requests TO {reader}"
+                )
+            done = await rebuild_beside(pool, projection, sources)
+            assert done.events == 50 and len(await rows(pool)) == 50
+            table = await pool.fetchrow(
+                "SELECT relowner::regrole::text AS owner, has_table_privilege($1, oid, 'SELECT') AS reads, "
+                "has_table_privilege($1, oid, 'INSERT') AS writes FROM pg_class "
+                "WHERE oid = 'requests_views.requests'::regclass",
+                reader,
+            )
+            assert (table["owner"], table["reads"], table["writes"]) == (owner, True, False)
+            assert await pool.fetchval("SELECT current_user") != owner  # the role was set for the rebuild only
+    finally:
+        admin = await asyncpg.connect(stack.database_url)
+        try:
+            await admin.execute(f"DROP ROLE IF EXISTS {owner}, {reader}")  # their database is gone
+        finally:
+            await admin.close()
