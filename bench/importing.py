@@ -1,0 +1,111 @@
+"""Figure: bulk import against raw COPY (events/s), the same N rows side by side in one run.
+
+The rows: N events, RequestReceived-shaped data (bench/common.py), in streams of STREAM_EVENTS events, each
+event a command of its own (id, hash and count stored on it), in position order as an export lists them.
+
+* mieux: `EventStore.importer()`, batch after batch: the checks of a batch (importing.py), the writers'
+  lock, positions from the sequence, one COPY into the events table, one transaction per batch;
+* copy: asyncpg's `copy_records_to_table` of the same rows, already as tuples with their positions, in the
+  same batches (one autocommit COPY each), into a table made by the same DDL (store.schema_sql: the same
+  primary key, unique (stream, version) and partial command-id index), checking nothing else.
+
+Each round runs both into fresh schemas, after a CHECKPOINT, in turn; a figure is the median of its rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from bench.append import checkpoint
+from bench.common import sample_data
+from services.kernel.db import create_pool
+from services.kernel.importing import COLUMNS, EventRow
+from services.kernel.store import EventStore, schema_sql
+
+STREAM_EVENTS = 4
+IMPORT_SCHEMA = "bench_import"
+COPY_SCHEMA = "bench_copy"
+COMMAND_HASH = "0" * 64
+
+
+def rows(n: int) -> list[EventRow]:
+    """`n` events as an export of a store lists them: streams of STREAM_EVENTS, interleaved by position."""
+    start = datetime(2009, 1, 1, tzinfo=UTC)
+    streams = [f"req-{uuid.uuid4()}" for _ in range((n + STREAM_EVENTS - 1) // STREAM_EVENTS)]
+    data = [json.dumps(sample_data(s)) for s in streams]
+    out: list[EventRow] = []
+    # stream k's version v sits at position v * streams + k: each stream's events in order, streams interleaved
+    for v in range(1, STREAM_EVENTS + 1):
+        for k, s in enumerate(streams):
+            if len(out) == n:
+                break
+            at = start + timedelta(minutes=len(out))
+            meta = (at, at, str(uuid.uuid4()), "", "bench", str(uuid.uuid4()), COMMAND_HASH, 1)
+            out.append(EventRow(uuid.uuid4(), s, v, "RequestReceived", 1, data[k], *meta))
+    return out
+
+
+async def fresh(conn: asyncpg.Connection, schema: str) -> None:
+    await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    await conn.execute(schema_sql(schema))
+
+
+async def run_mieux(dsn: str, events: list[EventRow], batch: int) -> float:
+    pool = await create_pool(dsn, min_size=1, max_size=1)
+    try:
+        store = EventStore(pool, IMPORT_SCHEMA)
+        async with store.importer() as imp:
+            started = time.perf_counter()
+            for i in range(0, len(events), batch):
+                await imp.import_batch(events[i : i + batch])
+            return len(events) / (time.perf_counter() - started)
+    finally:
+        await pool.close()
+
+
+async def run_copy(dsn: str, records: list[tuple[Any, ...]], batch: int) -> float:
+    conn = await asyncpg.connect(dsn)
+    try:
+        started = time.perf_counter()
+        for i in range(0, len(records), batch):
+            await conn.copy_records_to_table(
+                "events", schema_name=COPY_SCHEMA, columns=COLUMNS, records=records[i : i + batch]
+            )
+        return len(records) / (time.perf_counter() - started)
+    finally:
+        await conn.close()
+
+
+async def run(dsn: str, n: int, batch: int, rounds: int) -> dict[str, Any]:
+    events = rows(n)
+    records = [(p, *e) for p, e in enumerate(events, 1)]
+    samples: dict[str, list[float]] = {"mieux": [], "copy": []}
+    conn = await asyncpg.connect(dsn)
+    try:
+        for _ in range(rounds):
+            for name in ("mieux", "copy"):
+                schema = IMPORT_SCHEMA if name == "mieux" else COPY_SCHEMA
+                await fresh(conn, schema)
+                await checkpoint(dsn)
+                rate = await (run_mieux(dsn, events, batch) if name == "mieux" else run_copy(dsn, records, batch))
+                samples[name].append(round(rate, 1))
+                stored = await conn.fetchval(f"SELECT count(*) FROM {schema}.events")
+                assert stored == n, f"{name}: {stored} events stored, not {n}"
+                await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+    return {
+        "mieux": statistics.median(samples["mieux"]),
+        "copy": statistics.median(samples["copy"]),
+        "events": n,
+        "batch": batch,
+        "rounds": samples,
+    }
