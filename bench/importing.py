@@ -9,7 +9,9 @@ event a command of its own (id, hash and count stored on it), in position order 
   same batches (one autocommit COPY each), into a table made by the same DDL (store.schema_sql: the same
   primary key, unique (stream, version) and partial command-id index), checking nothing else.
 
-Each round runs both into fresh schemas, after a CHECKPOINT, in turn; a figure is the median of its rounds.
+Each round runs both into fresh schemas, after a CHECKPOINT, in turn (which goes first alternates, so that a
+machine speeding up or slowing down favours neither); a figure is the median of its rounds, and the ratio the
+median of the rounds' ratios (each taken side by side, seconds apart, on a shared machine whose speed drifts).
 """
 
 from __future__ import annotations
@@ -89,8 +91,8 @@ async def run(dsn: str, n: int, batch: int, rounds: int) -> dict[str, Any]:
     samples: dict[str, list[float]] = {"mieux": [], "copy": []}
     conn = await asyncpg.connect(dsn)
     try:
-        for _ in range(rounds):
-            for name in ("mieux", "copy"):
+        for r in range(rounds):
+            for name in ("mieux", "copy") if r % 2 == 0 else ("copy", "mieux"):
                 schema = IMPORT_SCHEMA if name == "mieux" else COPY_SCHEMA
                 await fresh(conn, schema)
                 await checkpoint(dsn)
@@ -102,9 +104,12 @@ async def run(dsn: str, n: int, batch: int, rounds: int) -> dict[str, Any]:
         await conn.execute("CHECKPOINT")
     finally:
         await conn.close()
+    ratios = [round(m / c, 3) for m, c in zip(samples["mieux"], samples["copy"], strict=True)]
     return {
         "mieux": statistics.median(samples["mieux"]),
         "copy": statistics.median(samples["copy"]),
+        "ratio": statistics.median(ratios),
+        "round_ratios": ratios,
         "events": n,
         "batch": batch,
         "rounds": samples,

@@ -14,6 +14,8 @@
   its writer used: with it off a commit is visible before it is durable, and an event a reader (the relay,
   a rebuild) has seen must not vanish in a crash of PostgreSQL. The mark carries the end of the WAL
   written when it became safe, and is read up to once the flush position has passed it.
+* `importer()` / `import_events` append stored rows in bulk (an export's, a migration's) at COPY speed with the
+  same invariants, the same lock and positions from the same sequence (importing.py).
 """
 
 from __future__ import annotations
