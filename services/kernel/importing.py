@@ -30,6 +30,7 @@ Imported rows keep their `recorded_at` (history stays dated as it happened); the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -63,6 +64,9 @@ COLUMNS = (
 )
 
 
+DATA_KEY = ', "data": '  # an exported line ends with its data: `to_line`, `from_line`
+
+
 class EventRow(NamedTuple):
     """One event as the store keeps it, its columns in the table's order after the position (a tuple, so
     that COPY takes it as it is); `data` is its JSON text (personal fields sealed)."""
@@ -89,21 +93,34 @@ class EventRow(NamedTuple):
         del head["data"]
         head.update(event_id=str(self.event_id), occurred_at=self.occurred_at.isoformat())
         head.update(recorded_at=self.recorded_at.isoformat(), source=source, position=position)
-        return json.dumps(head)[:-1] + ', "data": ' + self.data + "}"
+        return json.dumps(head)[:-1] + DATA_KEY + self.data + "}"
 
     @classmethod
     def from_line(cls, line: str) -> tuple[str, EventRow]:
-        """A line of an export -> (its source, the event). KeyError/ValueError when it is not one."""
-        o = json.loads(line)
-        if not isinstance(o.get("data"), dict):
-            raise ValueError("data is not a JSON object")
+        """A line of an export -> (its source, the event). KeyError/ValueError when it is not one.
+
+        `data` last, as `to_line` writes it, is taken as the text it is, not parsed (the store's jsonb input
+        parses it, and a batch it refuses is looked at again event by event): the rest of the line must then
+        be a JSON object without `data`, which it cannot be when the split fell inside `data` (a brace of it
+        would be left open; a quote inside a JSON string is escaped). Any other line is parsed whole."""
+        at, o = line.rfind(DATA_KEY), None
+        if at > 0 and line.rstrip().endswith("}"):
+            with contextlib.suppress(ValueError):
+                o = json.loads(line[:at] + "}")
+        if isinstance(o, dict) and "data" not in o:
+            data = line[at + len(DATA_KEY) :].rstrip()[:-1]
+        else:
+            o = json.loads(line)
+            if not isinstance(o, dict) or not isinstance(o.get("data"), dict):
+                raise ValueError("data is not a JSON object")
+            data = json.dumps(o["data"])
         return o["source"], cls(
             uuid.UUID(o["event_id"]),
             str(o["stream_id"]),
             int(o["stream_version"]),
             str(o["event_type"]),
             int(o["schema_version"]),
-            json.dumps(o["data"]),
+            data,
             datetime.fromisoformat(o["occurred_at"]),
             datetime.fromisoformat(o["recorded_at"]),
             str(o["correlation_id"]),
@@ -258,6 +275,8 @@ class Importer:
                 last = await conn.fetchval(self._last)
         except asyncpg.UniqueViolationError as e:
             raise await self._why(events, p, e) from e
+        except asyncpg.DataError as e:  # jsonb's input refused an event's data (taken from the file unparsed)
+            raise _bad_data(events) or e from e
         self.versions.update(p.last)
         self.ids |= p.ids
         for wake in self.store.on_append:
@@ -307,6 +326,15 @@ class Importer:
         from services.kernel.store import ConcurrencyError
 
         return ConcurrencyError(f"the import met a concurrent writer ({error.detail or error}); nothing was imported")
+
+
+def _bad_data(events: Sequence[EventRow]) -> ImportRefused | None:
+    for i, e in enumerate(events):
+        try:
+            json.loads(e.data)
+        except ValueError as error:
+            return ImportRefused(i, e, f"its data is not JSON ({error})")
+    return None
 
 
 async def export(store: EventStore, after: int = 0, page: int = 10_000) -> AsyncIterator[tuple[int, EventRow]]:
