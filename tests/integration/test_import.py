@@ -175,6 +175,59 @@ async def test_data_must_be_a_json_object_of_bounded_size(store: EventStore) -> 
     await refused(store, [row("x", 1), row("x", 2)._replace(data=huge)], 1, "over 262,144 bytes")
 
 
+async def test_an_import_beside_appends_one_writer_wins_and_a_reader_skips_nothing(store: EventStore) -> None:
+    await store.append("shared", 0, [Counted(n=0)], META)
+    big = [row(f"bulk-{k % 500}", k // 500 + 1, k) for k in range(5_000)]
+    outcome = await asyncio.gather(
+        store.import_events([*big, row("shared", 2)]),
+        *(store.append(f"single-{k}", 0, [Counted(n=k)], META) for k in range(40)),
+        store.append("shared", 1, [Counted(n=1)], META),
+        return_exceptions=True,
+    )
+    imported, shared = outcome[0], outcome[-1]
+    # the same version of one stream, by an import and an append at once: exactly one of them has it
+    assert isinstance(imported, Exception) != isinstance(shared, Exception), outcome
+    assert not [r for r in outcome[1:-1] if isinstance(r, Exception)]
+    assert [e.stream_version for e in await store.read_stream("shared")] == [1, 2]
+    expected = 42 + (0 if isinstance(imported, Exception) else 5_000)
+    assert await stored_count(store) == expected
+
+
+async def test_a_reader_following_the_store_during_imports_and_appends_skips_nothing(store: EventStore) -> None:
+    from services.kernel.horizon import HighWaterMark
+
+    read: list[int] = []
+    done = asyncio.Event()
+
+    async def follow() -> None:  # as the relay reads: up to the high-water mark, position after position
+        hwm = HighWaterMark(store.schema)
+        async with store.pool.acquire() as conn:
+            while True:
+                finished = done.is_set()
+                got = await store.read_all(read[-1] if read else 0, 1000, hwm, conn)
+                read.extend(e.position for e in got)
+                if finished and not got:
+                    return
+                await asyncio.sleep(0 if got else 0.005)
+
+    async def imports() -> None:
+        async with store.importer() as imp:
+            for b in range(6):
+                await imp.import_batch([row(f"bulk-{b}-{k % 50}", k // 50 + 1, k) for k in range(1_000)])
+
+    async def appends() -> None:
+        for k in range(60):
+            await store.append(f"single-{k}", 0, [Counted(n=k)], META)
+
+    reader = asyncio.create_task(follow())
+    await asyncio.gather(imports(), appends())
+    done.set()
+    await asyncio.wait_for(reader, 60)
+    stored = [p for p, _ in await rows_of(store)]
+    assert len(stored) == 6_060
+    assert read == stored  # every position, once, in order: none passed over while a writer still held it
+
+
 # --- a property: random batches, some spoilt, imported batch by batch -------------------------------------------
 
 
