@@ -197,17 +197,14 @@ async def test_a_reader_following_the_store_during_imports_and_appends_skips_not
     from services.kernel.horizon import HighWaterMark
 
     read: list[int] = []
-    done = asyncio.Event()
+    end: list[int] = []  # the store's last position, once every writer has ended
 
     async def follow() -> None:  # as the relay reads: up to the high-water mark, position after position
         hwm = HighWaterMark(store.schema)
         async with store.pool.acquire() as conn:
-            while True:
-                finished = done.is_set()
+            while not (end and read and read[-1] >= end[0]):
                 got = await store.read_all(read[-1] if read else 0, 1000, hwm, conn)
                 read.extend(e.position for e in got)
-                if finished and not got:
-                    return
                 await asyncio.sleep(0 if got else 0.005)
 
     async def imports() -> None:
@@ -221,7 +218,7 @@ async def test_a_reader_following_the_store_during_imports_and_appends_skips_not
 
     reader = asyncio.create_task(follow())
     await asyncio.gather(imports(), appends())
-    done.set()
+    end.append(await store.last_position())
     await asyncio.wait_for(reader, 60)
     stored = [p for p, _ in await rows_of(store)]
     assert len(stored) == 6_060
