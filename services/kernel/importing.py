@@ -15,15 +15,17 @@ is signed: the relay signs what it publishes (signing.py), imported events like 
   the first follows the stream's last stored version (a new stream starts at 1);
 * command ids: never stored before, never twice in the batch (the store's unique index), and a command's
   events all in the batch;
-* event ids: never twice in the batch, nor already stored in a stream the batch continues (the store keeps
-  no index on event ids: `append` draws them at random);
+* event ids: never twice in the batch nor in what the same importer imported before, nor already stored in
+  a stream the batch continues (the store keeps no index on event ids: `append` draws them at random, so an
+  id stored in another stream is not looked for);
 * an event's data is a JSON object of at most MAX_EVENT_BYTES.
 
 The rows go in with one COPY into the events table itself, so the indexes that refuse a second writer of a
 version or a reused command id are the ones every append meets. What needs no index (the order of versions
 within the batch, duplicate event ids in it) is checked in one pass before; what needs the store (a
-continued stream's last version, its event ids) in one set-based statement. A refused batch changes nothing
-(it is one transaction) and `ImportRefused` names its first offending event.
+continued stream's last version, its event ids) in one set-based statement, for the streams the importer has
+not written itself (those it knows). A refused batch changes nothing (it is one transaction) and
+`ImportRefused` names its first offending event.
 
 Imported rows keep their `recorded_at` (history stays dated as it happened); their positions are new.
 """
@@ -322,7 +324,8 @@ class Importer:
             i = await conn.fetchval(self._stored_command, *map(list, zip(*commands, strict=True)))
             if i is not None:
                 return ImportRefused(i, events[i], f"command id {events[i].command_id} is stored already")
-        # a writer that committed between the check and the COPY, then went: the batch may be tried again
+        # the row it met is not found after the fact (its writer's transaction did not commit after all):
+        # the batch may be tried again
         from services.kernel.store import ConcurrencyError
 
         return ConcurrencyError(f"the import met a concurrent writer ({error.detail or error}); nothing was imported")
