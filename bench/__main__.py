@@ -90,7 +90,7 @@ async def run_all(stack: DevStack, quick: bool) -> dict[str, Any]:
 
 
 async def run_import(dsn: str, quick: bool) -> dict[str, Any]:
-    n, batch, rounds = IMPORT_EVENTS, IMPORT_BATCH, 1 if quick else 5
+    n, batch, rounds = IMPORT_EVENTS, IMPORT_BATCH, 1 if quick else 3
     print(f"bulk import against COPY, {n:,} events in batches of {batch:,}, {rounds} round(s) ...", flush=True)
     return await importing.run(dsn, n, batch, rounds)
 

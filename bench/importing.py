@@ -9,9 +9,10 @@ event a command of its own (id, hash and count stored on it), in position order 
   same batches (one autocommit COPY each), into a table made by the same DDL (store.schema_sql: the same
   primary key, unique (stream, version) and partial command-id index), checking nothing else.
 
-Each round runs both into fresh schemas, after a CHECKPOINT, in turn (which goes first alternates, so that a
-machine speeding up or slowing down favours neither); a figure is the median of its rounds, and the ratio the
-median of the rounds' ratios (each taken side by side, seconds apart, on a shared machine whose speed drifts).
+Each round runs both into fresh schemas, after a CHECKPOINT, in lockstep: batch k of one, then batch k of the
+other (which goes first alternating from batch to batch), each contender timed over its own batches, so that a
+shared machine whose speed drifts from second to second favours neither. A figure is the median of its
+rounds, and the ratio the median of the rounds' ratios.
 """
 
 from __future__ import annotations
@@ -59,30 +60,28 @@ async def fresh(conn: asyncpg.Connection, schema: str) -> None:
     await conn.execute(schema_sql(schema))
 
 
-async def run_mieux(dsn: str, events: list[EventRow], batch: int) -> float:
+async def one_round(dsn: str, events: list[EventRow], records: list[tuple[Any, ...]], batch: int) -> dict[str, float]:
+    """Both contenders through all the rows, batch by batch in lockstep (which goes first alternating), each
+    timed over its own batches only: events/s of each."""
     pool = await create_pool(dsn, min_size=1, max_size=1)
-    try:
-        store = EventStore(pool, IMPORT_SCHEMA)
-        async with store.importer() as imp:
-            started = time.perf_counter()
-            for i in range(0, len(events), batch):
-                await imp.import_batch(events[i : i + batch])
-            return len(events) / (time.perf_counter() - started)
-    finally:
-        await pool.close()
-
-
-async def run_copy(dsn: str, records: list[tuple[Any, ...]], batch: int) -> float:
     conn = await asyncpg.connect(dsn)
+    spent = {"mieux": 0.0, "copy": 0.0}
     try:
-        started = time.perf_counter()
-        for i in range(0, len(records), batch):
-            await conn.copy_records_to_table(
-                "events", schema_name=COPY_SCHEMA, columns=COLUMNS, records=records[i : i + batch]
-            )
-        return len(records) / (time.perf_counter() - started)
+        async with EventStore(pool, IMPORT_SCHEMA).importer() as imp:
+            for k, i in enumerate(range(0, len(events), batch)):
+                for name in ("mieux", "copy") if k % 2 == 0 else ("copy", "mieux"):
+                    started = time.perf_counter()
+                    if name == "mieux":
+                        await imp.import_batch(events[i : i + batch])
+                    else:
+                        await conn.copy_records_to_table(
+                            "events", schema_name=COPY_SCHEMA, columns=COLUMNS, records=records[i : i + batch]
+                        )
+                    spent[name] += time.perf_counter() - started
     finally:
         await conn.close()
+        await pool.close()
+    return {name: len(events) / seconds for name, seconds in spent.items()}
 
 
 async def run(dsn: str, n: int, batch: int, rounds: int) -> dict[str, Any]:
@@ -91,13 +90,13 @@ async def run(dsn: str, n: int, batch: int, rounds: int) -> dict[str, Any]:
     samples: dict[str, list[float]] = {"mieux": [], "copy": []}
     conn = await asyncpg.connect(dsn)
     try:
-        for r in range(rounds):
-            for name in ("mieux", "copy") if r % 2 == 0 else ("copy", "mieux"):
-                schema = IMPORT_SCHEMA if name == "mieux" else COPY_SCHEMA
+        for _ in range(rounds):
+            for schema in (IMPORT_SCHEMA, COPY_SCHEMA):
                 await fresh(conn, schema)
-                await checkpoint(dsn)
-                rate = await (run_mieux(dsn, events, batch) if name == "mieux" else run_copy(dsn, records, batch))
-                samples[name].append(round(rate, 1))
+            await checkpoint(dsn)
+            rates = await one_round(dsn, events, records, batch)
+            for name, schema in (("mieux", IMPORT_SCHEMA), ("copy", COPY_SCHEMA)):
+                samples[name].append(round(rates[name], 1))
                 stored = await conn.fetchval(f"SELECT count(*) FROM {schema}.events")
                 assert stored == n, f"{name}: {stored} events stored, not {n}"
                 await conn.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -17,8 +17,8 @@ METHOD = {
     "e2e_latency_ms": "gRPC ack -> tracking row visible, open loop, polled every 2 ms (bench/e2e.py)",
     "import": "events/s, the same N rows in the same batches: mieux = EventStore.importer() (checks, writers' lock, "
     "positions, COPY into the events table, a transaction per batch); copy = copy_records_to_table of the rows as "
-    "tuples into a table with the events table's DDL; medians of rounds taken in turn, the ratio the median of the "
-    "rounds' ratios (bench/importing.py)",
+    "tuples into a table with the events table's DDL; rounds in which the two go batch by batch in lockstep, each "
+    "timed over its own batches; medians, the ratio the median of the rounds' ratios (bench/importing.py)",
 }
 
 
