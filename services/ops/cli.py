@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from services.kernel.settings import Settings
-from services.ops import catalog, projections_cli, report_cli
+from services.ops import catalog, import_cli, projections_cli, report_cli
 
 console = Console()
 
@@ -437,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     rp.set_defaults(fn=cmd_scenario_replay)
 
     report_cli.register(sub)  # mieux report, mieux export iati
+    import_cli.register(sub)  # mieux import
     up = sub.add_parser("up", help="the dev stack and every service in the foreground (Ctrl-C stops all)")
     up.set_defaults(fn=cmd_up)
 
