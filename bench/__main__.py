@@ -19,9 +19,9 @@ from typing import Any
 
 import asyncpg
 
-from bench import append, e2e, projection
+from bench import append, e2e, importing, projection
 from bench.common import Window
-from bench.report import print_report, summarise
+from bench.report import print_import, print_report, summarise, summarise_import
 from services.kernel.settings import Settings
 from services.ops.devstack import DevStack
 
@@ -75,6 +75,7 @@ async def run_all(stack: DevStack, quick: bool) -> dict[str, Any]:
     print(f"end-to-end latency, {rate}/s for {seconds:.0f}s ...", flush=True)
     await append.checkpoint(dsn)  # the projection figure's dirty pages are flushed before, not during
     results["e2e_latency_ms"] = await e2e.run(stack, settings, rate, seconds)
+    results["import"] = await run_import(dsn, quick)
     results["machine"]["load_average_at_end"] = os.getloadavg()
     results["config"] = {
         "append_window_s": window.duration,
@@ -88,8 +89,32 @@ async def run_all(stack: DevStack, quick: bool) -> dict[str, Any]:
     return summarise(results)
 
 
+async def run_import(dsn: str, quick: bool) -> dict[str, Any]:
+    n, batch, rounds = IMPORT_EVENTS, IMPORT_BATCH, 1 if quick else 3
+    print(f"bulk import against COPY, {n:,} events in batches of {batch:,}, {rounds} round(s) ...", flush=True)
+    return await importing.run(dsn, n, batch, rounds)
+
+
+async def run_import_only(stack: DevStack, quick: bool) -> dict[str, Any]:
+    """`python -m bench import`: this figure alone, merged into the results of the last full run."""
+    os.environ["MIEUX_HOME"] = str(stack.home)
+    dsn = Settings().dsn()
+    conn = await asyncpg.connect(dsn)
+    server_version = await conn.fetchval("SHOW server_version")
+    await conn.close()
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    at_start = machine(server_version)
+    results["import"] = await run_import(dsn, quick)
+    results["import"]["machine"] = {**at_start, "load_average_at_end": os.getloadavg()}
+    return summarise_import(results)
+
+
+IMPORT_EVENTS, IMPORT_BATCH = 200_000, 10_000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("figure", nargs="?", choices=("all", "import"), default="all", help="every figure, or one")
     parser.add_argument("--quick", action="store_true", help="short windows, for trying the benchmarks out")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the stack is stopped below
@@ -100,7 +125,8 @@ def main() -> None:
     ok = False
     try:
         stack.up()
-        results = asyncio.run(run_all(stack, args.quick))
+        only = args.figure == "import"
+        results = asyncio.run(run_import_only(stack, args.quick) if only else run_all(stack, args.quick))
         ok = True
     finally:
         stack.down()
@@ -109,7 +135,7 @@ def main() -> None:
         else:
             print(f"logs kept in {home}")
     RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print_report(results)
+    print_import(results) if only else print_report(results)
     print(f"written to {RESULTS}")
 
 

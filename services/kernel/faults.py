@@ -2,11 +2,11 @@
 
 A passing fault is retried with backoff for as long as it lasts, never parked as poison, and a caller of
 a command hears UNAVAILABLE (safe to retry with the same command id). It is: a lost or refused database
-connection (or one asyncpg left in a broken protocol state when it was lost), a pool that had no connection to lend in time, a PostgreSQL error of SQLSTATE class 08
-(connection), 40 (serialization failure, deadlock), 53 (insufficient resources), 55 (lock not available,
-object in use), 57 (operator intervention: cancelled statement, shutdown, cannot connect now), a Kafka
-broker that is away or timed out, and a collaborator service that answered UNAVAILABLE or did not answer
-in time. Anything else is a decision (a refusal) or a bug.
+connection (or one asyncpg left in a broken protocol state when it was lost), a pool that had no connection
+to lend in time, a PostgreSQL error of SQLSTATE class 08 (connection), 40 (serialization failure, deadlock),
+53 (insufficient resources), 55 (lock not available, object in use), 57 (operator intervention: cancelled
+statement, shutdown, cannot connect now), a Kafka broker that is away or timed out, and a collaborator
+service that answered UNAVAILABLE or did not answer in time. Anything else is a decision (a refusal) or a bug.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@
   its writer used: with it off a commit is visible before it is durable, and an event a reader (the relay,
   a rebuild) has seen must not vanish in a crash of PostgreSQL. The mark carries the end of the WAL
   written when it became safe, and is read up to once the flush position has passed it.
+* `importer()` / `import_events` append stored rows in bulk (an export's, a migration's) at COPY speed with the
+  same invariants, the same lock and positions from the same sequence (importing.py).
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, utcnow
 from services.kernel.horizon import WRITERS_LOCK, HighWaterMark, horizon_sql
+
+if TYPE_CHECKING:
+    from services.kernel.importing import EventRow, Importer, ImportResult
 
 
 class ConcurrencyError(Exception):
@@ -80,7 +86,8 @@ def schema_sql(schema: str) -> str:
 CREATE SCHEMA IF NOT EXISTS {s};
 CREATE SEQUENCE IF NOT EXISTS {s}.events_position_seq;
 CREATE TABLE IF NOT EXISTS {s}.events (
-    position        bigint PRIMARY KEY,
+    -- the default serves the bulk import's COPY (importing.py); `append` names its positions itself
+    position        bigint PRIMARY KEY DEFAULT nextval('{s}.events_position_seq'),
     event_id        uuid NOT NULL,
     stream_id       text NOT NULL,
     stream_version  integer NOT NULL,
@@ -106,6 +113,12 @@ CREATE OR REPLACE VIEW {s}.commands AS
               AND x.stream_version BETWEEN e.stream_version AND e.stream_version + e.command_events - 1)
              AS last_position
     FROM {s}.events e WHERE e.command_id IS NOT NULL;
+DO $$ BEGIN  -- the default, on a store made before it (checked first: ALTER TABLE locks out every writer)
+    IF NOT EXISTS (SELECT FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+                   WHERE d.adrelid = '{s}.events'::regclass AND a.attname = 'position') THEN
+        ALTER TABLE {s}.events ALTER COLUMN position SET DEFAULT nextval('{s}.events_position_seq');
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS {s}.relay_state (
     topic           text PRIMARY KEY,
     position        bigint NOT NULL
@@ -363,6 +376,17 @@ class EventStore:
             elif not rows:
                 await hwm.stalled(conn)
         return [_envelope(r, self.service) for r in rows]
+
+    def importer(self) -> Importer:
+        """Bulk import at COPY speed, batch by batch, with the invariants of `append` (importing.py)."""
+        from services.kernel.importing import Importer
+
+        return Importer(self)
+
+    async def import_events(self, events: Sequence[EventRow]) -> ImportResult:
+        """One batch of stored rows appended in one transaction, or none of them (importing.py)."""
+        async with self.importer() as imp:
+            return await imp.import_batch(events)
 
     async def last_position(self) -> int:
         return await self.pool.fetchval(f"SELECT coalesce(max(position), 0) FROM {self.schema}.events")

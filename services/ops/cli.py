@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from services.kernel.settings import SERVICE_PORTS, Settings
-from services.ops import catalog, report_cli, tokens_cli
+from services.kernel.settings import Settings
+from services.ops import catalog, import_cli, projections_cli, report_cli, tokens_cli
 from services.ops.tokens_cli import refuse_unless_admin, who_asks
 
 console = Console()
@@ -177,101 +177,6 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
         return asyncio.run(_tail(args))
     except KeyboardInterrupt:
         return 0
-
-
-# --- replay and projections ------------------------------------------------------------------------
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    import importlib.util
-
-    from services.kernel import bus
-    from services.kernel.db import create_pool
-    from services.kernel.envelope import topic_for
-    from services.kernel.relay import request_replay
-    from services.kernel.store import EventStore
-
-    async def go() -> str:
-        settings = Settings()
-        # every topic of the catalogue, created before anything is published, not only this service's: on
-        # a new, empty broker the running services' clients would have it auto-create the topics they read
-        # with its default partition count, and the dead-letter topics would be missing until their
-        # consumer groups restart
-        groups = catalog.consumer_groups()
-        events = [c for c in catalog.CONTEXTS if importlib.util.find_spec(f"services.{c}.events") is not None]
-        topics = {topic_for(c): settings.topic_partitions for c in events}
-        topics.update({t: settings.topic_partitions for _, read in groups for t in read})
-        topics.update({bus.dlq_topic(group): bus.DLQ_PARTITIONS for group, _ in groups})
-        pool = await create_pool(settings.dsn())
-        try:
-            store = EventStore(pool, args.service)
-            return await request_replay(store, settings, args.from_position, topics)
-        finally:
-            await pool.close()
-
-    if why := refuse_unless_admin(Settings(), "replaying events"):
-        console.print(f"[red]{escape(why)}[/]")
-        return 2
-    console.print(f"replay {args.service} from position {args.from_position}: {asyncio.run(go())}")
-    return 0
-
-
-async def needs_rebuild(settings: Settings) -> dict[str, datetime]:
-    """Projections flagged by their runner as lacking the events before they joined their group."""
-    import asyncpg
-
-    conn = await asyncpg.connect(settings.dsn())
-    try:
-        if await conn.fetchval("SELECT to_regclass('projections.needs_rebuild')") is None:
-            return {}
-        rows = await conn.fetch("SELECT projection, since FROM projections.needs_rebuild")
-        return {r["projection"]: r["since"] for r in rows}
-    finally:
-        await conn.close()
-
-
-def cmd_projections(args: argparse.Namespace) -> int:
-    from services.kernel.bus import group_lag
-    from services.kernel.db import create_pool
-    from services.kernel.eventlog import sources_of
-    from services.kernel.projection import rebuild
-    from services.kernel.runner import projection_group
-
-    catalog.load_events()
-    known = catalog.projections()
-
-    async def go() -> int:
-        settings = Settings()
-        if args.action == "lag":
-            flagged = await needs_rebuild(settings)
-            table = Table("projection", "service", "lag (events)", "history")
-            for name, (svc, p) in sorted(known.items()):
-                lag = await group_lag(settings, projection_group(svc), p.topics)
-                history = "complete"
-                if name in flagged:
-                    history = f"[red]incomplete since {flagged[name]:%Y-%m-%d %H:%M}: rebuild it[/]"
-                table.add_row(name, svc, str(lag), history)
-            console.print(table)
-            return 0
-        names = sorted(known) if args.all else args.names
-        unknown = [n for n in names if n not in known]
-        if unknown or not names:
-            missing = ", ".join(unknown) or "(none given)"
-            console.print(f"[red]unknown projection(s): {missing}[/]; known: {', '.join(sorted(known))}")
-            return 2
-        pool = await create_pool(settings.dsn())
-        try:
-            for name in names:
-                _, p = known[name]
-                async with pool.acquire() as conn:
-                    await p.setup(conn)
-                n = await rebuild(pool, p, sources_of(p, settings, "ops"))
-                console.print(f"rebuilt [bold]{name}[/] from {n} events")
-        finally:
-            await pool.close()
-        return 0
-
-    return asyncio.run(go())
 
 
 # --- parked events -----------------------------------------------------------------------------------
@@ -482,16 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     et.add_argument("--exit-at-end", action="store_true", help="stop at the topic's end as it was at start")
     et.set_defaults(fn=cmd_events_tail)
 
-    r = sub.add_parser("replay", help="republish a service's events from its store to its topic")
-    r.add_argument("service", choices=sorted(SERVICE_PORTS))
-    r.add_argument("--from", dest="from_position", type=int, default=1, help="first position to republish")
-    r.set_defaults(fn=cmd_replay)
-
-    pr = sub.add_parser("projections", help="read models: lag, rebuild")
-    pr.add_argument("action", choices=["lag", "rebuild"])
-    pr.add_argument("names", nargs="*")
-    pr.add_argument("--all", action="store_true")
-    pr.set_defaults(fn=cmd_projections)
+    projections_cli.register(sub)  # mieux replay, mieux projections lag|rebuild
 
     pk = sub.add_parser("parked", help="events a consumer could never apply, kept in order: list, show, retry, drop")
     pks = pk.add_subparsers(dest="action", required=True)
@@ -525,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     rp.set_defaults(fn=cmd_scenario_replay)
 
     report_cli.register(sub)  # mieux report, mieux export iati
+    import_cli.register(sub)  # mieux import
     tokens_cli.register(sub)  # mieux tokens issue|revoke|list
     up = sub.add_parser("up", help="the dev stack and every service in the foreground (Ctrl-C stops all)")
     up.set_defaults(fn=cmd_up)

@@ -142,11 +142,11 @@ def reference_table(y: Message, r: Message, h: Message, report: dict[str, Any], 
 
 
 async def rebuild_all(settings: Any) -> int:
-    """Every projection the services run, truncated and refilled from the services' ReadAll (as `mieux
-    projections rebuild --all`); the number of projections."""
+    """Every projection the services run, rebuilt from the services' ReadAll beside the live model and swapped
+    in (as `mieux projections rebuild --all`); the number of projections."""
+    from services.kernel.bluegreen import rebuild_beside
     from services.kernel.db import create_pool
     from services.kernel.eventlog import sources_of
-    from services.kernel.projection import rebuild
     from services.ops import catalog
 
     catalog.load_events()
@@ -154,7 +154,7 @@ async def rebuild_all(settings: Any) -> int:
     pool = await create_pool(settings.dsn())
     try:
         for _, (_, p) in sorted(known.items()):
-            await rebuild(pool, p, sources_of(p, settings, "ops"))
+            await rebuild_beside(pool, p, sources_of(p, settings, "ops"))
     finally:
         await pool.close()
     return len(known)

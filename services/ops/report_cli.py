@@ -7,6 +7,7 @@ mieux report 2017 --open                       a one-time link (a minute) to the
                                                HTTP: opening it starts a browser session for your principal
 mieux export iati --year 2017 [--out FILE]     the actions active in the year as IATI 2.03 activities (iati.py),
                                                checked against the official schema
+mieux export events SERVICE --out FILE         a service's stored events as JSON lines (import_cli.py)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from services.kernel.settings import Settings
+from services.ops import import_cli
 
 console = Console()
 
@@ -79,12 +81,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     r.add_argument("--screenshot", action="store_true", help="also report-YEAR.png (headless Chromium)")
     r.add_argument("--open", action="store_true", help="print a one-time link to the page served over HTTP")
     r.set_defaults(fn=lambda args: asyncio.run(_report(args)))
-    e = sub.add_parser("export", help="exports for partners: IATI 2.03")
+    e = sub.add_parser("export", help="exports for partners (IATI 2.03) and of a service's events")
     es = e.add_subparsers(dest="export_command", required=True)
     i = es.add_parser("iati", help="the actions active in a year as IATI 2.03 activities (XML)")
     i.add_argument("--year", type=int, required=True)
     i.add_argument("--out", help="the file to write (default: iati-YEAR.xml)")
     i.set_defaults(fn=lambda args: asyncio.run(_iati(args)))
+    import_cli.register_export(es)
 
 
 async def demo_outputs(settings: Settings, out: Path, year: int, console: Console) -> bool:

@@ -4,12 +4,13 @@ projection name, so a new projection is checked without a new test.
 
 Each projection is set up in a database of its own (so the read models other tests share are untouched)
 and fed the envelopes of its topics from tests/history.py, completed here with the event types that
-history has no use for, through the kernel's apply path (`apply_batch`, `rebuild`). Then:
+history has no use for, through the kernel's apply path (`apply_batch`, `rebuild`, `rebuild_beside`). Then:
 
 - every event delivered twice (the whole history again, and each event twice within one batch) gives the
   model that delivering it once gave;
 - a rebuild (from the history as the services' ReadAll would serve it) gives the model the live run gave,
-  over the live model and over a model whose tables were lost;
+  built beside the live model and swapped in (kernel/bluegreen.py, as `mieux projections rebuild` runs),
+  in place over the live model, and over a model whose tables were lost;
 - an event of a type it does not know is skipped (not dead) and changes nothing;
 - setting it up again (a restart) keeps its model and what it applied.
 
@@ -28,6 +29,7 @@ from history import History, build_history
 from support import make_envelope, own_database
 
 from services.actions.events import ActionClosed
+from services.kernel.bluegreen import rebuild_beside
 from services.kernel.db import Pool, create_pool
 from services.kernel.envelope import Envelope, registry, topic_for
 from services.kernel.projection import AsyncSource, BatchResult, Projection, apply_batch, rebuild
@@ -117,6 +119,17 @@ def unknown_on(topic: str, n: int) -> Envelope:
 # --- a projection in a database of its own -------------------------------------------------------------
 
 
+def source_of(envelopes: Sequence[Envelope], topic: str) -> AsyncSource:
+    """The events of `topic` in order, as its service's ReadAll serves them."""
+
+    async def read_all() -> AsyncIterator[Envelope]:
+        for env in envelopes:
+            if topic_for(env.source) == topic:
+                yield env
+
+    return read_all
+
+
 @dataclass
 class Model:
     pool: Pool
@@ -133,15 +146,12 @@ class Model:
     async def rebuild(self, envelopes: Sequence[Envelope]) -> int:
         """A rebuild from one source per topic, each serving its events in order, as a service's ReadAll."""
 
-        def source(topic: str) -> AsyncSource:
-            async def read_all() -> AsyncIterator[Envelope]:
-                for env in envelopes:
-                    if topic_for(env.source) == topic:
-                        yield env
+        return await rebuild(self.pool, self.projection, [source_of(envelopes, t) for t in self.projection.topics])
 
-            return read_all
-
-        return await rebuild(self.pool, self.projection, [source(t) for t in self.projection.topics])
+    async def rebuild_beside(self, envelopes: Sequence[Envelope]) -> int:
+        """`rebuild` as `mieux projections rebuild` runs it: beside the live model, then swapped in."""
+        sources = [source_of(envelopes, t) for t in self.projection.topics]
+        return (await rebuild_beside(self.pool, self.projection, sources)).events
 
     async def snapshot(self) -> dict[str, list[tuple]]:
         """Every row of every table of the model, sorted, as Python values."""
@@ -238,7 +248,10 @@ async def test_a_rebuild_gives_the_model_of_the_live_run(model: Model, history: 
         assert not r.dead, r.dead
     live_rows = await model.snapshot()
     assert any(live_rows.values()), f"{model.projection.name} made no row of the history"
-    # over the live model, as `mieux projections rebuild` runs
+    # beside the live model, then swapped in, as `mieux projections rebuild` runs
+    assert await model.rebuild_beside(mine) == len(mine)
+    assert await model.snapshot() == live_rows
+    # over the live model, in place
     assert await model.rebuild(mine) == len(mine)
     assert await model.snapshot() == live_rows
     # over a model whose tables were lost while what it applied is still tracked

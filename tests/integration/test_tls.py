@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2_grpc
 from mieux.requests.v1 import requests_pb2, requests_pb2_grpc
 from support import ServiceProcess
 
@@ -186,9 +186,10 @@ async def test_the_plaintext_health_port_answers_health_alone(service: TlsServic
 
 async def test_reflection_is_off_when_the_setting_says_so(service: TlsService, pki: dict[str, Path]) -> None:
     async with channel(service.address, client_settings(pki["ca"])) as ch:
-        call = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=RPC_TIMEOUT
-        )
+        # No request message is sent: a message in flight when the server answers UNIMPLEMENTED makes the
+        # client's own send fail first ("Internal error from Core"), a race of the client, not of the server.
+        # With reflection on, this call ends OK with no answer, so the assertion below still fails.
+        call = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(iter([]), timeout=RPC_TIMEOUT)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             async for _ in call:
                 pass
