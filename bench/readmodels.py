@@ -1,0 +1,227 @@
+"""Bench set-up for `python -m bench queries`: read-model rows generated straight into the tables with COPY
+(no event, no projection), at a multiple of the 2017 scenario's volume or at a fixed row count.
+
+The volume of 1x is what scenarios/2017.yaml holds (its requests, actions, activities, experts, deployments,
+flights and team, 2009-2017); k x puts k times as many rows over the same years, more in later ones (the
+programme grew). Themes follow a skewed distribution (a few themes are common), travellers too (some
+experts fly far more than others); a few percent of rows are cancelled, deactivated or withdrawn.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterable, Iterator
+from datetime import date, timedelta
+from decimal import Decimal
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import yaml
+
+from services.kernel import reference
+from services.kernel.db import init_connection
+
+SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "2017.yaml"
+YEARS = tuple(range(2009, 2018))
+YEAR_WEIGHTS = tuple(1 + 0.25 * i for i in range(len(YEARS)))  # later years hold more
+STATUSES = ("received", "assessed", "approved", "rejected", "withdrawn")
+STATUS_WEIGHTS = (2, 3, 80, 10, 5)
+
+
+@cache
+def base_counts() -> dict[str, int]:
+    """1x: the rows the 2017 scenario gives each kind of thing."""
+    d = yaml.safe_load(SCENARIO.read_text())
+    return {
+        "requests": len(d["requests"]),
+        "actions": len(d["actions"]),
+        "activities": sum(len(a.get("activities", [])) for a in d["actions"]),
+        "experts": len(d["experts"]),
+        "deployments": len(d["deployments"]),
+        "bookings": len(d["flights"]),
+        "team": len(d["team"]),
+        "offsets": max(len(d.get("offsets", [])), 1),
+    }
+
+
+@cache
+def partners() -> tuple[tuple[str, str], ...]:
+    """(partner, region) of the scenario's requests."""
+    d = yaml.safe_load(SCENARIO.read_text())
+    return tuple(sorted({(r["partner"], reference.region_of(r["partner"]) or "") for r in d["requests"]}))
+
+
+class Gen:
+    """Random values with the bench's distributions (seeded: the same rows every run)."""
+
+    def __init__(self, seed: int = 2017) -> None:
+        self.rng = random.Random(seed)
+        self.themes = list(reference.themes())
+        self.theme_weights = [1 / (i + 1) for i in range(len(self.themes))]  # Zipf-like
+        self.airports = list(reference.airports())[:400]
+
+    def day(self, year: int | None = None) -> date:
+        y = year or self.rng.choices(YEARS, YEAR_WEIGHTS)[0]
+        return date(y, 1, 1) + timedelta(days=self.rng.randrange(365))
+
+    def some_themes(self) -> list[str]:
+        return sorted(set(self.rng.choices(self.themes, self.theme_weights, k=self.rng.randint(1, 3))))
+
+    def status(self) -> str:
+        return self.rng.choices(STATUSES, STATUS_WEIGHTS)[0]
+
+    def skewed(self, n: int) -> int:
+        """An index in range(n), low ones far more often (a traveller's share of the bookings)."""
+        return min(int(self.rng.paretovariate(1.2)) - 1, n - 1) if n > 1 else 0
+
+    def maybe(self, p: float, value: Any) -> Any:
+        return value if self.rng.random() < p else None
+
+
+def ident(kind: str, i: int) -> str:
+    return f"{kind}-{i:08d}"
+
+
+Rows = Callable[[Gen, int, dict[str, int]], Iterable[tuple[Any, ...]]]
+
+
+def _requests(g: Gen, n: int, c: dict[str, int]) -> Iterator[tuple[Any, ...]]:
+    for i in range(n):
+        p, region = g.rng.choice(partners())
+        status = g.status()
+        yield (ident("req", i), p, "country", p, region, "ministry", "ministry", g.day(), "title", g.some_themes(),
+               status, status == "approved", "DCI" if status == "approved" else "", [])  # fmt: skip
+
+
+def _experts(g: Gen, n: int, c: dict[str, int]) -> Iterator[tuple[Any, ...]]:
+    backgrounds, genders = list(reference.expert_backgrounds()), reference.genders()
+    for i in range(n):
+        on = g.day()
+        gone = g.maybe(0.08, on + timedelta(days=900))
+        yield (ident("exp", i), "sealed", g.rng.choice(genders[:2]), g.rng.choice(backgrounds),
+               g.rng.choice(partners())[0], g.some_themes(), on, gone, None)  # fmt: skip
+
+
+def _deployments(g: Gen, n: int, c: dict[str, int]) -> Iterator[tuple[Any, ...]]:
+    for i in range(n):
+        on = g.day()
+        yield (ident("dep", i), ident("exp", g.skewed(c["experts"])), f"{on.year}-{g.rng.randrange(99):02d}",
+               ident("act", g.rng.randrange(c["activities"])), on, on + timedelta(days=4),
+               g.maybe(0.03, on - timedelta(days=10)), False)  # fmt: skip
+
+
+def _actions(g: Gen, n: int, c: dict[str, int]) -> Iterator[tuple[Any, ...]]:
+    for i in range(n):
+        on = g.day()
+        p, region = g.rng.choice(partners())
+        closed = g.maybe(0.6, on + timedelta(days=700))
+        yield (ident("action", i), ident("req", g.rng.randrange(c["requests"])), p, "country", p, region,
+               g.some_themes(), "title", 1, on.year, i, on, "closed" if closed else "open", on, closed)  # fmt: skip
+
+
+def _activities(g: Gen, n: int, c: dict[str, int]) -> Iterator[tuple[Any, ...]]:
+    types = list(reference.activity_types())
+    for i in range(n):
+        on = g.day()
+        p, region = g.rng.choice(partners())
+        status = g.rng.choices(("planned", "held", "cancelled"), (10, 85, 5))[0]
+        yield (ident("act", i), ident("action", g.rng.randrange(c["actions"])), i % 7 + 1, 1, status, "title",
+               g.rng.choice(types), on, on + timedelta(days=2), p, "city", g.rng.choice(g.airports), p, region,
+               10, 12, 0, on if status == "cancelled" else None)  # fmt: skip
+
+
+def _bookings(g: Gen, n: int, c: dict[str, int]) -> Iterator[tuple[Any, ...]]:
+    experts, team = c["experts"], c["team"]
+    for i in range(n):
+        on = g.day()
+        member = g.rng.random() < 0.3
+        who = ident("tm", g.skewed(team)) if member else ident("exp", g.skewed(experts))
+        cancelled = g.rng.random() < 0.05
+        yield (ident("bk", i), 1, who, "team_member" if member else "expert", f"{on.year}-{g.rng.randrange(99):02d}",
+               ident("act", g.rng.randrange(c["activities"])), "economy", "600.00", "EUR", on - timedelta(days=30),
+               "cancelled" if cancelled else "booked", 0, None, on if cancelled else None, None, on, on.year,
+               Decimal("2400.000"))  # fmt: skip
+
+
+def _legs(g: Gen, n: int, c: dict[str, int]) -> Iterator[tuple[Any, ...]]:
+    for i in range(n):
+        on = g.day()
+        a, b = g.rng.sample(g.airports, 2)
+        yield ident("bk", i), 1, a, b, on, Decimal("1200.000")
+        yield ident("bk", i), 2, b, a, on + timedelta(days=5), Decimal("1200.000")
+
+
+def _emissions(g: Gen, n: int, c: dict[str, int]) -> Iterator[tuple[Any, ...]]:
+    for i in range(n):
+        on = g.day()
+        legs = [{"origin": "VIE", "destination": "SJO", "departs_on": d.isoformat(), "kg_co2e": "900"}
+                for d in (on, on + timedelta(days=g.rng.choice((5, 200)))) ]  # fmt: skip
+        yield (ident("bk", i), f"emissions-{i}", 1, g.rng.choices(("recorded", "reversed", "cancelled"), (93, 2, 5))[0],
+               ident("exp", g.skewed(c["experts"])), g.rng.choice(("expert", "team_member")),
+               f"{on.year}-{g.rng.randrange(99):02d}", None, "economy", on.year, Decimal(9000), Decimal(5600),
+               Decimal(1800), "desnz", "desnz-2025", 2025, True, True, legs, on, 1, 0)  # fmt: skip
+
+
+def _lots(g: Gen, n: int, c: dict[str, int]) -> Iterator[tuple[Any, ...]]:
+    for i in range(n):
+        on = g.day()
+        left = g.rng.choice((0, 100))
+        yield (ident("lot", i), 1, g.rng.choice(("gold_standard", "verra")), "project", on.year - 1, 1000,
+               1000 - left, left, Decimal("4.2"), Decimal(4200), "EUR", on, on.year)  # fmt: skip
+
+
+# the services' read models the Lists page over: (table, the rows of 1x it gets, rows, columns)
+LIST_TABLES: dict[str, tuple[str, Rows, tuple[str, ...]]] = {
+    "requests_views.requests": ("requests", _requests, ()),
+    "experts_views.experts": ("experts", _experts, ()),
+    "experts_views.deployments": ("deployments", _deployments, ()),
+    "actions_views.actions": ("actions", _actions, ()),
+    "actions_views.activities": ("activities", _activities, ()),
+    "logistics_views.bookings": ("bookings", _bookings, ()),
+    "logistics_views.booking_legs": ("bookings", _legs, ()),  # two legs a booking
+    "carbon_views.flight_emissions": ("bookings", _emissions, ()),
+    "carbon_views.offset_lots": ("offsets", _lots, ()),
+}
+
+
+def counts_at(scale: float) -> dict[str, int]:
+    return {k: max(round(v * scale), 1) for k, v in base_counts().items()}
+
+
+async def copy_rows(
+    conn: asyncpg.Connection, table: str, rows: Iterable[tuple[Any, ...]], columns: tuple[str, ...]
+) -> int:
+    """COPY `rows` into `table` (schema-qualified); the column order is the table's unless `columns`."""
+    schema, name = table.split(".")
+    result = await conn.copy_records_to_table(
+        name, schema_name=schema, records=rows, columns=list(columns) if columns else None
+    )
+    return int(result.split()[-1])
+
+
+async def load_lists(
+    conn: asyncpg.Connection, counts: dict[str, int], only: Iterable[str] = (), seed: int = 2017
+) -> dict[str, int]:
+    """Empty the List tables (or `only` those) and fill them with `counts` rows of each kind, then ANALYZE
+    them (as autovacuum would after such a load). The rows each table got."""
+    g = Gen(seed)
+    loaded: dict[str, int] = {}
+    # COPY sends binary: jsonb (the emissions' segments) needs a binary codec; the kernel's comes back after
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda v: b"\x01" + json.dumps(v).encode(),
+        decoder=lambda b: json.loads(b[1:]),
+        schema="pg_catalog",
+        format="binary",
+    )
+    for table, (kind, rows, columns) in LIST_TABLES.items():
+        if only and table not in only:
+            continue
+        await conn.execute(f"TRUNCATE {table}")
+        loaded[table] = await copy_rows(conn, table, rows(g, counts[kind], counts), columns)
+        await conn.execute(f"ANALYZE {table}")
+    await init_connection(conn)
+    return loaded
