@@ -225,3 +225,78 @@ async def load_lists(
         await conn.execute(f"ANALYZE {table}")
     await init_connection(conn)
     return loaded
+
+
+# --- the stats service's facts (services/stats/projections.py), for its year query --------------------------
+
+
+def stats_rows(counts: dict[str, int], seed: int = 2017) -> dict[str, list[tuple[Any, ...]]]:
+    """The facts tables' rows (by table name, without the schema) for `counts` of each kind."""
+    g = Gen(seed)
+    out: dict[str, list[tuple[Any, ...]]] = {}
+
+    def add(table: str, *row: Any) -> None:
+        out.setdefault(table, []).append(row)
+
+    types, backgrounds = list(reference.activity_types()), list(reference.expert_backgrounds())
+    for i in range(counts["requests"]):
+        add("requests", ident("req", i), g.rng.choice(partners())[0], g.day())
+    for i in range(counts["actions"]):
+        p, region = g.rng.choice(partners())
+        add("actions", ident("action", i), p, "country", region, g.day())
+    for i in range(counts["activities"]):
+        p, region = g.rng.choice(partners())
+        on, action = g.day(), ident("action", g.rng.randrange(counts["actions"]))
+        add("activities_planned", ident("act", i), action, p, region, on)
+        fate = g.rng.random()
+        if fate < 0.85:
+            add("activities_held", ident("act", i), action, g.rng.choice(types), on, on + timedelta(days=2), p, p,
+                region, g.rng.randint(3, 20), g.rng.randint(3, 20), 0)  # fmt: skip
+        elif fate < 0.9:
+            add("activities_cancelled", ident("act", i), action, on)
+    for i in range(counts["experts"]):
+        on = g.day()
+        add("experts", ident("exp", i), 1, g.rng.choice(("female", "male")), g.rng.choice(backgrounds), on,
+            g.maybe(0.08, on + timedelta(days=900)))  # fmt: skip
+    questions = ("approach_beneficial", "skills_enhanced", "difference_in_work", "well_organised")
+    for i in range(counts["deployments"]):
+        on = g.day()
+        add("deployments", ident("dep", i), ident("exp", g.skewed(counts["experts"])),
+            ident("action", g.rng.randrange(counts["actions"])), ident("act", g.rng.randrange(counts["activities"])),
+            on, on + timedelta(days=4))  # fmt: skip
+        if g.rng.random() < 0.03:
+            add("deployments_cancelled", ident("dep", i), on - timedelta(days=10))
+        elif g.rng.random() < 0.8:
+            for q in questions:
+                add("evaluation_answers", ident("eval", i), q, g.rng.randint(2, 5), ident("dep", i), on)
+    for i in range(counts["team"]):
+        on = g.day()
+        add("team_joins", ident("tm", i), on)
+        if g.rng.random() < 0.2:
+            add("team_leaves", ident("tm", i), on + timedelta(days=400))
+    for i in range(counts["bookings"]):
+        on, member = g.day(), g.rng.random() < 0.3
+        who = ident("tm", g.skewed(counts["team"])) if member else ident("exp", g.skewed(counts["experts"]))
+        kind, action = "team_member" if member else "expert", f"{on.year}-{g.rng.randrange(99):02d}"
+        add("itineraries", ident("bk", i), 1, who, kind)
+        a, b = g.rng.sample(g.airports, 2)
+        for leg, (o, d, day) in enumerate(((a, b, on), (b, a, on + timedelta(days=5))), 1):
+            add("itinerary_legs", ident("bk", i), 1, leg, o, d, day, Decimal("1200.000"))
+            add("emission_legs", f"emissions-{i}", 1, leg, ident("bk", i), 1, Decimal(900), day.year, kind, action)
+        if g.rng.random() < 0.05:
+            add("bookings_cancelled", ident("bk", i), on - timedelta(days=3))
+    for i in range(counts["offsets"]):
+        on = g.day()
+        add("offsets_purchased", ident("lot", i), 3750, on, "gold_standard", "project", on.year - 1)
+        add("offsets_retired", f"lot-{i}", 2, ident("lot", i), 3000, on.year, on)
+    return out
+
+
+async def load_stats(conn: asyncpg.Connection, schema: str, counts: dict[str, int]) -> dict[str, int]:
+    """Empty the stats facts tables in `schema` this bench fills and fill them; ANALYZE them."""
+    loaded: dict[str, int] = {}
+    for table, rows in stats_rows(counts).items():
+        await conn.execute(f"TRUNCATE {schema}.{table}")
+        loaded[table] = await copy_rows(conn, f"{schema}.{table}", rows, ())
+        await conn.execute(f"ANALYZE {schema}.{table}")
+    return loaded
