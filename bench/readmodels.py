@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager
 from datetime import date, timedelta
 from decimal import Decimal
 from functools import cache
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -60,18 +62,20 @@ class Gen:
     def __init__(self, seed: int = 2017) -> None:
         self.rng = random.Random(seed)
         self.themes = list(reference.themes())
-        self.theme_weights = [1 / (i + 1) for i in range(len(self.themes))]  # Zipf-like
+        self.theme_weights = list(accumulate(1 / (i + 1) for i in range(len(self.themes))))  # Zipf-like
+        self.year_weights = list(accumulate(YEAR_WEIGHTS))
+        self.status_weights = list(accumulate(STATUS_WEIGHTS))
         self.airports = list(reference.airports())[:400]
 
     def day(self, year: int | None = None) -> date:
-        y = year or self.rng.choices(YEARS, YEAR_WEIGHTS)[0]
+        y = year or self.rng.choices(YEARS, cum_weights=self.year_weights)[0]
         return date(y, 1, 1) + timedelta(days=self.rng.randrange(365))
 
     def some_themes(self) -> list[str]:
-        return sorted(set(self.rng.choices(self.themes, self.theme_weights, k=self.rng.randint(1, 3))))
+        return sorted(set(self.rng.choices(self.themes, cum_weights=self.theme_weights, k=self.rng.randint(1, 3))))
 
     def status(self) -> str:
-        return self.rng.choices(STATUSES, STATUS_WEIGHTS)[0]
+        return self.rng.choices(STATUSES, cum_weights=self.status_weights)[0]
 
     def skewed(self, n: int) -> int:
         """An index in range(n), low ones far more often (a traveller's share of the bookings)."""
@@ -191,6 +195,27 @@ def counts_at(scale: float) -> dict[str, int]:
     return {k: max(round(v * scale), 1) for k, v in base_counts().items()}
 
 
+@asynccontextmanager
+async def indexes_built_after(conn: asyncpg.Connection, table: str) -> AsyncIterator[None]:
+    """A bulk load: the table's indexes but its primary key dropped, then built again from their definitions
+    once the rows are in (one sorted build each instead of an insertion per row)."""
+    schema, name = table.split(".")
+    defs = await conn.fetch(
+        "SELECT i.indexname, i.indexdef FROM pg_indexes i WHERE i.schemaname = $1 AND i.tablename = $2 "
+        "AND NOT EXISTS (SELECT 1 FROM pg_constraint c "
+        "WHERE c.conname = i.indexname AND c.connamespace = $1::regnamespace)",
+        schema,
+        name,
+    )
+    for d in defs:
+        await conn.execute(f"DROP INDEX {schema}.{d['indexname']}")
+    try:
+        yield
+    finally:
+        for d in defs:
+            await conn.execute(d["indexdef"])
+
+
 async def copy_rows(
     conn: asyncpg.Connection, table: str, rows: Iterable[tuple[Any, ...]], columns: tuple[str, ...]
 ) -> int:
@@ -221,7 +246,8 @@ async def load_lists(
         if only and table not in only:
             continue
         await conn.execute(f"TRUNCATE {table}")
-        loaded[table] = await copy_rows(conn, table, rows(g, counts[kind], counts), columns)
+        async with indexes_built_after(conn, table):
+            loaded[table] = await copy_rows(conn, table, rows(g, counts[kind], counts), columns)
         await conn.execute(f"ANALYZE {table}")
     await init_connection(conn)
     return loaded
