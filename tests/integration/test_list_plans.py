@@ -245,3 +245,36 @@ async def test_each_filtered_page_reads_through_an_index_and_counts_nothing(
         if not token:
             break
     assert all(e.upper().startswith("EXPLAIN (FORMAT JSON) SELECT 1 ") for e in recorder.estimates), recorder.estimates
+
+
+@pytest.mark.parametrize("filters", [{}, {"year": 2015}, {"partner": PARTNER}, {"theme": "policy_development"}])
+async def test_a_requests_total_is_the_planners_estimate_beyond_the_first_page(
+    recorder: PlanRecorder, filters: dict[str, Any]
+) -> None:
+    """ListRequests' total, as its proto comment says: more than one page of matches gives the planner's
+    estimate (from the analysed table: near the true count, never under the rows known), not a count."""
+    queries = RequestsQueries(recorder.pool)
+    page, token, total = await queries.page(filters, "", 20)
+    where, args = ["true"], []
+    for column, value in filters.items():  # the true count, to compare with: the test counts, the page does not
+        args.append(value)
+        where.append(
+            {"year": "extract(year FROM received_on) = $1", "theme": "$1 = ANY(themes)"}.get(column, f"{column} = $1")
+        )
+    matches = await recorder.pool.fetchval(
+        f"SELECT count(*) FROM requests_views.requests WHERE {' AND '.join(where)}", *args
+    )
+    assert len(page) == 20 and token and matches > 20
+    assert total >= 21 and matches / 2 <= total <= matches * 2, (total, matches)
+    _, _, later = await queries.page(filters, token, 20)
+    assert later >= 20 and matches / 2 <= later <= matches * 2, (later, matches)
+
+
+async def test_a_requests_total_is_exact_when_the_first_page_holds_every_match(recorder: PlanRecorder) -> None:
+    queries = RequestsQueries(recorder.pool)
+    matches = await recorder.pool.fetchval(
+        "SELECT count(*) FROM requests_views.requests WHERE partner = $1 AND received_on < '2010-01-01'", PARTNER
+    )
+    assert 0 < matches < 500
+    page, token, total = await queries.page({"partner": PARTNER, "year": 2009}, "", 500)
+    assert (len(page), token, total) == (matches, "", matches)
