@@ -249,8 +249,9 @@ async def copy_rows(
 async def load_lists(
     conn: asyncpg.Connection, counts: dict[str, int], only: Iterable[str] = (), seed: int = 2017
 ) -> dict[str, int]:
-    """Empty the List tables (or `only` those) and fill them with `counts` rows of each kind, then ANALYZE
-    them (as autovacuum would after such a load). The rows each table got."""
+    """Empty the List tables (or `only` those) and fill them with `counts` rows of each kind, then VACUUM
+    ANALYZE them (as autovacuum would after such a load: statistics, and the visibility map). The rows
+    each table got."""
     g = Gen(seed)
     loaded: dict[str, int] = {}
     # COPY sends binary: jsonb (the emissions' segments) needs a binary codec; the kernel's comes back after
@@ -267,7 +268,7 @@ async def load_lists(
         await conn.execute(f"TRUNCATE {table}")
         async with indexes_built_after(conn, table):
             loaded[table] = await copy_rows(conn, table, rows(g, counts[kind], counts), columns)
-        await conn.execute(f"ANALYZE {table}")
+        await conn.execute(f"VACUUM ANALYZE {table}")
     await init_connection(conn)
     return loaded
 
@@ -338,10 +339,10 @@ def stats_rows(counts: dict[str, int], seed: int = 2017) -> dict[str, list[tuple
 
 
 async def load_stats(conn: asyncpg.Connection, schema: str, counts: dict[str, int]) -> dict[str, int]:
-    """Empty the stats facts tables in `schema` this bench fills and fill them; ANALYZE them."""
+    """Empty the stats facts tables in `schema` this bench fills and fill them; VACUUM ANALYZE them."""
     loaded: dict[str, int] = {}
     for table, rows in stats_rows(counts).items():
         await conn.execute(f"TRUNCATE {schema}.{table}")
         loaded[table] = await copy_rows(conn, f"{schema}.{table}", rows, ())
-        await conn.execute(f"ANALYZE {schema}.{table}")
+        await conn.execute(f"VACUUM ANALYZE {schema}.{table}")
     return loaded
