@@ -2,7 +2,9 @@
 (EXPLAIN (FORMAT JSON), on the session's real database) reads the List's table through an index, never
 by a Seq Scan, on the first page and deeper ones; each filter has an index of its own (its first key);
 and no page counts the matches or the table (no aggregate but the per-row counts of a page's actions; a
-total is the planner's estimate, EXPLAIN without ANALYZE). Structural: nothing here is timed (the bench measures)."""
+total is the planner's estimate, EXPLAIN without ANALYZE). Structural: nothing here is timed (the bench
+measures). Not here: ListTeam (the team's tens of members) and ListTravellerMiles (not paged: sums per
+traveller and year, whose year filter is a range on departs_on too)."""
 
 from __future__ import annotations
 
@@ -59,10 +61,6 @@ def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield plan
     for child in plan.get("Plans", []):
         yield from nodes(child)
-
-
-def conditions(node: dict[str, Any]) -> str:
-    return " ".join(node.get(k, "") for k in ("Index Cond", "Recheck Cond"))
 
 
 def summary(plan: dict[str, Any]) -> str:
