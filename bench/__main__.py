@@ -1,4 +1,5 @@
-"""`python -m bench` (`make bench`): start a throw-away dev stack, run every figure, report, stop the stack."""
+"""`python -m bench` (`make bench`): start a throw-away dev stack, run every figure, report, stop the stack.
+`python -m bench queries`: only the reading figures (bench/queries.py), merged into the results file."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from typing import Any
 
 import asyncpg
 
-from bench import append, e2e, importing, projection
+from bench import append, e2e, importing, projection, queries
 from bench.common import Window
-from bench.report import print_import, print_report, summarise, summarise_import
+from bench.report import print_import, print_queries, print_report, summarise, summarise_import
 from services.kernel.settings import Settings
 from services.ops.devstack import DevStack
 
@@ -76,6 +77,7 @@ async def run_all(stack: DevStack, quick: bool) -> dict[str, Any]:
     await append.checkpoint(dsn)  # the projection figure's dirty pages are flushed before, not during
     results["e2e_latency_ms"] = await e2e.run(stack, settings, rate, seconds)
     results["import"] = await run_import(dsn, quick)
+    results.update(await run_queries(dsn, quick))
     results["machine"]["load_average_at_end"] = os.getloadavg()
     results["config"] = {
         "append_window_s": window.duration,
@@ -86,7 +88,36 @@ async def run_all(stack: DevStack, quick: bool) -> dict[str, Any]:
         "kafka_fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
-    return summarise(results)
+    results = summarise(results)
+    results["targets"].extend(results["query_targets"])
+    return results
+
+
+async def run_queries(dsn: str, quick: bool) -> dict[str, Any]:
+    """The reading figures (bench/queries.py) and their targets."""
+    print("reading: the stats year query and List pages at 1x, 10x, 100x and 1M rows ...", flush=True)
+    started = time.perf_counter()
+    out = await queries.run(dsn, quick)
+    out["query_targets"] = queries.targets(out)
+    out["query_elapsed_s"] = round(time.perf_counter() - started, 1)
+    return out
+
+
+async def queries_only(stack: DevStack, quick: bool) -> dict[str, Any]:
+    """`python -m bench queries`: the reading figures, merged into the last results (their keys replaced)."""
+    os.environ["MIEUX_HOME"] = str(stack.home)
+    dsn = Settings().dsn()
+    conn = await asyncpg.connect(dsn)
+    server_version = await conn.fetchval("SHOW server_version")
+    await conn.close()
+    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results["machine_queries"] = machine(server_version)
+    results.update(await run_queries(dsn, quick))
+    results["machine_queries"]["load_average_at_end"] = os.getloadavg()
+    if "targets" in results:  # the other figures' targets, then these again
+        keep = {t["name"] for t in results["query_targets"]}
+        results["targets"] = [t for t in results["targets"] if t["name"] not in keep] + results["query_targets"]
+    return results
 
 
 async def run_import(dsn: str, quick: bool) -> dict[str, Any]:
@@ -114,7 +145,9 @@ IMPORT_EVENTS, IMPORT_BATCH = 200_000, 10_000
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("figure", nargs="?", choices=("all", "import"), default="all", help="every figure, or one")
+    parser.add_argument(
+        "figure", nargs="?", choices=("all", "import", "queries"), default="all", help="every figure, or one part"
+    )
     parser.add_argument("--quick", action="store_true", help="short windows, for trying the benchmarks out")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the stack is stopped below
@@ -125,8 +158,8 @@ def main() -> None:
     ok = False
     try:
         stack.up()
-        only = args.figure == "import"
-        results = asyncio.run(run_import_only(stack, args.quick) if only else run_all(stack, args.quick))
+        run = {"import": run_import_only, "queries": queries_only}.get(args.figure, run_all)
+        results = asyncio.run(run(stack, args.quick))
         ok = True
     finally:
         stack.down()
@@ -135,7 +168,13 @@ def main() -> None:
         else:
             print(f"logs kept in {home}")
     RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print_import(results) if only else print_report(results)
+    if args.figure == "import":
+        print_import(results)
+    elif args.figure == "queries":
+        print_queries(results)
+    else:
+        print_report(results)
+        print_queries(results)
     print(f"written to {RESULTS}")
 
 

@@ -158,3 +158,40 @@ def print_report(results: dict[str, Any]) -> None:
         console.print(
             f"[yellow]note: load average {load:.1f} at start on {results['machine']['cpus']} CPUs: others were busy"
         )
+
+
+def print_queries(results: dict[str, Any]) -> None:
+    """The stats year query and the List pages at each size (p50 / p99 ms), their growth over 1x, the targets."""
+    console = Console(width=max(Console().width, 130))
+    sizes = [s for s in ("1x", "10x", "100x") if s in results["list_page_ms"]]
+    has_1m = "list_page_ms_1m" in results
+    table = Table(title="Reading as history grows: p50 / p99 (ms), and p99 over its own at 1x")
+    for col in ("query", *sizes, *(["1M rows"] if has_1m else []), "p99 10x/1x", "p99 100x/1x"):
+        table.add_column(col, justify="left" if col == "query" else "right")
+    g = results["query_growth"]
+    stats = results["stats_query_ms"]
+    table.add_row(
+        f"stats year query ({YEAR_MEASURED})",
+        *(f"{stats[s]['p50']:.1f} / {stats[s]['p99']:.1f}" for s in sizes),
+        *(["-"] if has_1m else []),
+        *(f"{g['stats_query'][r]['p99']:.2f}x" for r in ("10x/1x", "100x/1x")),
+    )
+    for case in results["list_page_ms"]["1x"]["cases"]:
+        figs = [results["list_page_ms"][s]["cases"][case] for s in sizes]
+        if has_1m:
+            figs.append(results["list_page_ms_1m"]["cases"][case])
+        table.add_row(
+            case,
+            *(f"{f['p50']:.1f} / {f['p99']:.1f}" for f in figs),
+            *(f"{g['list_pages'][case][r]['p99']:.2f}x" for r in ("10x/1x", "100x/1x")),
+        )
+    console.print(table)
+    targets = Table(title="Targets (reading)")
+    for col in ("target", "measured", "wanted", "met"):
+        targets.add_column(col, justify="left" if col == "target" else "right")
+    for t in results["query_targets"]:
+        targets.add_row(t["name"], f"{t['value']:,.2f}", t["target"], "[green]yes" if t["met"] else "[red]no")
+    console.print(targets)
+
+
+YEAR_MEASURED = 2017

@@ -66,6 +66,18 @@ class ActionsView(Projection):
         cancelled_on    date
     );
     CREATE INDEX IF NOT EXISTS activities_action ON actions_views.activities (action_code, number);
+    -- ListActions' filters (queries.py), each with the page order after it, themes by GIN; ListActivities'
+    -- (whose order is its action's, from the join), one index each, the year a range on starts_on
+    CREATE INDEX IF NOT EXISTS actions_region_page ON actions_views.actions (region, year, seq);
+    CREATE INDEX IF NOT EXISTS actions_partner_page ON actions_views.actions (partner, year, seq);
+    CREATE INDEX IF NOT EXISTS actions_status_page ON actions_views.actions (status, year, seq);
+    CREATE INDEX IF NOT EXISTS actions_themes ON actions_views.actions USING gin (themes);
+    CREATE INDEX IF NOT EXISTS activities_starts ON actions_views.activities (starts_on);
+    CREATE INDEX IF NOT EXISTS activities_region ON actions_views.activities (region);
+    CREATE INDEX IF NOT EXISTS activities_partner ON actions_views.activities (partner);
+    CREATE INDEX IF NOT EXISTS activities_status ON actions_views.activities (status);
+    CREATE INDEX IF NOT EXISTS activities_type ON actions_views.activities (activity_type);
+    CREATE INDEX IF NOT EXISTS activities_country ON actions_views.activities (country);
     """
 
     async def apply(self, conn: asyncpg.Connection, env: Envelope, event: Event) -> None:

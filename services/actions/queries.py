@@ -62,7 +62,7 @@ class ActionsQueries:
                 where.append(f"a.{column} = ${len(args)}")
         if f.theme:
             args.append(f.theme)
-            where.append(f"${len(args)} = ANY(a.themes)")
+            where.append(f"a.themes @> ARRAY[${len(args)}]::text[]")  # GIN-served; = ANY() is not
         if f.active_in:
             args.append(f.active_in)
             n = len(args)
@@ -102,8 +102,9 @@ class ActionsQueries:
                 args.append(value)
                 where.append(f"t.{column} = ${len(args)}")
         if f.year:
+            # a range on starts_on, which its index serves (extract(year FROM ...) no index does)
             args.append(f.year)
-            where.append(f"extract(year FROM t.starts_on)::int = ${len(args)}")
+            where.append(f"t.starts_on BETWEEN make_date(${len(args)}, 1, 1) AND make_date(${len(args)}, 12, 31)")
         after = key_after(f.page_token, int, int, int, str)
         if after:
             args.extend(after)

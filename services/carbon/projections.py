@@ -61,6 +61,20 @@ class FlightEmissionsView(Projection):
         reversals       integer NOT NULL
     );
     CREATE INDEX IF NOT EXISTS flight_emissions_year ON carbon_views.flight_emissions (departure_year);
+    -- ListFlightEmissions' year filter (queries.py): the years the booking's legs depart in (its
+    -- departure_year without legs), GIN-indexed; the date is ISO text in the JSON, so its first four
+    -- characters are the year (immutable, unlike a cast to date)
+    CREATE OR REPLACE FUNCTION carbon_views.departure_years(segments jsonb, departure_year integer)
+    RETURNS integer[] LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+        SELECT CASE WHEN jsonb_array_length(segments) = 0 THEN ARRAY[departure_year]
+            ELSE ARRAY(SELECT DISTINCT left(s->>'departs_on', 4)::int FROM jsonb_array_elements(segments) s) END
+    $$;
+    CREATE INDEX IF NOT EXISTS flight_emissions_years ON carbon_views.flight_emissions
+        USING gin (carbon_views.departure_years(segments, departure_year));
+    -- its other filters, each with the page order (booking_id) after it
+    CREATE INDEX IF NOT EXISTS flight_emissions_kind_page ON carbon_views.flight_emissions (traveller_kind, booking_id);
+    CREATE INDEX IF NOT EXISTS flight_emissions_action_page ON carbon_views.flight_emissions (action_code, booking_id);
+    CREATE INDEX IF NOT EXISTS flight_emissions_status_page ON carbon_views.flight_emissions (status, booking_id);
     """
 
     async def apply(self, conn: asyncpg.Connection, env: Envelope, event: Event) -> None:
@@ -144,6 +158,10 @@ class OffsetLotsView(Projection):
         retired_on      date NOT NULL,
         PRIMARY KEY (lot_id, version)
     );
+    -- ListOffsetLots' filters (queries.py), each with the page order (lot_id) after it
+    CREATE INDEX IF NOT EXISTS offset_lots_year_page ON carbon_views.offset_lots (purchase_year, lot_id);
+    CREATE INDEX IF NOT EXISTS offset_lots_registry_page ON carbon_views.offset_lots (registry, lot_id);
+    CREATE INDEX IF NOT EXISTS offset_lots_open_page ON carbon_views.offset_lots (lot_id) WHERE remaining > 0;
     """
 
     async def apply(self, conn: asyncpg.Connection, env: Envelope, event: Event) -> None:

@@ -78,12 +78,9 @@ class CarbonQueries:
         where: list[str] = []
         args: list[Any] = []
         if year:  # a booking is listed in the year of each of its legs (DESIGN.md section 6)
-            args.append(year)
-            where.append(
-                "(EXISTS (SELECT 1 FROM jsonb_array_elements(segments) s "
-                f"WHERE extract(year FROM (s->>'departs_on')::date) = ${len(args)}) "
-                f"OR (jsonb_array_length(segments) = 0 AND departure_year = ${len(args)}))"
-            )
+            args.append([year])
+            # the expression of the GIN index flight_emissions_years (projections.py)
+            where.append(f"carbon_views.departure_years(segments, departure_year) @> ${len(args)}::int[]")
         for column, value in (
             ("traveller_kind", traveller_kind),
             ("action_code", action_code),

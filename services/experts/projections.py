@@ -46,6 +46,15 @@ class Roster(Projection):
     );
     ALTER TABLE experts_views.experts ADD COLUMN IF NOT EXISTS forgotten_on date;
     CREATE INDEX IF NOT EXISTS experts_page ON experts_views.experts (registered_on, expert_id);
+    -- ListExperts' filters (queries.py): each equality filter with the page order after it, themes by GIN,
+    -- the inactive (the few) by a partial index; active ones page along experts_page
+    CREATE INDEX IF NOT EXISTS experts_background_page ON experts_views.experts (background, registered_on, expert_id);
+    CREATE INDEX IF NOT EXISTS experts_gender_page ON experts_views.experts (gender, registered_on, expert_id);
+    CREATE INDEX IF NOT EXISTS experts_nationality_page ON experts_views.experts
+        (nationality, registered_on, expert_id);
+    CREATE INDEX IF NOT EXISTS experts_themes ON experts_views.experts USING gin (themes);
+    CREATE INDEX IF NOT EXISTS experts_inactive_page ON experts_views.experts (registered_on, expert_id)
+        WHERE deactivated_on IS NOT NULL;
     CREATE TABLE IF NOT EXISTS experts_views.deployments (
         deployment_id   text PRIMARY KEY,
         expert_id       text NOT NULL,
@@ -57,8 +66,15 @@ class Roster(Projection):
         evaluated       boolean NOT NULL DEFAULT false
     );
     CREATE INDEX IF NOT EXISTS deployments_page ON experts_views.deployments (starts_on, deployment_id);
-    CREATE INDEX IF NOT EXISTS deployments_expert ON experts_views.deployments (expert_id);
-    CREATE INDEX IF NOT EXISTS deployments_action ON experts_views.deployments (action_code);
+    -- ListDeployments' filters (queries.py) with the page order after them; the year is a range on starts_on
+    DROP INDEX IF EXISTS experts_views.deployments_expert;
+    DROP INDEX IF EXISTS experts_views.deployments_action;
+    CREATE INDEX IF NOT EXISTS deployments_expert_page ON experts_views.deployments
+        (expert_id, starts_on, deployment_id);
+    CREATE INDEX IF NOT EXISTS deployments_action_page ON experts_views.deployments
+        (action_code, starts_on, deployment_id);
+    CREATE INDEX IF NOT EXISTS deployments_cancelled_page ON experts_views.deployments (starts_on, deployment_id)
+        WHERE cancelled_on IS NOT NULL;
     """
 
     async def apply(self, conn: asyncpg.Connection, env: Envelope, e: Event) -> None:

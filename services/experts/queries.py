@@ -84,7 +84,7 @@ class ExpertsQueries:
         if q.nationality:
             where.append(f"nationality = {arg(q.nationality)}")
         if q.theme:
-            where.append(f"{arg(q.theme)} = ANY(themes)")
+            where.append(f"themes @> {arg([q.theme])}::text[]")  # GIN-served; = ANY() is not
         if q.active is not None:
             where.append("deactivated_on IS NULL" if q.active else "deactivated_on IS NOT NULL")
         after = paging.key_after(q.page_token, date, str)

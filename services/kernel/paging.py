@@ -85,3 +85,18 @@ def key_after(token: str, *types: type) -> list[Any] | None:
         return decode_key(token, *types)
     except BadPageToken as e:
         raise InvalidArgument(FieldViolation("page_token", str(e))) from e
+
+
+async def estimated_total(
+    pool: Any, from_where: str, args: Sequence[Any], *, first_page: bool, shown: int, more: bool
+) -> int:
+    """The `total` of a List page, never a count over the table: exact when the first page holds every
+    match (no page token, no next page); otherwise the planner's row estimate for `from_where` (the
+    statement's FROM and WHERE, with `args`), from the table's statistics, and at least the rows known
+    to exist (this page's, plus one if a next page exists). `pool` is the kernel's Pool."""
+    if first_page and not more:
+        return shown
+    plan = await pool.fetchval(f"EXPLAIN (FORMAT JSON) SELECT 1 {from_where}", *args)
+    if isinstance(plan, str):  # json, not jsonb: no codec decodes it
+        plan = json.loads(plan)
+    return max(int(plan[0]["Plan"]["Plan Rows"]), shown + (1 if more else 0))

@@ -70,6 +70,11 @@ class RequestRegister(Projection):
         reasons           text[] NOT NULL DEFAULT '{}'
     );
     CREATE INDEX IF NOT EXISTS requests_received_on ON requests_views.requests (received_on, request_id);
+    -- ListRequests' filters (queries.py): each equality filter with the page order after it, themes by GIN
+    CREATE INDEX IF NOT EXISTS requests_region_page ON requests_views.requests (region, received_on, request_id);
+    CREATE INDEX IF NOT EXISTS requests_partner_page ON requests_views.requests (partner, received_on, request_id);
+    CREATE INDEX IF NOT EXISTS requests_status_page ON requests_views.requests (status, received_on, request_id);
+    CREATE INDEX IF NOT EXISTS requests_themes ON requests_views.requests USING gin (themes);
     """
 
     async def apply(self, conn: asyncpg.Connection, env: Envelope, event: Event) -> None:

@@ -59,6 +59,8 @@ class StatsRequests(StatsProjection):
         partner      text NOT NULL,
         received_on  date NOT NULL
     );
+    -- the year query's range on received_on (queries.py), as the other facts' dates below
+    CREATE INDEX IF NOT EXISTS requests_received ON {s}.requests (received_on);
     """
 
     async def apply(self, conn: asyncpg.Connection, env: Envelope, event: Event) -> None:
@@ -196,6 +198,7 @@ class StatsExperts(StatsProjection):
         submitted_on  date NOT NULL,
         PRIMARY KEY (evaluation_id, question)
     );
+    CREATE INDEX IF NOT EXISTS evaluation_answers_submitted ON {s}.evaluation_answers (submitted_on);
     """
 
     async def _profile(
@@ -300,6 +303,7 @@ class StatsLogistics(StatsProjection):
         statute_miles  numeric(14, 3) NOT NULL,
         PRIMARY KEY (booking_id, version, leg)
     );
+    CREATE INDEX IF NOT EXISTS itinerary_legs_departs ON {s}.itinerary_legs (departs_on);
     CREATE TABLE IF NOT EXISTS {s}.bookings_cancelled (
         booking_id   text PRIMARY KEY,
         cancelled_on date NOT NULL
@@ -404,6 +408,8 @@ class StatsCarbon(StatsProjection):
         retired_on     date NOT NULL,
         PRIMARY KEY (stream_id, stream_version)
     );
+    -- the footprint of a year: its legs' entries alone hold what the sum needs (an index-only scan)
+    CREATE INDEX IF NOT EXISTS emission_legs_year ON {s}.emission_legs (departure_year) INCLUDE (sign, kg_co2e);
     """
 
     async def apply(self, conn: asyncpg.Connection, env: Envelope, event: Event) -> None:

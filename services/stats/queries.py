@@ -149,28 +149,33 @@ class StatsQueries:
               AND NOT EXISTS (SELECT 1 FROM {s}.deployments_cancelled c WHERE c.deployment_id = d.deployment_id)
               AND NOT EXISTS (SELECT 1 FROM {s}.activities_cancelled c WHERE c.activity_id = d.activity_id)"""
 
-    async def expert_pool(self, conn: asyncpg.Connection, year: int) -> int:
-        """Experts registered and not deactivated at the end of the year."""
-        return await conn.fetchval(
-            f"""SELECT count(*) FROM {self.s}.experts
-            WHERE registered_on <= make_date($1, 12, 31)
-              AND (deactivated_on IS NULL OR deactivated_on > make_date($1, 12, 31))""",
+    async def expert_pool(self, conn: asyncpg.Connection, year: int) -> tuple[int, int]:
+        """Experts registered and not deactivated at the end of the year, and at the end of the year before
+        (one read of the experts for both)."""
+        row = await conn.fetchrow(
+            f"""SELECT
+              count(*) FILTER (WHERE deactivated_on IS NULL OR deactivated_on > make_date($1, 12, 31)) AS now,
+              count(*) FILTER (WHERE registered_on <= make_date($1 - 1, 12, 31)
+                AND (deactivated_on IS NULL OR deactivated_on > make_date($1 - 1, 12, 31))) AS before
+            FROM {self.s}.experts WHERE registered_on <= make_date($1, 12, 31)""",
             year,
         )
+        return row["now"], row["before"]
 
     async def team_air_miles(self, conn: asyncpg.Connection, year: int) -> tuple[Decimal, int]:
         """Statute miles of the flights of team members departing in the year (the latest itinerary of
-        each booking not cancelled), and the team members on the team at any time in the year."""
+        each booking not cancelled), and the team members on the team at any time in the year. From the
+        legs departing in the year (an index on departs_on), each kept if no later version of its booking's
+        itinerary exists, so the cost follows the year's legs, not every itinerary ever booked."""
         s = self.s
         miles = await conn.fetchval(
-            f"""WITH current AS (
-                SELECT DISTINCT ON (booking_id) booking_id, version, traveller_kind
-                FROM {s}.itineraries ORDER BY booking_id, version DESC)
-            SELECT coalesce(sum(l.statute_miles), 0)
-            FROM current c JOIN {s}.itinerary_legs l USING (booking_id, version)
-            WHERE c.traveller_kind = 'team_member'
-              AND NOT EXISTS (SELECT 1 FROM {s}.bookings_cancelled x WHERE x.booking_id = c.booking_id)
-              AND l.departs_on BETWEEN make_date($1, 1, 1) AND make_date($1, 12, 31)""",
+            f"""SELECT coalesce(sum(l.statute_miles), 0)
+            FROM {s}.itinerary_legs l JOIN {s}.itineraries i USING (booking_id, version)
+            WHERE i.traveller_kind = 'team_member'
+              AND l.departs_on BETWEEN make_date($1, 1, 1) AND make_date($1, 12, 31)
+              AND NOT EXISTS (SELECT 1 FROM {s}.itineraries later
+                              WHERE later.booking_id = l.booking_id AND later.version > l.version)
+              AND NOT EXISTS (SELECT 1 FROM {s}.bookings_cancelled x WHERE x.booking_id = l.booking_id)""",
             year,
         )
         # a stint starts at a join and ends at the first leave on or after it: on the team in the year
@@ -225,8 +230,7 @@ class StatsQueries:
                 backgrounds[e["background"]] += 1
             y.experts_by_gender = shares(dict(genders), reference.genders())
             y.experts_by_background = shares(dict(backgrounds), tuple(reference.expert_backgrounds()))
-            y.expert_pool = await self.expert_pool(conn, year)
-            y.expert_pool_previous = await self.expert_pool(conn, year - 1)
+            y.expert_pool, y.expert_pool_previous = await self.expert_pool(conn, year)
             y.team_statute_miles, y.team_members = await self.team_air_miles(conn, year)
             y.footprint_kg_co2e = Decimal(
                 await conn.fetchval(
