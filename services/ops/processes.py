@@ -26,9 +26,11 @@ class Processes:
         self.logs = logs
         self.procs: dict[str, asyncio.subprocess.Process] = {}
 
-    async def start(self, service: str, env: dict[str, str]) -> None:
-        out = open(self.logs / f"{service}.log", "wb") if self.logs else None  # noqa: ASYNC230
-        self.procs[service] = await asyncio.create_subprocess_exec(
+    async def start(self, service: str, env: dict[str, str], name: str | None = None) -> None:
+        """`python -m services.<service>`, known (and logged) as `name` (a replica's), else as the service."""
+        name = name or service
+        out = open(self.logs / f"{name}.log", "wb") if self.logs else None  # noqa: ASYNC230
+        self.procs[name] = await asyncio.create_subprocess_exec(
             sys.executable, "-m", f"services.{service}", env=env, stdout=out, stderr=out
         )
 
