@@ -35,6 +35,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from pydantic import ValidationError
 
+from services.kernel import metrics
 from services.kernel.errors import (
     CommandReused,
     ConcurrencyError,
@@ -191,6 +192,8 @@ class KitInterceptor(grpc.aio.ServerInterceptor):
             return handler
         metadata = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
         principal, refusal = self._authenticate(details.method, metadata)
+        if not details.method.startswith(OPEN_PREFIXES):
+            metrics.GRPC_CALLS.labels(details.method).inc()
         correlation_id = correlation_id_of(metadata.get("x-correlation-id"))
 
         async def prepare(request: Any, context: grpc.aio.ServicerContext) -> None:
