@@ -15,6 +15,8 @@ METHOD = {
     "verifying every signature, and the same not verifying; raw = getmany + executemany ON CONFLICT DO NOTHING, "
     "verifying nothing (bench/projection.py)",
     "e2e_latency_ms": "gRPC ack -> tracking row visible, open loop, polled every 2 ms (bench/e2e.py)",
+    "e2e_latency_ms_2_replicas": "the same with two replicas of the requests service, commands balanced over both "
+    "(round_robin), measured after the one-replica figure in the same run (bench/e2e.py)",
 }
 
 
@@ -98,16 +100,22 @@ def print_report(results: dict[str, Any]) -> None:
     lat = results["e2e_latency_ms"]
     latency = Table(title=f"End to end, ack -> read model, {lat['rate']}/s for {lat['duration_s']:.0f} s (ms)")
     stages = ("ack_to_published_ms", "published_to_visible_ms")
-    for col in ("p50", "p90", "p99", "max", "submit->ack p50/p99", "ack->published p50/p99"):
+    for col in ("replicas", "p50", "p90", "p99", "max", "submit->ack p50/p99", "ack->published p50/p99"):
         latency.add_column(col, justify="right")
-    for col in ("published->visible p50/p99", "samples", "errors", "never visible"):
+    for col in ("published->visible p50/p99", "samples", "errors", "never visible", "CPU ms/command"):
         latency.add_column(col, justify="right")
-    latency.add_row(
-        *(f"{lat[k]:.1f}" for k in ("p50", "p90", "p99", "max")),
-        f"{lat['ack_p50']:.1f} / {lat['ack_p99']:.1f}",
-        *(f"{lat[s]['p50']:.1f} / {lat[s]['p99']:.1f}" if s in lat else "-" for s in stages),
-        *(str(lat[k]) for k in ("samples", "errors", "never_visible")),
-    )
+    for key, replicas in (("e2e_latency_ms", "1"), ("e2e_latency_ms_2_replicas", "2")):
+        if key not in results:
+            continue
+        lat = results[key]
+        latency.add_row(
+            replicas,
+            *(f"{lat[k]:.1f}" for k in ("p50", "p90", "p99", "max")),
+            f"{lat['ack_p50']:.1f} / {lat['ack_p99']:.1f}",
+            *(f"{lat[s]['p50']:.1f} / {lat[s]['p99']:.1f}" if s in lat else "-" for s in stages),
+            *(str(lat[k]) for k in ("samples", "errors", "never_visible")),
+            f"{lat['service_cpu_ms_per_command']:.2f}",
+        )
     console.print(latency)
 
     targets = Table(title="Targets")
