@@ -40,6 +40,7 @@ from services.ops.devstack import DevStack, free_port
 from services.requests.client import RequestsClient
 
 POLL_INTERVAL = 0.002
+START_TIMEOUT_S = 180.0  # the service's start, on a machine others may load
 VISIBLE = (
     "SELECT e.position FROM requests.events e JOIN projections.tracking t "
     "ON t.projection = 'requests_per_year' AND t.event_id = e.event_id WHERE e.position = ANY($1::bigint[])"
@@ -153,7 +154,7 @@ async def measure(settings: Settings, rate: int, duration: float, service_pids: 
     poller = asyncio.create_task(seen.run())
     try:
         async with RequestsClient.connect(settings) as client:
-            async with asyncio.timeout(60):
+            async with asyncio.timeout(START_TIMEOUT_S):
                 await wait_serving(client)
             # warm-up: the projection's consumer group has joined once a few commands are visible
             for i in range(20):
@@ -263,4 +264,18 @@ async def run(stack: DevStack, settings: Settings, rate: int, duration: float, r
     ports = [free_port() for _ in range(replicas)]
     os.environ["MIEUX_REQUESTS_ADDR"] = target(ports)  # for RequestsClient.connect, in this process
     with requests_service(stack, ports) as pids:
+        await every_replica_serving(ports)
         return await measure(settings, rate, duration, pids)
+
+
+async def every_replica_serving(ports: list[int], timeout: float = START_TIMEOUT_S) -> None:
+    """Each replica's gRPC health says SERVING (its consumer groups joined): a replica that joins later would
+    rebalance the group during the measurement."""
+    from services.ops.processes import serving
+
+    async with asyncio.timeout(timeout):
+        for port in ports:
+            while True:
+                if await serving(f"127.0.0.1:{port}"):
+                    break
+                await asyncio.sleep(0.2)
