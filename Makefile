@@ -49,8 +49,10 @@ lint: proto
 	$(BIN)/ruff check services tests bench deploy
 	$(BIN)/ruff format --check services tests bench deploy
 
+# make up REPLICAS=2: two processes per service (one relay active each, commands balanced over both)
+REPLICAS ?= 1
 up: proto
-	$(BIN)/mieux up
+	$(BIN)/mieux up --replicas $(REPLICAS)
 
 bench: proto
 	$(BIN)/python -m bench

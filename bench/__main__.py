@@ -76,6 +76,9 @@ async def run_all(stack: DevStack, quick: bool) -> dict[str, Any]:
     print(f"end-to-end latency, {rate}/s for {seconds:.0f}s ...", flush=True)
     await append.checkpoint(dsn)  # the projection figure's dirty pages are flushed before, not during
     results["e2e_latency_ms"] = await e2e.run(stack, settings, rate, seconds)
+    print(f"end-to-end latency, two replicas, {rate}/s for {seconds:.0f}s ...", flush=True)
+    await append.checkpoint(dsn)
+    results["e2e_latency_ms_2_replicas"] = await e2e.run(stack, settings, rate, seconds, replicas=2)
     results["import"] = await run_import(dsn, quick)
     results.update(await run_queries(dsn, quick))
     results["machine"]["load_average_at_end"] = os.getloadavg()

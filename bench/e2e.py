@@ -1,7 +1,11 @@
-"""Figure 3: end-to-end latency, command acknowledged -> read model updated, at a steady rate.
+"""Figure 3: end-to-end latency, command acknowledged -> read model updated, at a steady rate, with one
+replica of the service and with two, one after the other in one run.
 
 The requests service runs as its own process (`python -m services.requests`: gRPC, relay, projection
-runner). SubmitRequest commands go over gRPC on an open-loop schedule (one every 1/rate s, whether or not
+runner), or as two (`replicas=2`): the client balances its commands over both (round_robin, grpckit.channel),
+their projection runners split the group's partitions, and one relay (the lock holder's) publishes what both
+append: events appended by the other replica reach it by its poll (MIEUX_RELAY_POLL_INTERVAL_S), not by an
+in-process wake-up. SubmitRequest commands go over gRPC on an open-loop schedule (one every 1/rate s, whether or not
 earlier ones have been answered). The ack carries the event's position; one poller, every 2 ms, asks
 which acknowledged positions have their `requests_per_year` tracking row, which is written in the same
 transaction as the view. Latency = start of the first poll that sees the row - arrival of the ack: an
@@ -36,6 +40,7 @@ from services.ops.devstack import DevStack, free_port
 from services.requests.client import RequestsClient
 
 POLL_INTERVAL = 0.002
+START_TIMEOUT_S = 180.0  # the service's start, on a machine others may load
 VISIBLE = (
     "SELECT e.position FROM requests.events e JOIN projections.tracking t "
     "ON t.projection = 'requests_per_year' AND t.event_id = e.event_id WHERE e.position = ANY($1::bigint[])"
@@ -143,13 +148,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def measure(settings: Settings, rate: int, duration: float, service_pid: int) -> dict[str, Any]:
+async def measure(settings: Settings, rate: int, duration: float, service_pids: list[int]) -> dict[str, Any]:
     conn = await asyncpg.connect(settings.dsn())
     seen = Visibility(conn)
     poller = asyncio.create_task(seen.run())
     try:
         async with RequestsClient.connect(settings) as client:
-            async with asyncio.timeout(60):
+            async with asyncio.timeout(START_TIMEOUT_S):
                 await wait_serving(client)
             # warm-up: the projection's consumer group has joined once a few commands are visible
             for i in range(20):
@@ -172,7 +177,7 @@ async def measure(settings: Settings, rate: int, duration: float, service_pid: i
                 seen.add(position)
                 acks.append(time.perf_counter() - sent)
 
-            cpu_before = cpu_seconds(service_pid)
+            cpu_before = sum(cpu_seconds(pid) for pid in service_pids)
             start = time.perf_counter()
             tasks = []
             for i in range(int(rate * duration)):
@@ -182,7 +187,7 @@ async def measure(settings: Settings, rate: int, duration: float, service_pid: i
                 tasks.append(asyncio.create_task(one(i)))
             await asyncio.gather(*tasks)
             sent_rate = len(tasks) / (time.perf_counter() - start)
-            service_cpu = cpu_seconds(service_pid) - cpu_before
+            service_cpu = sum(cpu_seconds(pid) for pid in service_pids) - cpu_before
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(30):
                     await seen.drained.wait()
@@ -196,6 +201,7 @@ async def measure(settings: Settings, rate: int, duration: float, service_pid: i
     ms = 1000.0
     return {
         "rate": rate,
+        "replicas": len(service_pids),
         "duration_s": duration,
         "achieved_rate": round(sent_rate, 1),
         "samples": len(lat),
@@ -214,22 +220,32 @@ async def measure(settings: Settings, rate: int, duration: float, service_pid: i
 
 
 @contextlib.contextmanager
-def requests_service(stack: DevStack, port: int) -> Iterator[int]:
-    """`python -m services.requests` on `port`, logging into the stack's home; always stopped."""
-    env = {
-        **os.environ,
-        "MIEUX_HOME": str(stack.home),
-        "MIEUX_REQUESTS_PORT": str(port),
-        "MIEUX_REQUESTS_ADDR": f"127.0.0.1:{port}",
-        "MIEUX_LOG_LEVEL": "WARNING",
-    }
+def requests_service(stack: DevStack, ports: list[int]) -> Iterator[list[int]]:
+    """`python -m services.requests` on each of `ports` (its replicas, each told every replica's address),
+    logging into the stack's home; every one always stopped. Their pids."""
+    address = target(ports)
     root = Path(__file__).resolve().parent.parent
-    with open(stack.home / "requests-service.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "services.requests"], env=env, cwd=root, stdout=log, stderr=log)
-        try:
-            yield proc.pid
-        finally:
+    procs: list[subprocess.Popen] = []
+    try:
+        for k, port in enumerate(ports):
+            env = {
+                **os.environ,
+                "MIEUX_HOME": str(stack.home),
+                "MIEUX_REQUESTS_PORT": str(port),
+                "MIEUX_REQUESTS_ADDR": address,
+                "MIEUX_LOG_LEVEL": "WARNING",
+            }
+            with open(stack.home / f"requests-service-{k + 1}.log", "ab") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "services.requests"], env=env, cwd=root, stdout=log, stderr=log
+                    )
+                )
+        yield [p.pid for p in procs]
+    finally:
+        for proc in procs:
             proc.terminate()
+        for proc in procs:
             try:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
@@ -237,9 +253,29 @@ def requests_service(stack: DevStack, port: int) -> Iterator[int]:
                 proc.wait(5)
 
 
-async def run(stack: DevStack, settings: Settings, rate: int, duration: float) -> dict[str, Any]:
-    """Start the requests service on a free port, measure, and always stop it."""
-    port = free_port()
-    os.environ["MIEUX_REQUESTS_ADDR"] = f"127.0.0.1:{port}"  # for RequestsClient.connect, in this process
-    with requests_service(stack, port) as pid:
-        return await measure(settings, rate, duration, pid)
+def target(ports: list[int]) -> str:
+    """The gRPC target of the replicas on `ports`: one address, or a list the client balances over."""
+    hosts = [f"127.0.0.1:{p}" for p in ports]
+    return hosts[0] if len(hosts) == 1 else "ipv4:" + ",".join(hosts)
+
+
+async def run(stack: DevStack, settings: Settings, rate: int, duration: float, replicas: int = 1) -> dict[str, Any]:
+    """Start `replicas` processes of the requests service on free ports, measure, and always stop them."""
+    ports = [free_port() for _ in range(replicas)]
+    os.environ["MIEUX_REQUESTS_ADDR"] = target(ports)  # for RequestsClient.connect, in this process
+    with requests_service(stack, ports) as pids:
+        await every_replica_serving(ports)
+        return await measure(settings, rate, duration, pids)
+
+
+async def every_replica_serving(ports: list[int], timeout: float = START_TIMEOUT_S) -> None:
+    """Each replica's gRPC health says SERVING (its consumer groups joined): a replica that joins later would
+    rebalance the group during the measurement."""
+    from services.ops.processes import serving
+
+    async with asyncio.timeout(timeout):
+        for port in ports:
+            while True:
+                if await serving(f"127.0.0.1:{port}"):
+                    break
+                await asyncio.sleep(0.2)

@@ -19,6 +19,8 @@ METHOD = {
     "positions, COPY into the events table, a transaction per batch); copy = copy_records_to_table of the rows as "
     "tuples into a table with the events table's DDL; rounds in which the two go batch by batch in lockstep, each "
     "timed over its own batches; medians, the ratio the median of the rounds' ratios (bench/importing.py)",
+    "e2e_latency_ms_2_replicas": "the same with two replicas of the requests service, commands balanced over both "
+    "(round_robin), measured after the one-replica figure in the same run (bench/e2e.py)",
 }
 
 
@@ -127,16 +129,22 @@ def print_report(results: dict[str, Any]) -> None:
     lat = results["e2e_latency_ms"]
     latency = Table(title=f"End to end, ack -> read model, {lat['rate']}/s for {lat['duration_s']:.0f} s (ms)")
     stages = ("ack_to_published_ms", "published_to_visible_ms")
-    for col in ("p50", "p90", "p99", "max", "submit->ack p50/p99", "ack->published p50/p99"):
+    for col in ("replicas", "p50", "p90", "p99", "max", "submit->ack p50/p99", "ack->published p50/p99"):
         latency.add_column(col, justify="right")
-    for col in ("published->visible p50/p99", "samples", "errors", "never visible"):
+    for col in ("published->visible p50/p99", "samples", "errors", "never visible", "CPU ms/command"):
         latency.add_column(col, justify="right")
-    latency.add_row(
-        *(f"{lat[k]:.1f}" for k in ("p50", "p90", "p99", "max")),
-        f"{lat['ack_p50']:.1f} / {lat['ack_p99']:.1f}",
-        *(f"{lat[s]['p50']:.1f} / {lat[s]['p99']:.1f}" if s in lat else "-" for s in stages),
-        *(str(lat[k]) for k in ("samples", "errors", "never_visible")),
-    )
+    for key, replicas in (("e2e_latency_ms", "1"), ("e2e_latency_ms_2_replicas", "2")):
+        if key not in results:
+            continue
+        lat = results[key]
+        latency.add_row(
+            replicas,
+            *(f"{lat[k]:.1f}" for k in ("p50", "p90", "p99", "max")),
+            f"{lat['ack_p50']:.1f} / {lat['ack_p99']:.1f}",
+            *(f"{lat[s]['p50']:.1f} / {lat[s]['p99']:.1f}" if s in lat else "-" for s in stages),
+            *(str(lat[k]) for k in ("samples", "errors", "never_visible")),
+            f"{lat['service_cpu_ms_per_command']:.2f}",
+        )
     console.print(latency)
 
     print_import(results)

@@ -37,6 +37,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from pydantic import ValidationError
 
+from services.kernel import metrics
 from services.kernel.errors import (
     CommandReused,
     ConcurrencyError,
@@ -196,6 +197,8 @@ class KitInterceptor(grpc.aio.ServerInterceptor):
             return handler
         metadata = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
         principal, refusal = self._authenticate(details.method, metadata)
+        if not details.method.startswith(OPEN_PREFIXES):
+            metrics.GRPC_CALLS.labels(details.method).inc()
         correlation_id = correlation_id_of(metadata.get("x-correlation-id"))
 
         async def prepare(request: Any, context: grpc.aio.ServicerContext) -> None:
@@ -441,13 +444,29 @@ async def run_until_signalled(start: Callable[[], Awaitable[None]], stop: Callab
 # --- clients ---------------------------------------------------------------------------------------
 
 
+# Every replica a target resolves to gets calls in turn (round_robin), not the first one alone (pick_first):
+# "ipv4:127.0.0.1:50051,127.0.0.1:50151" (`mieux up --replicas 2`), or a DNS name with one address per
+# replica (compose's service name, a Kubernetes headless Service). A replica that is down is skipped.
+BALANCED = (("grpc.lb_policy_name", "round_robin"),)
+
+
 def channel(target: str, settings: Settings | None = None) -> grpc.aio.Channel:
-    """A client channel to `target`: TLS when MIEUX_TLS_CA_FILE is set (`channel_credentials`), else plaintext
-    (the dev stack on loopback). `settings` default to this process's (the environment, then stack.json)."""
+    """A client channel to `target`, balanced over every address it lists or resolves to (BALANCED): TLS when
+    MIEUX_TLS_CA_FILE is set (`channel_credentials`), else plaintext (the dev stack on loopback). `settings`
+    default to this process's (the environment, then stack.json)."""
     credentials = channel_credentials(settings if settings is not None else Settings())
     if credentials is None:
-        return grpc.aio.insecure_channel(target)
-    return grpc.aio.secure_channel(target, credentials)
+        return grpc.aio.insecure_channel(target, options=balanced(target))
+    return grpc.aio.secure_channel(target, credentials, options=balanced(target))
+
+
+def balanced(target: str) -> tuple[tuple[str, str], ...]:
+    """The channel options of `target` (BALANCED); a list of addresses is named (authority, the name TLS checks
+    the servers' certificates against) after its first address, as one address would be."""
+    scheme, _, rest = target.partition(":")
+    if scheme in ("ipv4", "ipv6") and "," in rest:
+        return (*BALANCED, ("grpc.default_authority", rest.split(",", 1)[0]))
+    return BALANCED
 
 
 def call_metadata(token: str | None, correlation_id: str | None = None) -> tuple[tuple[str, str], ...]:

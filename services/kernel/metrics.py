@@ -70,6 +70,14 @@ CONSUMER_UP = Gauge(
     "gRPC health is then NOT_SERVING",
     ["group"],
 )
+# gRPC: the calls this process answered, by method (health and reflection not counted): with several replicas,
+# how the clients spread their calls over them
+GRPC_CALLS = Counter("mieux_grpc_calls", "gRPC calls this process answered, by full method name", ["method"])
+CONSUMER_PARTITIONS = Gauge(
+    "mieux_consumer_partitions",
+    "Partitions of the consumer group's topics this process holds now: the group's replicas split them",
+    ["group"],
+)
 CONSUMER_RETRYING = Gauge(
     "mieux_consumer_retrying",
     "1 while the consumer group is retrying a failure (a passing fault: database or broker away, deadlock, lock "

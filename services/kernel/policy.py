@@ -129,6 +129,13 @@ class PolicyRunner:
         """Passing faults retried so far."""
         return self._retrying.retries
 
+    def partitions(self) -> int:
+        """Partitions of the policy's topics this process holds now (0 while its consumer is not started)."""
+        try:
+            return len(self.app.consumer.assignment())
+        except Exception:  # no app, or its consumer is not started yet
+            return 0
+
     async def start(self) -> None:
         await parking.setup(self.pool)
         await self._start_app()

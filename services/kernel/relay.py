@@ -1,7 +1,16 @@
 """The outbox relay: publishes a service's stored events to `mieux.<service>.events`, in order.
 
-* One active relay per service: a PostgreSQL advisory lock, held on a connection of its own. A second
-  relay waits for the lock; if the holder dies its connection closes and the lock passes on.
+* One active relay per service, whatever the number of replicas: a PostgreSQL session advisory lock, held
+  on a connection of its own (`lock_key(service)`). Every other replica's relay is a standby that tries the
+  lock every STANDBY_RETRY_S. When the holder dies (SIGKILL, a crash, its pod deleted) its kernel closes the
+  TCP connection, PostgreSQL ends the session and releases the lock, and a standby takes it at its next try
+  (well within 5 s). `mieux_relay_active{service}` is 1 on the replica whose relay holds it.
+* A network partition between the holder and PostgreSQL: PostgreSQL learns the session is gone from TCP
+  keepalives (this connection asks for them: LOCK_KEEPALIVES, about 8 s) and releases the lock, so a standby
+  takes over while the old holder may still be alive. The old holder reads every batch over that same lock
+  connection, so it can publish at most the batch it read before the partition; it reads nothing more and
+  fails when its connection does. Such a batch, published twice, is what at-least-once means: consumers are
+  idempotent (projections track event ids, policies answer a command id once), so the guarantee is unchanged.
 * Low latency: woken in-process by every append of this service process; events appended by other
   processes (another replica of the service) are found by a short poll (`MIEUX_RELAY_POLL_INTERVAL_S`,
   0.05 s). No NOTIFY in the append: it would serialise every writer's commit on the notify queue lock.
@@ -55,10 +64,30 @@ CHECKPOINT_EVERY_S = 0.05
 STUCK_AFTER_S = 5.0  # unable to publish for longer than this: the relay is stuck, and says so
 STUCK_LOG_EVERY_S = 30.0  # its ERROR is repeated this often while it is stuck
 FLUSH_POLL_MAX_S = 0.008  # waiting for the WAL flush, it looks again after 1, 2, 4, then every 8 ms
+# a standby tries the lock this often: a dead holder's lock is taken at most this long after PostgreSQL frees it
+STANDBY_RETRY_S = 0.5
+# the lock connection's server-side TCP keepalives and timeout: on a network partition PostgreSQL ends the
+# holder's session (and frees the lock) after about idle + interval * count seconds, not the kernel's hours
+LOCK_KEEPALIVES = {
+    "tcp_keepalives_idle": "5",
+    "tcp_keepalives_interval": "1",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "8000",
+}
 
 
 def lock_key(service: str) -> int:
     return zlib.crc32(f"mieux-relay:{service}".encode()) - 2**31
+
+
+async def lock_holder(conn: asyncpg.Connection, service: str) -> int | None:
+    """The PostgreSQL backend pid of the session holding `service`'s relay lock (pg_locks), or None."""
+    # a bigint advisory lock is in pg_locks as classid (high 32 bits) and objid (low 32 bits), objsubid 1
+    return await conn.fetchval(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+        "AND ((classid::bigint << 32) | objid::bigint) = $1",
+        lock_key(service),
+    )
 
 
 async def publish(producer: AIOKafkaProducer, topic: str, messages: list[Signed]) -> None:
@@ -216,7 +245,7 @@ class Relay:
         conn: asyncpg.Connection | None = None
         failed = False
         try:
-            conn = await asyncpg.connect(self.settings.dsn())
+            conn = await asyncpg.connect(self.settings.dsn(), server_settings=LOCK_KEEPALIVES)
             await init_connection(conn)
             # the checkpoint is a hint (a lost one means republishing, which consumers absorb): no fsync for it
             await conn.execute("SET synchronous_commit TO off")
@@ -224,7 +253,8 @@ class Relay:
                 if until_caught_up:
                     raise RuntimeError("a relay is running: it will do the replay")
                 self._clear_stuck()  # a standby: the active relay publishes, and reports for itself
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(STANDBY_RETRY_S)
+            log.info("relay %s: active (holds the relay lock)", self.store.service)
             self.active.set()
             self._active.set(1)
             schema = self.store.schema

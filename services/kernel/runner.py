@@ -162,6 +162,10 @@ class ProjectionRunner:
         """Events on the bus this runner has not applied yet (over its assigned partitions)."""
         return sum(self._lag.values())
 
+    def partitions(self) -> int:
+        """Partitions of the group's topics this process holds, as the lag watch last saw its assignment."""
+        return len(self._applied_to)
+
     def _export_lag(self) -> None:
         for p, gauge in self._lag_gauges:
             gauge.set(sum(n for tp, n in self._lag.items() if tp.topic in p.topics))

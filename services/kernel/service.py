@@ -147,6 +147,8 @@ class Service:
     async def _watch_consumers(self) -> None:
         """The gRPC health follows the consumers: NOT_SERVING while one is down, SERVING once all are up."""
         while not self._stopping:
+            for r in self.runners:  # which replica holds which share of each group (mieux_consumer_partitions)
+                metrics.CONSUMER_PARTITIONS.labels(r.group).set(r.partitions())
             down = [r.group for r in self.runners if not r.health.up]
             if bool(down) == self.serving:
                 self.serving = not down

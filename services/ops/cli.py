@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from services.kernel.settings import Settings
-from services.ops import catalog, import_cli, projections_cli, report_cli, tokens_cli
+from services.ops import catalog, import_cli, projections_cli, report_cli, tokens_cli, up
 from services.ops.tokens_cli import refuse_unless_admin, who_asks
 
 console = Console()
@@ -282,59 +282,6 @@ async def parked_show(conn, args: argparse.Namespace) -> int:  # type: ignore[no
     return 0
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    """The whole stack in the foreground: the dev stack and every service on its fixed port."""
-    import os
-    import signal
-
-    from services.kernel.settings import service_address
-    from services.ops.devstack import DevStack
-    from services.ops.processes import Processes, serving
-
-    async def go() -> int:
-        home = Settings().mieux_home.resolve()
-        stack = DevStack(home)
-        ours = not all(stack.status().values())
-        stack.up()
-        env = {"MIEUX_STATS_HTTP_PORT": "8056", **os.environ, "MIEUX_HOME": str(home)}  # the report pages
-        names = list(catalog.CONTEXTS)
-        procs = Processes()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            for n in names:
-                await procs.start(n, env)
-            deadline = loop.time() + 90
-            waiting = set(names)
-            while waiting and loop.time() < deadline and not stop.is_set() and not procs.exited():
-                waiting = {n for n in waiting if not await serving(service_address(n))}
-                await asyncio.sleep(0.1)
-            table = Table("service", "address", "health")
-            for n in names:
-                table.add_row(n, service_address(n), "[red]not serving[/]" if n in waiting else "[green]SERVING[/]")
-            console.print(table)
-            if waiting or procs.exited():
-                console.print(f"[red]not all services came up: {sorted(waiting) or procs.exited()}[/]")
-                return 1
-            console.print("all services up; Ctrl-C or SIGTERM stops everything")
-            while not stop.is_set():
-                if procs.exited():
-                    console.print(f"[red]a service exited: {procs.exited()}[/]")
-                    return 1
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
-            return 0
-        finally:
-            await procs.stop()
-            if ours:
-                stack.down()
-            console.print("stopped")
-
-    return asyncio.run(go())
-
-
 def cmd_scenario_replay(args: argparse.Namespace) -> int:
     from services.ops.scenario_replay import ScenarioError, replay
 
@@ -423,8 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     report_cli.register(sub)  # mieux report, mieux export iati
     import_cli.register(sub)  # mieux import
     tokens_cli.register(sub)  # mieux tokens issue|revoke|list
-    up = sub.add_parser("up", help="the dev stack and every service in the foreground (Ctrl-C stops all)")
-    up.set_defaults(fn=cmd_up)
+    up.register(sub)  # mieux up [--replicas N]
 
     dm = sub.add_parser("demo", help="run the product end to end on the embedded stack and print what it measured")
     dm.set_defaults(fn=cmd_demo)

@@ -26,12 +26,14 @@ class Processes:
         self.logs = logs
         self.procs: dict[str, asyncio.subprocess.Process] = {}
 
-    async def start(self, service: str, env: dict[str, str]) -> None:
-        """Start `python -m services.<service>` with `env`, less MIEUX_TOKEN: the caller's own token (a person's)
-        is not the service's, which presents its own from the dev stack's tokens.json (its principal)."""
+    async def start(self, service: str, env: dict[str, str], name: str | None = None) -> None:
+        """`python -m services.<service>`, known (and logged) as `name` (a replica's), else as the service; with
+        `env` less MIEUX_TOKEN: the caller's own token (a person's) is not the service's, which presents its own
+        from the dev stack's tokens.json (its principal)."""
+        name = name or service
         env = {k: v for k, v in env.items() if k != "MIEUX_TOKEN"}
-        out = open(self.logs / f"{service}.log", "wb") if self.logs else None  # noqa: ASYNC230
-        self.procs[service] = await asyncio.create_subprocess_exec(
+        out = open(self.logs / f"{name}.log", "wb") if self.logs else None  # noqa: ASYNC230
+        self.procs[name] = await asyncio.create_subprocess_exec(
             sys.executable, "-m", f"services.{service}", env=env, stdout=out, stderr=out
         )
 

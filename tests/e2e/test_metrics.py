@@ -1,5 +1,5 @@
-"""A service's Prometheus metrics, scraped over HTTP while it works: projections' lag and outcomes, and
-the relay's position."""
+"""A service's Prometheus metrics, scraped over HTTP while it works: projections' lag and outcomes, the
+relay's position and that it is the active one, the partitions its group holds and the calls it answered."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from services.requests.client import RequestsClient
 
 pytestmark = pytest.mark.e2e
 GROUP = projection_group("requests")
+SUBMIT = "/mieux.requests.v1.Requests/SubmitRequest"
 
 
 async def scrape(port: int) -> dict[tuple[str, frozenset], float]:
@@ -74,6 +75,10 @@ async def test_a_service_serves_its_projections_lag_and_outcomes_and_its_relay_p
                 and applied is not None
                 and applied >= (applied_before or 0) + 6  # three events, two projections
                 and lags == [0, 0]
+                # alone, it holds the relay lock and every partition of its group's topic
+                and sample(m, "mieux_relay_active", service="requests") == 1
+                and sample(m, "mieux_consumer_partitions", group=GROUP) == Settings().topic_partitions
+                and (sample(m, "mieux_grpc_calls_total", method=SUBMIT) or 0) >= 3
             )
 
         await eventually(reported, what="the metrics to show the three commands published and applied")

@@ -11,7 +11,7 @@ import pytest
 from support import Child, eventually, first_occurrences_in_order, read_topic
 
 from services.kernel.envelope import Event, topic_for
-from services.kernel.relay import Relay, request_replay
+from services.kernel.relay import Relay, lock_holder, request_replay
 from services.kernel.settings import Settings
 from services.kernel.store import EventStore, Metadata
 
@@ -151,3 +151,49 @@ async def test_replay_without_a_running_relay_republishes_from_a_position(store:
     copies = Counter(e.event_id for e in again)
     assert {copies[e.event_id] for e in stored[10:]} == {2}
     assert {copies[e.event_id] for e in stored[:10]} == {1}
+
+
+async def test_a_standby_relay_takes_over_within_5s_of_the_active_one_being_killed(
+    stack_env, store: EventStore
+) -> None:
+    """Two relay processes of one service: one holds the lock and publishes; SIGKILLed, the other holds it
+    within 5 s (PostgreSQL frees a dead session's lock) and publishes what came after, nothing lost."""
+    settings = Settings()
+    args = ["-m", "services.kernel.relay", store.service]
+    a = Child(args, stack_env)
+    b: Child | None = None
+    try:
+        async with store.pool.acquire() as conn:
+            await eventually(lambda: _held(conn, store.service), what="the first relay to take the lock")
+            first = await lock_holder(conn, store.service)
+            b = Child(args, stack_env)  # a standby: the lock is taken
+            await append_many(store, streams=3, per_stream=5)
+            await eventually(lambda: _checkpoint_between(store, 15, 15), what="the first relay to publish")
+            assert await lock_holder(conn, store.service) == first
+            a.kill()
+            killed = asyncio.get_running_loop().time()
+            await eventually(lambda: _held_by_another(conn, store.service, first), 5.0, "a standby to take the lock")
+            took = asyncio.get_running_loop().time() - killed
+            assert b.proc.poll() is None
+            for v in range(5):  # more events, on streams of their own, for the new holder to publish
+                await asyncio.gather(*[store.append(f"t{s}", v, [Ticked(n=v)], META) for s in range(3)])
+            stored = await store.read_all(0, limit=10_000)
+            last = stored[-1].position
+            await eventually(lambda: _checkpoint_between(store, last, last), 30, "the new holder to publish")
+            seen = await read_topic(settings, topic_for(store.service), lambda s: all_ids(stored) <= all_ids(s))
+            assert all_ids(stored) <= all_ids(seen) and len(stored) == 30
+            assert first_occurrences_in_order(seen)
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
+    print(f"standby relay took the lock {took:.2f} s after the active one was SIGKILLed")
+
+
+async def _held(conn, service: str) -> bool:  # type: ignore[no-untyped-def]
+    return await lock_holder(conn, service) is not None
+
+
+async def _held_by_another(conn, service: str, pid: int) -> bool:  # type: ignore[no-untyped-def]
+    holder = await lock_holder(conn, service)
+    return holder is not None and holder != pid

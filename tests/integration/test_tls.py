@@ -164,6 +164,15 @@ async def test_a_client_that_trusts_the_ca_is_answered(
         assert await health(ch) == health_pb2.HealthCheckResponse.SERVING
 
 
+async def test_a_list_of_replicas_is_answered_over_tls(service: TlsService, pki: dict[str, Path]) -> None:
+    """The target `mieux up --replicas` gives (one address per replica, balanced): the certificate is checked
+    against the first address's name, and a replica that is down (nothing on its port) is skipped."""
+    target = f"ipv4:{service.address},127.0.0.1:{free_port()}"
+    async with channel(target, client_settings(pki["ca"])) as ch:
+        for _ in range(4):  # round_robin: more calls than addresses
+            assert await health(ch) == health_pb2.HealthCheckResponse.SERVING
+
+
 async def test_a_plaintext_client_is_refused(service: TlsService) -> None:
     assert await refused(grpc.aio.insecure_channel(service.address)) == grpc.StatusCode.UNAVAILABLE
 

@@ -352,8 +352,11 @@ def test_compose_runs_every_service_with_its_port_and_health_check() -> None:
     for name, spec in svcs.items():
         port = SERVICE_PORTS[name]
         assert spec["command"] == ["python", "-m", f"services.{name}"]
-        assert [p.rsplit(":", 1)[1] for p in spec["ports"]] == [str(port)]
-        assert all(p.startswith("127.0.0.1:") for p in spec["ports"]), "published on the host's loopback only"
+        # two replicas, and no fixed host port (two replicas would both want it); clients find every replica
+        # under the service's name (gRPC's round_robin over the addresses it resolves to)
+        assert spec["deploy"]["replicas"] == 2, name
+        assert "ports" not in spec and "container_name" not in spec, name
+        assert spec["environment"][f"MIEUX_{name.upper()}_ADDR"] == f"{name}:{port}"
         # the health check asks the plaintext health port (its gRPC port speaks TLS only)
         assert spec["healthcheck"]["test"][-1] == spec["environment"]["MIEUX_GRPC_HEALTH_PORT"]
         assert spec["healthcheck"]["test"][:-1] == ["CMD", "python", healthcheck_path()]
@@ -1161,6 +1164,8 @@ def test_kubernetes_runs_every_service_with_probes_resources_and_non_root() -> N
         matching = [s for s in resources("Service") if s["spec"]["selector"].items() <= labels.items()]
         assert len(matching) == 1, svc
         (sport,) = matching[0]["spec"]["ports"]  # the gRPC port alone: health and metrics are the pod's
+        # two replicas behind a headless Service: clients resolve every pod and balance calls over them
+        assert dep["spec"]["replicas"] == 2 and matching[0]["spec"].get("clusterIP") == "None", svc
         assert sport["port"] == port and sport["targetPort"] in (port, c["ports"][0].get("name"))
 
 
