@@ -16,6 +16,8 @@ later events are dead behind it for that projection (as are those of a stream al
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -349,13 +351,59 @@ async def rebuild(pool: Pool, projection: Projection, sources: Sequence[AsyncSou
             await conn.execute(f"TRUNCATE {table}")
         await conn.execute("DELETE FROM projections.tracking WHERE projection = $1", projection.name)
         await conn.execute("DELETE FROM projections.needs_rebuild WHERE projection = $1", projection.name)
-        for source in sources:
-            chunk: list[tuple[Envelope, Event]] = []
-            async for env in source():
-                chunk.append((env, registry.decode(env)))
-                if len(chunk) >= batch:
-                    total += (await _apply_items(conn, [(projection, chunk)]))[0]
-                    chunk = []
-            if chunk:
-                total += (await _apply_items(conn, [(projection, chunk)]))[0]
+        total += await _refill(conn, projection, sources, batch)
     return total
+
+
+async def _pages(source: AsyncSource, size: int) -> AsyncIterator[list[Envelope]]:
+    """A source's events in lists: the pages it reads (a ReadAll source's `pages`), else `size` at a time."""
+    pages = getattr(source, "pages", None)
+    if pages is not None:
+        async for page in pages():
+            yield page
+        return
+    chunk: list[Envelope] = []
+    async for env in source():
+        chunk.append(env)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+async def _refill(conn: asyncpg.Connection, projection: Projection, sources: Sequence[AsyncSource], batch: int) -> int:
+    """A rebuild's reading loop: the sources' events, decoded, applied `batch` at a time (each batch folded by
+    the projection's `apply_many`). A task reads and decodes the next batches while this one is applied (a
+    few ahead at most), so reading the sources and PostgreSQL's work overlap; its error is raised here."""
+    ahead: asyncio.Queue[list[tuple[Envelope, Event]] | None] = asyncio.Queue(maxsize=READ_AHEAD)
+
+    async def read() -> None:
+        try:
+            for source in sources:
+                chunk: list[tuple[Envelope, Event]] = []
+                async for page in _pages(source, batch):
+                    chunk.extend((env, registry.decode(env)) for env in page)
+                    if len(chunk) >= batch:
+                        await ahead.put(chunk)
+                        chunk = []
+                if chunk:
+                    await ahead.put(chunk)
+        finally:
+            await ahead.put(None)
+
+    reader = asyncio.create_task(read())
+    total = 0
+    try:
+        while (chunk := await ahead.get()) is not None:
+            total += (await _apply_items(conn, [(projection, chunk)]))[0]
+        await reader  # its error, if it failed
+    finally:
+        if not reader.done():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+    return total
+
+
+READ_AHEAD = 4  # batches decoded ahead of the one being applied
