@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
 
 import asyncpg
 import grpc
 from mieux.common.v1 import eventlog_pb2, eventlog_pb2_grpc
+from pydantic_core import from_json
 
 from services.kernel.envelope import Envelope
 from services.kernel.errors import FieldViolation, InvalidArgument
@@ -47,24 +45,24 @@ def to_proto(row: asyncpg.Record, source: str) -> eventlog_pb2.StoredEvent:
 
 
 def from_proto(p: eventlog_pb2.StoredEvent) -> Envelope:
-    """The envelope of a stored event off the wire: its JSON parsed once, and the envelope built from values
-    of the right types without a second validation (the producer's store typed them: uuid, integers,
-    timestamps); a malformed one still fails here, in uuid.UUID or datetime.fromisoformat."""
-    return Envelope.model_construct(
-        event_id=uuid.UUID(p.event_id),
-        event_type=p.event_type,
-        schema_version=p.schema_version,
-        source=p.source,
-        stream_id=p.stream_id,
-        stream_version=p.stream_version,
-        position=p.position,
-        occurred_at=datetime.fromisoformat(p.occurred_at),
-        recorded_at=datetime.fromisoformat(p.recorded_at),
-        correlation_id=p.correlation_id,
-        causation_id=p.causation_id,
-        actor=p.actor,
-        data=json.loads(p.data_json),
-        key_id="",
+    """The envelope of a stored event off the wire: its JSON parsed once, by pydantic's parser (the event's own
+    validation, when it is decoded, works on that dict), the envelope's fields checked from the strings sent."""
+    return Envelope.model_validate(
+        {
+            "event_id": p.event_id,
+            "event_type": p.event_type,
+            "schema_version": p.schema_version,
+            "source": p.source,
+            "stream_id": p.stream_id,
+            "stream_version": p.stream_version,
+            "position": p.position,
+            "occurred_at": p.occurred_at,
+            "recorded_at": p.recorded_at,
+            "correlation_id": p.correlation_id,
+            "causation_id": p.causation_id,
+            "actor": p.actor,
+            "data": from_json(p.data_json),
+        }
     )
 
 

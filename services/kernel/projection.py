@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -392,18 +393,37 @@ async def _refill(conn: asyncpg.Connection, projection: Projection, sources: Seq
         finally:
             await ahead.put(None)
 
-    reader = asyncio.create_task(read())
     total = 0
-    try:
-        while (chunk := await ahead.get()) is not None:
-            total += (await _apply_items(conn, [(projection, chunk)]))[0]
-        await reader  # its error, if it failed
-    finally:
-        if not reader.done():
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+    with fewer_collections():
+        reader = asyncio.create_task(read())
+        try:
+            while (chunk := await ahead.get()) is not None:
+                total += (await _apply_items(conn, [(projection, chunk)]))[0]
+            await reader  # its error, if it failed
+        finally:
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
     return total
 
 
 READ_AHEAD = 4  # batches decoded ahead of the one being applied
+YOUNG_COLLECTION_EVERY = 100_000  # allocations, while a rebuild reads (Python's default is 700)
+
+
+@contextlib.contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Python's cyclic garbage collector, tuned for a rebuild while it runs (the whole process's, put back at
+    the end). A rebuild allocates millions of short-lived objects (envelopes, events, rows), none in a cycle,
+    that freeing by reference count reclaims; with the default thresholds the batches read ahead outlive a
+    few young collections and reach the old generation, so full collections keep scanning every object of
+    the process. Collections are made rarer, and what lived before the rebuild is left out of them (frozen)."""
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()

@@ -3,7 +3,6 @@ from them is in queries.py."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 
@@ -83,31 +82,31 @@ class RequestRegister(Projection):
         finds no row one by one unless the row was there: (1) alone applies it."""
         received: dict[str, list] = {}  # request_id -> the row, with the changes after its RequestReceived
         changed: dict[str, dict[str, object]] = {}  # request_id -> every change of the batch (field -> value)
+        regions: dict[str, str] = {}  # partner -> region, looked up once per batch
         for _, event in items:
-            match event:
-                case RequestReceived():
-                    if event.request_id not in received:
-                        region = reference.region_of(event.partner) or ""
-                        received[event.request_id] = [
-                            *(event.request_id, event.partner, event.partner_kind, event.partner_name, region),
-                            *(event.institution, event.institution_type, event.received_on, event.title),
-                            *(json.dumps(event.themes), "received", False, "", "[]"),
-                        ]
-                    continue
-                case RequestEligibilityAssessed():
-                    reasons = json.dumps(event.reasons)
-                    change = {"status": "assessed", "eligible": event.eligible, "instrument": event.instrument or ""}
-                    change["reasons"] = reasons
-                case RequestApproved():
-                    change = {"status": "approved"}
-                case RequestRejected():
-                    change = {"status": "rejected"}
-                case RequestWithdrawn():
-                    change = {"status": "withdrawn"}
-                case _:
-                    continue
-            changed.setdefault(event.request_id, {}).update(change)
-            if (row := received.get(event.request_id)) is not None:
+            kind = type(event)  # events are final classes: a lookup, not a match of every case
+            if kind is RequestReceived:
+                e: RequestReceived = event  # type: ignore[assignment]
+                if e.request_id not in received:
+                    if (region := regions.get(e.partner)) is None:
+                        region = regions[e.partner] = reference.region_of(e.partner) or ""
+                    received[e.request_id] = [
+                        *(e.request_id, e.partner, e.partner_kind, e.partner_name, region, e.institution),
+                        *(e.institution_type, e.received_on, e.title, text_array(e.themes)),
+                        *("received", False, "", "{}"),
+                    ]
+                continue
+            if kind is RequestEligibilityAssessed:
+                a: RequestEligibilityAssessed = event  # type: ignore[assignment]
+                change = {"status": "assessed", "eligible": a.eligible, "instrument": a.instrument or ""}
+                change["reasons"] = text_array(a.reasons)
+            elif (status := STATUS.get(kind)) is not None:
+                change = {"status": status}
+            else:
+                continue
+            request_id = event.request_id  # type: ignore[attr-defined]
+            changed.setdefault(request_id, {}).update(change)
+            if (row := received.get(request_id)) is not None:
                 for field, value in change.items():
                     row[CHANGEABLE[field]] = value
         t = "requests_views.requests"
@@ -115,8 +114,7 @@ class RequestRegister(Projection):
             ids, changes = list(changed), list(changed.values())
             await conn.execute(
                 f"UPDATE {t} r SET status = coalesce(u.status, r.status), eligible = coalesce(u.eligible, r.eligible), "
-                "instrument = coalesce(u.instrument, r.instrument), reasons = CASE WHEN u.reasons IS NULL "
-                "THEN r.reasons ELSE ARRAY(SELECT jsonb_array_elements_text(u.reasons::jsonb)) END "
+                "instrument = coalesce(u.instrument, r.instrument), reasons = coalesce(u.reasons::text[], r.reasons) "
                 "FROM unnest($1::text[], $2::text[], $3::boolean[], $4::text[], $5::text[]) "
                 "AS u(request_id, status, eligible, instrument, reasons) WHERE r.request_id = u.request_id",
                 ids,
@@ -127,8 +125,7 @@ class RequestRegister(Projection):
                 f"INSERT INTO {t} (request_id, partner, partner_kind, partner_name, region, institution, "
                 "institution_type, received_on, title, themes, status, eligible, instrument, reasons) "
                 "SELECT request_id, partner, partner_kind, partner_name, region, institution, institution_type, "
-                "received_on, title, ARRAY(SELECT jsonb_array_elements_text(themes::jsonb)), status, eligible, "
-                "instrument, ARRAY(SELECT jsonb_array_elements_text(reasons::jsonb)) "
+                "received_on, title, themes::text[], status, eligible, instrument, reasons::text[] "
                 "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "
                 "$8::date[], $9::text[], $10::text[], $11::text[], $12::boolean[], $13::text[], $14::text[]) "
                 "AS u(request_id, partner, partner_kind, partner_name, region, institution, institution_type, "
@@ -138,5 +135,12 @@ class RequestRegister(Projection):
             )
 
 
+def text_array(values: Sequence[str]) -> str:
+    """A PostgreSQL array literal of texts (each quoted, its backslashes and double quotes escaped): a text[]
+    per row goes into unnest as one text, cast back (unnest cannot take arrays of arrays of other lengths)."""
+    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
+
+
+STATUS = {RequestApproved: "approved", RequestRejected: "rejected", RequestWithdrawn: "withdrawn"}
 # the fields an event after RequestReceived changes, and their place in a received row (RequestRegister)
 CHANGEABLE = {"status": 10, "eligible": 11, "instrument": 12, "reasons": 13}
