@@ -159,9 +159,7 @@ EVENT_COLUMNS = (
 
 def read_sqls(schema: str, columns: str) -> tuple[str, str, str]:
     """read_all's three statements (plain, flushing, flushed) selecting `columns` of the events."""
-    plain = (
-        f"SELECT {columns} FROM {schema}.events WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3"
-    )
+    plain = f"SELECT {columns} FROM {schema}.events WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3"
     flushing = (
         # the events up to $2, in a statement that commits synchronously, and flushes the WAL, if it is not
         # flushed past $4 yet: then it writes a message in the WAL (a transaction that wrote nothing commits
