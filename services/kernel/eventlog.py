@@ -24,23 +24,22 @@ READ_ALL = f"/{SERVICE_NAME}/ReadAll"
 
 
 def to_proto(row: asyncpg.Record, source: str) -> eventlog_pb2.StoredEvent:
-    """A stored event (a row of `EventStore.read_all_rows` with its data as text) as it goes over the wire: its
-    JSON text is passed on as PostgreSQL holds it, neither parsed nor encoded again here."""
-    position, event_id, stream_id, stream_version, event_type, schema_version, data, occurred_at, recorded_at = row[:9]
+    """A stored event (a row of `EventStore.read_all_rows` as texts) as it goes over the wire: its JSON text is
+    passed on as PostgreSQL holds it, neither parsed nor encoded again here."""
     return eventlog_pb2.StoredEvent(
-        event_id=str(event_id),
-        event_type=event_type,
-        schema_version=schema_version,
-        source=source,
-        stream_id=stream_id,
-        stream_version=stream_version,
-        position=position,
-        occurred_at=occurred_at.isoformat(),
-        recorded_at=recorded_at.isoformat(),
+        position=row[0],
+        event_id=row[1],
+        stream_id=row[2],
+        stream_version=row[3],
+        event_type=row[4],
+        schema_version=row[5],
+        data_json=row[6],
+        occurred_at=row[7],
+        recorded_at=row[8],
         correlation_id=row[9],
         causation_id=row[10],
         actor=row[11],
-        data_json=data,
+        source=source,
     )
 
 

@@ -156,6 +156,16 @@ EVENT_COLUMNS = (
     "recorded_at, correlation_id, causation_id, actor"
 )
 
+# EVENT_COLUMNS as texts, for what sends them on as texts (EventLog.ReadAll): the data as the store holds them,
+# the timestamps in ISO 8601 in UTC (as JSON writes them, whatever the session's time zone), formatted by
+# PostgreSQL rather than by Python per event
+TEXT_COLUMNS = (
+    "position, event_id::text AS event_id, stream_id, stream_version, event_type, schema_version, "
+    "data::text AS data, (to_json(occurred_at AT TIME ZONE 'UTC') #>> '{}') || '+00:00' AS occurred_at, "
+    "(to_json(recorded_at AT TIME ZONE 'UTC') #>> '{}') || '+00:00' AS recorded_at, correlation_id, causation_id, "
+    "actor"
+)
+
 
 def read_sqls(schema: str, columns: str) -> tuple[str, str, str]:
     """read_all's three statements (plain, flushing, flushed) selecting `columns` of the events."""
@@ -211,7 +221,7 @@ class EventStore:
         self._append_many = append_sql(self.schema, single=False)
         self._read = read_sqls(self.schema, EVENT_COLUMNS)
         # for EventLog.ReadAll: each event's data as the JSON text PostgreSQL holds, passed on as it is
-        self._read_text = read_sqls(self.schema, EVENT_COLUMNS.replace(" data,", " data::text AS data,"))
+        self._read_text = read_sqls(self.schema, TEXT_COLUMNS)
 
     async def setup(self) -> None:
         async with self.pool.acquire() as conn:
@@ -345,8 +355,8 @@ class EventStore:
         conn: asyncpg.Connection | None = None,
         data_as_text: bool = False,
     ) -> list[asyncpg.Record]:
-        """`read_all`'s events as rows (EVENT_COLUMNS); with `data_as_text`, each one's data is its JSON text
-        as stored, not parsed (EventLog.ReadAll passes it on as it is)."""
+        """`read_all`'s events as rows (EVENT_COLUMNS); with `data_as_text`, as texts (TEXT_COLUMNS): each one's
+        data is its JSON text as stored, not parsed (EventLog.ReadAll passes it on as it is)."""
         if conn is None:
             async with self.pool.acquire() as c:
                 return await self.read_all_rows(after_position, limit, hwm, c, data_as_text)
