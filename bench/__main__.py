@@ -1,5 +1,5 @@
 """`python -m bench` (`make bench`): start a throw-away dev stack, run every figure, report, stop the stack.
-`python -m bench queries`: only the reading figures (bench/queries.py), merged into the results file."""
+`python -m bench import|queries|rebuild`: that part alone, merged into the results file."""
 
 from __future__ import annotations
 
@@ -19,10 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from rich.console import Console
 
-from bench import append, e2e, importing, projection, queries
+from bench import append, e2e, importing, projection, queries, rebuild
 from bench.common import Window
-from bench.report import print_import, print_queries, print_report, summarise, summarise_import
+from bench.report import (
+    print_import,
+    print_queries,
+    print_rebuild,
+    print_report,
+    print_targets,
+    summarise,
+    summarise_import,
+    summarise_rebuild,
+)
 from services.kernel.settings import Settings
 from services.ops.devstack import DevStack
 
@@ -51,15 +61,32 @@ def machine(server_version: str) -> dict[str, Any]:
     }
 
 
-async def run_all(stack: DevStack, quick: bool) -> dict[str, Any]:
+async def stack_settings(stack: DevStack) -> tuple[Settings, str]:
+    """The stack's settings, and its PostgreSQL's version."""
     # Settings read stack.json from $MIEUX_HOME in the environment, not from a MIEUX_HOME passed in
     os.environ["MIEUX_HOME"] = str(stack.home)
     settings = Settings()
     assert settings.kafka_fetch_max_wait_ms == 10, "Tansu settings were not picked up from stack.json"
-    dsn = settings.dsn()
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(settings.dsn())
     server_version = await conn.fetchval("SHOW server_version")
     await conn.close()
+    return settings, server_version
+
+
+async def run_rebuild(stack: DevStack, events: int) -> dict[str, Any]:
+    """The rebuild figure alone, into the results of the last whole run (when there are some)."""
+    settings, server_version = await stack_settings(stack)
+    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results["rebuild_machine"] = machine(server_version)
+    print(f"rebuild of request_register from {events:,} events, and raw ...", flush=True)
+    results["rebuild_detail"] = await rebuild.run(stack.home, settings, events)
+    results["rebuild_machine"]["load_average_at_end"] = os.getloadavg()
+    return summarise_rebuild(results)
+
+
+async def run_all(stack: DevStack, quick: bool, rebuild_events: int) -> dict[str, Any]:
+    settings, server_version = await stack_settings(stack)
+    dsn = settings.dsn()
 
     window, rounds = (Window(warmup=0.5, duration=1.5), 2) if quick else (Window(warmup=0.5, duration=3.0), 5)
     n_events = 20_000 if quick else 100_000
@@ -81,6 +108,8 @@ async def run_all(stack: DevStack, quick: bool) -> dict[str, Any]:
     results["e2e_latency_ms_2_replicas"] = await e2e.run(stack, settings, rate, seconds, replicas=2)
     results["import"] = await run_import(dsn, quick)
     results.update(await run_queries(dsn, quick))
+    print(f"rebuild of request_register from {rebuild_events:,} events, and raw ...", flush=True)
+    results["rebuild_detail"] = await rebuild.run(stack.home, settings, rebuild_events)
     results["machine"]["load_average_at_end"] = os.getloadavg()
     results["config"] = {
         "append_window_s": window.duration,
@@ -88,6 +117,7 @@ async def run_all(stack: DevStack, quick: bool) -> dict[str, Any]:
         "append_rounds": rounds,
         "projection_events": n_events,
         "projection_batch_size": settings.projection_batch_size,
+        "rebuild_events": rebuild_events,
         "kafka_fetch_max_wait_ms": settings.kafka_fetch_max_wait_ms,
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
@@ -149,10 +179,16 @@ IMPORT_EVENTS, IMPORT_BATCH = 200_000, 10_000
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "figure", nargs="?", choices=("all", "import", "queries"), default="all", help="every figure, or one part"
+        "figure",
+        nargs="?",
+        choices=("all", "import", "queries", "rebuild"),
+        default="all",
+        help="every figure, or one part",
     )
     parser.add_argument("--quick", action="store_true", help="short windows, for trying the benchmarks out")
+    parser.add_argument("--events", type=int, help="events of the rebuild figure (default 1,000,000; 100,000 quick)")
     args = parser.parse_args()
+    events = args.events or (100_000 if args.quick else 1_000_000)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the stack is stopped below
 
     home = Path(tempfile.mkdtemp(prefix="mieux-bench-"))
@@ -161,8 +197,13 @@ def main() -> None:
     ok = False
     try:
         stack.up()
-        run = {"import": run_import_only, "queries": queries_only}.get(args.figure, run_all)
-        results = asyncio.run(run(stack, args.quick))
+        if args.figure == "rebuild":
+            results = asyncio.run(run_rebuild(stack, events))
+        elif args.figure in ("import", "queries"):
+            only = {"import": run_import_only, "queries": queries_only}[args.figure]
+            results = asyncio.run(only(stack, args.quick))
+        else:
+            results = asyncio.run(run_all(stack, args.quick, events))
         ok = True
     finally:
         stack.down()
@@ -175,6 +216,10 @@ def main() -> None:
         print_import(results)
     elif args.figure == "queries":
         print_queries(results)
+    elif args.figure == "rebuild":
+        console = Console(width=max(Console().width, 130))
+        print_rebuild(results, console)
+        print_targets(results, console, only="rebuild")
     else:
         print_report(results)
         print_queries(results)

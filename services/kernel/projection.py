@@ -16,8 +16,11 @@ later events are dead behind it for that projection (as are those of a stream al
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gc
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -349,13 +352,78 @@ async def rebuild(pool: Pool, projection: Projection, sources: Sequence[AsyncSou
             await conn.execute(f"TRUNCATE {table}")
         await conn.execute("DELETE FROM projections.tracking WHERE projection = $1", projection.name)
         await conn.execute("DELETE FROM projections.needs_rebuild WHERE projection = $1", projection.name)
-        for source in sources:
-            chunk: list[tuple[Envelope, Event]] = []
-            async for env in source():
-                chunk.append((env, registry.decode(env)))
-                if len(chunk) >= batch:
-                    total += (await _apply_items(conn, [(projection, chunk)]))[0]
-                    chunk = []
-            if chunk:
-                total += (await _apply_items(conn, [(projection, chunk)]))[0]
+        total += await _refill(conn, projection, sources, batch)
     return total
+
+
+async def _pages(source: AsyncSource, size: int) -> AsyncIterator[list[Envelope]]:
+    """A source's events in lists: the pages it reads (a ReadAll source's `pages`), else `size` at a time."""
+    pages = getattr(source, "pages", None)
+    if pages is not None:
+        async for page in pages():
+            yield page
+        return
+    chunk: list[Envelope] = []
+    async for env in source():
+        chunk.append(env)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+async def _refill(conn: asyncpg.Connection, projection: Projection, sources: Sequence[AsyncSource], batch: int) -> int:
+    """A rebuild's reading loop: the sources' events, decoded, applied `batch` at a time (each batch folded by
+    the projection's `apply_many`). A task reads and decodes the next batches while this one is applied (a
+    few ahead at most), so reading the sources and PostgreSQL's work overlap; its error is raised here."""
+    ahead: asyncio.Queue[list[tuple[Envelope, Event]] | None] = asyncio.Queue(maxsize=READ_AHEAD)
+
+    async def read() -> None:
+        try:
+            for source in sources:
+                chunk: list[tuple[Envelope, Event]] = []
+                async for page in _pages(source, batch):
+                    chunk.extend((env, registry.decode(env)) for env in page)
+                    if len(chunk) >= batch:
+                        await ahead.put(chunk)
+                        chunk = []
+                if chunk:
+                    await ahead.put(chunk)
+        finally:
+            await ahead.put(None)
+
+    total = 0
+    with fewer_collections():
+        reader = asyncio.create_task(read())
+        try:
+            while (chunk := await ahead.get()) is not None:
+                total += (await _apply_items(conn, [(projection, chunk)]))[0]
+            await reader  # its error, if it failed
+        finally:
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+    return total
+
+
+READ_AHEAD = 4  # batches decoded ahead of the one being applied
+YOUNG_COLLECTION_EVERY = 100_000  # allocations, while a rebuild reads (Python's default is 700)
+
+
+@contextlib.contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Python's cyclic garbage collector, tuned for a rebuild while it runs (the whole process's, put back at
+    the end). A rebuild allocates millions of short-lived objects (envelopes, events, rows), none in a cycle,
+    that freeing by reference count reclaims; with the default thresholds the batches read ahead outlive a
+    few young collections and reach the old generation, so full collections keep scanning every object of
+    the process. Collections are made rarer, and what lived before the rebuild is left out of them (frozen)."""
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()

@@ -101,7 +101,7 @@ class Service:
         self.server = GrpcServer(
             self.settings,
             self.port,
-            [eventlog.register(self.store), *self.registrars(self)],
+            [eventlog.register(self.store, self.settings), *self.registrars(self)],
             [*self.grpc_services, eventlog.SERVICE_NAME],
             access,
         )

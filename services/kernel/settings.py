@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     relay_batch_size: int = Field(default=2000, alias="MIEUX_RELAY_BATCH_SIZE")
     relay_poll_interval_s: float = Field(default=0.05, alias="MIEUX_RELAY_POLL_INTERVAL_S")
     projection_batch_size: int = Field(default=2000, alias="MIEUX_PROJECTION_BATCH_SIZE")
+    # EventLog.ReadAll sends pages of up to this many events, and closes a page once its events' data reach
+    # the bytes (a page is one gRPC message: clients receive 4 MiB at most by default)
+    read_all_page_size: int = Field(default=1000, ge=1, alias="MIEUX_READ_ALL_PAGE_SIZE")
+    read_all_page_bytes: int = Field(default=1024 * 1024, ge=1, alias="MIEUX_READ_ALL_PAGE_BYTES")
     grpc_host: str = Field(default="127.0.0.1", alias="MIEUX_GRPC_HOST")
     grpc_deadline_s: float = Field(default=10.0, alias="MIEUX_GRPC_DEADLINE_S")
     # explicit limits of every gRPC server: a larger request is RESOURCE_EXHAUSTED before any handler runs;

@@ -169,6 +169,40 @@ EVENT_COLUMNS = (
     "recorded_at, correlation_id, causation_id, actor"
 )
 
+# EVENT_COLUMNS as texts, for what sends them on as texts (EventLog.ReadAll): the data as the store holds them,
+# the timestamps in ISO 8601 in UTC (as JSON writes them, whatever the session's time zone), formatted by
+# PostgreSQL rather than by Python per event
+TEXT_COLUMNS = (
+    "position, event_id::text AS event_id, stream_id, stream_version, event_type, schema_version, "
+    "data::text AS data, (to_json(occurred_at AT TIME ZONE 'UTC') #>> '{}') || '+00:00' AS occurred_at, "
+    "(to_json(recorded_at AT TIME ZONE 'UTC') #>> '{}') || '+00:00' AS recorded_at, correlation_id, causation_id, "
+    "actor"
+)
+
+
+def read_sqls(schema: str, columns: str) -> tuple[str, str, str]:
+    """read_all's three statements (plain, flushing, flushed) selecting `columns` of the events."""
+    plain = f"SELECT {columns} FROM {schema}.events WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3"
+    flushing = (
+        # the events up to $2, in a statement that commits synchronously, and flushes the WAL, if it is not
+        # flushed past $4 yet: then it writes a message in the WAL (a transaction that wrote nothing commits
+        # asynchronously whatever synchronous_commit says), with 'local' not to wait for standbys. The
+        # subquery runs first (the events depend on it, so it is the outer side), even when there are no
+        # events; the rows come back once the commit is flushed.
+        "SELECT e.* FROM (SELECT set_config('synchronous_commit', 'local', true) AS sc, "
+        "coalesce(CASE WHEN pg_current_wal_flush_lsn() < $4::pg_lsn "
+        "THEN pg_logical_emit_message(true, 'mieux.read_all', '') END, '0/0'::pg_lsn) AS msg) f "
+        f"CROSS JOIN LATERAL (SELECT {columns} FROM {schema}.events WHERE position > $1 "
+        "AND position <= $2 AND f.msg IS NOT NULL ORDER BY position LIMIT $3) e"
+    )
+    flushed = (
+        # a subquery, so the flush position is read once (an initplan), not row by row as it moves
+        f"SELECT {columns} FROM {schema}.events WHERE position > $1 AND position <= "
+        "(SELECT CASE WHEN pg_current_wal_flush_lsn() >= $5::pg_lsn THEN $4::bigint ELSE $2::bigint END) "
+        "ORDER BY position LIMIT $3"
+    )
+    return plain, flushing, flushed
+
 
 def _envelope(row: asyncpg.Record, source: str) -> Envelope:
     return Envelope(
@@ -198,28 +232,9 @@ class EventStore:
         self.on_append: list[Callable[[], None]] = []
         self._append_one = append_sql(self.schema, single=True)
         self._append_many = append_sql(self.schema, single=False)
-        self._read_sql = (
-            f"SELECT {EVENT_COLUMNS} FROM {self.schema}.events WHERE position > $1 AND position <= $2 "
-            "ORDER BY position LIMIT $3"
-        )
-        self._read_flushing_sql = (
-            # the events up to $2, in a statement that commits synchronously, and flushes the WAL, if it is not
-            # flushed past $4 yet: then it writes a message in the WAL (a transaction that wrote nothing commits
-            # asynchronously whatever synchronous_commit says), with 'local' not to wait for standbys. The
-            # subquery runs first (the events depend on it, so it is the outer side), even when there are no
-            # events; the rows come back once the commit is flushed.
-            "SELECT e.* FROM (SELECT set_config('synchronous_commit', 'local', true) AS sc, "
-            "coalesce(CASE WHEN pg_current_wal_flush_lsn() < $4::pg_lsn "
-            "THEN pg_logical_emit_message(true, 'mieux.read_all', '') END, '0/0'::pg_lsn) AS msg) f "
-            f"CROSS JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM {self.schema}.events WHERE position > $1 "
-            "AND position <= $2 AND f.msg IS NOT NULL ORDER BY position LIMIT $3) e"
-        )
-        self._read_flushed_sql = (
-            # a subquery, so the flush position is read once (an initplan), not row by row as it moves
-            f"SELECT {EVENT_COLUMNS} FROM {self.schema}.events WHERE position > $1 AND position <= "
-            "(SELECT CASE WHEN pg_current_wal_flush_lsn() >= $5::pg_lsn THEN $4::bigint ELSE $2::bigint END) "
-            "ORDER BY position LIMIT $3"
-        )
+        self._read = read_sqls(self.schema, EVENT_COLUMNS)
+        # for EventLog.ReadAll: each event's data as the JSON text PostgreSQL holds, passed on as it is
+        self._read_text = read_sqls(self.schema, TEXT_COLUMNS)
 
     async def setup(self) -> None:
         async with self.pool.acquire() as conn:
@@ -342,17 +357,33 @@ class EventStore:
         only once their commits are flushed (a PostgreSQL crash cannot take them back). A reader that reads
         on passes its `hwm` and looks again when it gets nothing; without one, this is one look: it waits
         for the flush of what was committed when it was called."""
+        rows = await self.read_all_rows(after_position, limit, hwm, conn)
+        return [_envelope(r, self.service) for r in rows]
+
+    async def read_all_rows(
+        self,
+        after_position: int,
+        limit: int = 1000,
+        hwm: HighWaterMark | None = None,
+        conn: asyncpg.Connection | None = None,
+        data_as_text: bool = False,
+    ) -> list[asyncpg.Record]:
+        """`read_all`'s events as rows (EVENT_COLUMNS); with `data_as_text`, as texts (TEXT_COLUMNS): each one's
+        data is its JSON text as stored, not parsed (EventLog.ReadAll passes it on as it is)."""
         if conn is None:
             async with self.pool.acquire() as c:
-                return await self.read_all(after_position, limit, hwm, c)
+                return await self.read_all_rows(after_position, limit, hwm, c, data_as_text)
         if hwm is None:
             hwm = HighWaterMark(self.schema)
             await hwm.advance(conn)
             if not hwm.flush_when_behind:  # else _read_all flushes
                 await hwm.wait_flushed(conn)
-        return await self._read_all(conn, after_position, limit, hwm)
+        return await self._read_all(conn, after_position, limit, hwm, self._read_text if data_as_text else self._read)
 
-    async def _read_all(self, conn: asyncpg.Connection, after: int, limit: int, hwm: HighWaterMark) -> list[Envelope]:
+    async def _read_all(
+        self, conn: asyncpg.Connection, after: int, limit: int, hwm: HighWaterMark, sqls: tuple[str, str, str]
+    ) -> list[asyncpg.Record]:
+        plain, flushing, flushed = sqls
         durable = await hwm.advance(conn)
         if hwm.safe <= after:
             return []
@@ -362,20 +393,20 @@ class EventStore:
             # the WAL takes in. Their commits would flush it soon; rather than wait, this read flushes it (and
             # a writer's commit that was asynchronous all the same): its statement commits synchronously, and
             # its rows come back only once that commit is flushed
-            rows = await conn.fetch(self._read_flushing_sql, after, hwm.safe, limit, hwm.unflushed[-1][1])
+            rows = await conn.fetch(flushing, after, hwm.safe, limit, hwm.unflushed[-1][1])
             hwm.flushed_to(hwm.unflushed[-1][1])
         elif not hwm.unflushed:
-            rows = await conn.fetch(self._read_sql, after, durable, limit)
+            rows = await conn.fetch(plain, after, durable, limit)
         else:
             # the flush may have passed the newest safe mark since position_horizon looked: look again in
             # the round trip that reads the events, and read up to that mark if so, else to the durable one
             mark, wal_position = hwm.unflushed[-1]
-            rows = await conn.fetch(self._read_flushed_sql, after, durable, limit, mark, wal_position)
+            rows = await conn.fetch(flushed, after, durable, limit, mark, wal_position)
             if rows and rows[-1]["position"] > durable:
                 hwm.flushed_to(wal_position)
             elif not rows:
                 await hwm.stalled(conn)
-        return [_envelope(r, self.service) for r in rows]
+        return rows
 
     def importer(self) -> Importer:
         """Bulk import at COPY speed, batch by batch, with the invariants of `append` (importing.py)."""

@@ -77,36 +77,75 @@ class RequestRegister(Projection):
     CREATE INDEX IF NOT EXISTS requests_themes ON requests_views.requests USING gin (themes);
     """
 
-    async def apply(self, conn: asyncpg.Connection, env: Envelope, event: Event) -> None:
+    async def apply_many(self, conn: asyncpg.Connection, items: Sequence[tuple[Envelope, Event]]) -> None:
+        """A batch folded into two statements, the same model as applying its events one by one: an event
+        received inserts the request's row (if it is not there: ON CONFLICT DO NOTHING) and a later event of
+        it changes fields of the row. Folded per request: (1) every change of the batch, in order, to the
+        rows there before it (an UPDATE, which finds none of the rows the batch inserts); (2) the rows the
+        batch receives, with the changes after their RequestReceived in them (an INSERT that leaves a row
+        there before it alone, which (1) changed). A change before its request is received in the batch
+        finds no row one by one unless the row was there: (1) alone applies it."""
+        received: dict[str, list] = {}  # request_id -> the row, with the changes after its RequestReceived
+        changed: dict[str, dict[str, object]] = {}  # request_id -> every change of the batch (field -> value)
+        regions: dict[str, str] = {}  # partner -> region, looked up once per batch
+        for _, event in items:
+            kind = type(event)  # events are final classes: a lookup, not a match of every case
+            if kind is RequestReceived:
+                e: RequestReceived = event  # type: ignore[assignment]
+                if e.request_id not in received:
+                    if (region := regions.get(e.partner)) is None:
+                        region = regions[e.partner] = reference.region_of(e.partner) or ""
+                    received[e.request_id] = [
+                        *(e.request_id, e.partner, e.partner_kind, e.partner_name, region, e.institution),
+                        *(e.institution_type, e.received_on, e.title, text_array(e.themes)),
+                        *("received", False, "", "{}"),
+                    ]
+                continue
+            if kind is RequestEligibilityAssessed:
+                a: RequestEligibilityAssessed = event  # type: ignore[assignment]
+                change = {"status": "assessed", "eligible": a.eligible, "instrument": a.instrument or ""}
+                change["reasons"] = text_array(a.reasons)
+            elif (status := STATUS.get(kind)) is not None:
+                change = {"status": status}
+            else:
+                continue
+            request_id = event.request_id  # type: ignore[attr-defined]
+            changed.setdefault(request_id, {}).update(change)
+            if (row := received.get(request_id)) is not None:
+                for field, value in change.items():
+                    row[CHANGEABLE[field]] = value
         t = "requests_views.requests"
-        match event:
-            case RequestReceived():
-                await conn.execute(
-                    f"INSERT INTO {t} (request_id, partner, partner_kind, partner_name, region, institution, "
-                    "institution_type, received_on, title, themes, status) "
-                    "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,'received') ON CONFLICT (request_id) DO NOTHING",
-                    event.request_id,
-                    event.partner,
-                    event.partner_kind,
-                    event.partner_name,
-                    reference.region_of(event.partner) or "",
-                    event.institution,
-                    event.institution_type,
-                    event.received_on,
-                    event.title,
-                    list(event.themes),
-                )
-            case RequestEligibilityAssessed():
-                await conn.execute(
-                    f"UPDATE {t} SET status = 'assessed', eligible = $2, instrument = $3, reasons = $4 "
-                    "WHERE request_id = $1",
-                    event.request_id,
-                    event.eligible,
-                    event.instrument or "",
-                    list(event.reasons),
-                )
-            case RequestApproved() | RequestRejected() | RequestWithdrawn():
-                status = {RequestApproved: "approved", RequestRejected: "rejected", RequestWithdrawn: "withdrawn"}
-                await conn.execute(
-                    f"UPDATE {t} SET status = $2 WHERE request_id = $1", event.request_id, status[type(event)]
-                )
+        if changed:
+            ids, changes = list(changed), list(changed.values())
+            await conn.execute(
+                f"UPDATE {t} r SET status = coalesce(u.status, r.status), eligible = coalesce(u.eligible, r.eligible), "
+                "instrument = coalesce(u.instrument, r.instrument), reasons = coalesce(u.reasons::text[], r.reasons) "
+                "FROM unnest($1::text[], $2::text[], $3::boolean[], $4::text[], $5::text[]) "
+                "AS u(request_id, status, eligible, instrument, reasons) WHERE r.request_id = u.request_id",
+                ids,
+                *([c.get(f) for c in changes] for f in CHANGEABLE),
+            )
+        if received:
+            await conn.execute(
+                f"INSERT INTO {t} (request_id, partner, partner_kind, partner_name, region, institution, "
+                "institution_type, received_on, title, themes, status, eligible, instrument, reasons) "
+                "SELECT request_id, partner, partner_kind, partner_name, region, institution, institution_type, "
+                "received_on, title, themes::text[], status, eligible, instrument, reasons::text[] "
+                "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "
+                "$8::date[], $9::text[], $10::text[], $11::text[], $12::boolean[], $13::text[], $14::text[]) "
+                "AS u(request_id, partner, partner_kind, partner_name, region, institution, institution_type, "
+                "received_on, title, themes, status, eligible, instrument, reasons) "
+                "ON CONFLICT (request_id) DO NOTHING",
+                *map(list, zip(*received.values(), strict=True)),
+            )
+
+
+def text_array(values: Sequence[str]) -> str:
+    """A PostgreSQL array literal of texts (each quoted, its backslashes and double quotes escaped): a text[]
+    per row goes into unnest as one text, cast back (unnest cannot take arrays of arrays of other lengths)."""
+    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
+
+
+STATUS = {RequestApproved: "approved", RequestRejected: "rejected", RequestWithdrawn: "withdrawn"}
+# the fields an event after RequestReceived changes, and their place in a received row (RequestRegister)
+CHANGEABLE = {"status": 10, "eligible": 11, "instrument": 12, "reasons": 13}

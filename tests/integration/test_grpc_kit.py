@@ -11,6 +11,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -23,7 +24,10 @@ from mieux.requests.v1 import requests_pb2, requests_pb2_grpc
 from support import ServiceProcess, running_service, start_service
 
 from services.kernel.db import Pool
+from services.kernel.eventlog import EventLogServicer, read_all_source
 from services.kernel.grpckit import call_metadata, field_violations
+from services.kernel.settings import Settings
+from services.kernel.store import EventStore
 from services.ops.devstack import DevStack
 from services.requests.commands import SubmitRequest
 
@@ -34,6 +38,7 @@ EVENTLOG = "mieux.common.v1.EventLog"
 RPC_TIMEOUT = 15.0
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
+PAGE_SIZE = 3  # events per ReadAll page
 
 
 # --- the service process -----------------------------------------------------------------------------
@@ -41,7 +46,14 @@ STOP_TIMEOUT = 30.0
 
 @pytest.fixture(scope="module")
 async def service(stack_env: dict[str, str]) -> AsyncIterator[ServiceProcess]:
-    async with running_service("requests", stack_env, timeout=START_TIMEOUT, stop_timeout=STOP_TIMEOUT) as svc:
+    # ReadAll's pages small, so that a few events take several pages
+    async with running_service(
+        "requests",
+        stack_env,
+        timeout=START_TIMEOUT,
+        stop_timeout=STOP_TIMEOUT,
+        MIEUX_READ_ALL_PAGE_SIZE=str(PAGE_SIZE),
+    ) as svc:
         yield svc
 
 
@@ -341,15 +353,21 @@ async def test_reflection_lists_the_services(channel: grpc.aio.Channel) -> None:
 # --- EventLog.ReadAll --------------------------------------------------------------------------------
 
 
-async def read_all(
+async def read_pages(
     stub: eventlog_pb2_grpc.EventLogStub, token: str | None, after: int = 0, limit: int = 0
-) -> list[eventlog_pb2.StoredEvent]:
+) -> list[list[eventlog_pb2.StoredEvent]]:
     call = stub.ReadAll(
         eventlog_pb2.ReadAllRequest(after_position=after, limit=limit),
         metadata=call_metadata(token),
         timeout=RPC_TIMEOUT,
     )
-    return [e async for e in call]
+    return [list(page.events) async for page in call]
+
+
+async def read_all(
+    stub: eventlog_pb2_grpc.EventLogStub, token: str | None, after: int = 0, limit: int = 0
+) -> list[eventlog_pb2.StoredEvent]:
+    return [e for page in await read_pages(stub, token, after, limit) for e in page]
 
 
 async def test_read_all_streams_the_stored_events_in_position_order(
@@ -360,7 +378,7 @@ async def test_read_all_streams_the_stored_events_in_position_order(
 ) -> None:
     for i in range(5):
         await submit(requests_stub, command_fields(title=f"Read all {i}"), tokens["ops"])
-    rows = await pool.fetch("SELECT * FROM requests.events ORDER BY position")
+    rows = await pool.fetch("SELECT *, data::text AS data_text FROM requests.events ORDER BY position")
     assert len(rows) >= 5
 
     events = await read_all(eventlog_stub, tokens["ops"])
@@ -370,6 +388,12 @@ async def test_read_all_streams_the_stored_events_in_position_order(
         assert (e.event_type, e.schema_version, e.source) == (r["event_type"], r["schema_version"], "requests")
         assert (e.stream_id, e.stream_version) == (r["stream_id"], r["stream_version"])
         assert (e.actor, e.correlation_id, e.causation_id) == (r["actor"], r["correlation_id"], r["causation_id"])
+        # ISO 8601, as PostgreSQL writes JSON (fractions of a second without their trailing zeros)
+        assert datetime.fromisoformat(e.occurred_at) == r["occurred_at"]
+        assert datetime.fromisoformat(e.recorded_at) == r["recorded_at"]
+        assert "T" in e.occurred_at and e.occurred_at.endswith("+00:00")
+        # the JSON text as the store holds it, passed on as it is
+        assert e.data_json == r["data_text"]
         assert json.loads(e.data_json) == r["data"]
 
     middle = rows[len(rows) // 2]["position"]
@@ -386,6 +410,56 @@ async def test_read_all_streams_the_stored_events_in_position_order(
     assert len(await read_all(eventlog_stub, tokens["admin"], limit=1)) == 1
     e = await refused(read_all(eventlog_stub, tokens["finance"], limit=1))
     assert e.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_read_all_sends_pages_of_events(
+    requests_stub: requests_pb2_grpc.RequestsStub,
+    eventlog_stub: eventlog_pb2_grpc.EventLogStub,
+    tokens: dict[str, str],
+    pool: Pool,
+) -> None:
+    for i in range(7):
+        await submit(requests_stub, command_fields(title=f"Paged {i}"), tokens["ops"])
+    rows = await pool.fetch("SELECT position, length(data::text) AS size FROM requests.events ORDER BY position")
+    pages = await read_pages(eventlog_stub, tokens["ops"])
+    assert [e.position for page in pages for e in page] == [r["position"] for r in rows]
+    assert [len(page) for page in pages[:-1]] == [PAGE_SIZE] * (len(pages) - 1)
+    assert 0 < len(pages[-1]) <= PAGE_SIZE
+    # a limit ends in the middle of a page
+    limited = await read_pages(eventlog_stub, tokens["ops"], limit=PAGE_SIZE + 1)
+    assert [len(page) for page in limited] == [PAGE_SIZE, 1]
+    assert [e.position for page in limited for e in page] == [r["position"] for r in rows[: PAGE_SIZE + 1]]
+
+    # pages closed by their bytes (the servicer in this process, over the same store): a page closes once its
+    # events' data reach the bytes, so all but its last event's data are below them
+    store = EventStore(pool, "requests")
+    big = max(r["size"] for r in rows)
+    for page_bytes in (1, 2 * big):
+        servicer = EventLogServicer(store, page_size=1000, page_bytes=page_bytes)
+        pages = [list(p.events) async for p in servicer.ReadAll(eventlog_pb2.ReadAllRequest(), None)]  # type: ignore[arg-type]
+        assert [e.position for page in pages for e in page] == [r["position"] for r in rows]
+        sizes = [[len(e.data_json) for e in page] for page in pages]
+        assert all(sum(page[:-1]) < page_bytes for page in sizes)
+        assert all(sum(page) >= page_bytes for page in sizes[:-1])
+    assert [len(page) for page in sizes] != [1] * len(rows)  # with room for two of the largest, pages hold more
+
+
+async def test_read_all_source_gives_the_stored_envelopes(
+    requests_stub: requests_pb2_grpc.RequestsStub,
+    service: ServiceProcess,
+    tokens: dict[str, str],
+    pool: Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a rebuild reads (eventlog.read_all_source): the envelopes the store reads, one by one and in pages."""
+    await submit(requests_stub, command_fields(title="Source"), tokens["ops"])
+    monkeypatch.setenv("MIEUX_REQUESTS_ADDR", service.target)
+    source = read_all_source("requests", Settings(), "ops")
+    stored = await EventStore(pool, "requests").read_all(0, limit=1_000_000)
+    assert [e async for e in source()] == stored
+    pages = [page async for page in source.pages()]
+    assert [e for page in pages for e in page] == stored
+    assert max(len(page) for page in pages) <= PAGE_SIZE
 
 
 async def test_read_all_needs_a_token(eventlog_stub: eventlog_pb2_grpc.EventLogStub) -> None:

@@ -18,6 +18,7 @@ from services.kernel.envelope import Envelope, Event, parse_message, topic_for
 from services.kernel.projection import Projection, lock_key, rebuild
 from services.kernel.runner import ProjectionRunner
 from services.kernel.settings import Settings
+from services.requests.projections import text_array
 
 pytestmark = pytest.mark.integration
 
@@ -312,3 +313,55 @@ async def test_lag_counts_the_events_a_held_back_projection_has_not_applied(pool
         return runner.applied == len(events) and lag() == 0
 
     await eventually(caught_up, what="the events applied once the lock is released, and the lag back to 0")
+
+
+class PagedLog:
+    """A source read in pages (as a ReadAll source is): `pages` pages of `size` events (streams of one event
+    each), then it fails if told to."""
+
+    def __init__(self, pages: int, size: int, fails: bool = False) -> None:
+        self.count, self.size, self.fails = pages, size, fails
+
+    async def pages(self) -> AsyncIterator[list[Envelope]]:
+        for p in range(self.count):
+            yield [envelope(f"p{p}-{i}", 1, n=1) for i in range(self.size)]
+        if self.fails:
+            raise ConnectionError("the source went away")
+
+    async def __call__(self) -> AsyncIterator[Envelope]:
+        async for page in self.pages():
+            for env in page:
+                yield env
+
+
+async def test_a_rebuild_whose_source_fails_raises_and_leaves_the_model_as_it_was(pool, schema) -> None:
+    """The rebuild's reading loop reads ahead in a task of its own: its error ends the rebuild, whose
+    transaction is rolled back, after batches were applied in it."""
+    projection = counting_projection(schema)
+    async with pool.acquire() as conn:
+        await projection.setup(conn)
+    log = [envelope("s1", v, n=v) for v in range(1, 4)]
+
+    async def read_all() -> AsyncIterator[Envelope]:
+        for e in log:
+            yield e
+
+    assert await rebuild(pool, projection, [read_all]) == 3
+    before = await counts(pool, schema)
+    tracked = "SELECT count(*) FROM projections.tracking WHERE projection = $1"
+    assert await pool.fetchval(tracked, projection.name) == 3
+    with pytest.raises(ConnectionError):
+        await rebuild(pool, projection, [read_all, PagedLog(pages=5, size=1000, fails=True)], batch=2000)
+    assert await counts(pool, schema) == before
+    assert await pool.fetchval(tracked, projection.name) == 3
+    # a source read in pages and one read event by event, one after the other
+    assert await rebuild(pool, projection, [PagedLog(pages=3, size=5), read_all], batch=4) == 18
+    after = await counts(pool, schema)
+    assert (len(after), after["s1"], after["p2-4"]) == (16, (3, 6), (1, 1))
+
+
+async def test_a_text_array_literal_gives_back_the_texts(pool) -> None:
+    """RequestRegister passes each row's texts into unnest as one array literal."""
+    texts = ["plain", "", "NULL", 'a "quoted", {braced} word', "back\\slash\\", "é ü", " spaced "]
+    assert await pool.fetchval("SELECT $1::text::text[]", text_array(texts)) == texts
+    assert await pool.fetchval("SELECT $1::text::text[]", text_array([])) == []

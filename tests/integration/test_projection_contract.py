@@ -11,6 +11,8 @@ history has no use for, through the kernel's apply path (`apply_batch`, `rebuild
 - a rebuild (from the history as the services' ReadAll would serve it) gives the model the live run gave,
   built beside the live model and swapped in (kernel/bluegreen.py, as `mieux projections rebuild` runs),
   in place over the live model, and over a model whose tables were lost;
+- a batch gives the model its events give applied one at a time (each in a batch of its own), whether the
+  batch starts from an empty model or from one where some of its streams have rows already;
 - an event of a type it does not know is skipped (not dead) and changes nothing;
 - setting it up again (a restart) keeps its model and what it applied.
 
@@ -258,6 +260,23 @@ async def test_a_rebuild_gives_the_model_of_the_live_run(model: Model, history: 
     await model.lose_tables()
     assert await model.rebuild(mine) == len(mine)
     assert await model.snapshot() == live_rows
+
+
+async def test_a_batch_gives_the_model_of_one_event_at_a_time(model: Model, history: list[Envelope]) -> None:
+    """What `apply_many` folds into a few statements (a batch, a rebuild's pages) must be what applying its
+    events one by one gives."""
+    order = as_the_bus_delivers(model.mine(history), seed=5)
+    for env in order:
+        r = await model.deliver([env])
+        assert (r.applied, r.dead) == (1, [])
+    one_by_one = await model.snapshot()
+    assert any(one_by_one.values()), f"{model.projection.name} made no row of the history"
+    for size in (len(order), 5):  # the whole history in one batch; batches that find rows of earlier ones
+        await model.reset()
+        for batch in in_batches(order, size):
+            r = await model.deliver(batch)
+            assert (r.applied, r.dead) == (len(batch), [])
+        assert await model.snapshot() == one_by_one, f"batches of {size}"
 
 
 async def test_an_event_of_an_unknown_type_is_skipped(model: Model, history: list[Envelope]) -> None:
