@@ -29,6 +29,7 @@ from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, topic_for
 from services.kernel.projection import Projection
 from services.kernel.runner import ProjectionRunner
+from services.kernel.schemas import kernel_tables
 from services.kernel.service import Service
 from services.kernel.settings import Settings, hash_token
 from services.ops.devstack import free_port
@@ -54,6 +55,7 @@ class Ordered(Projection):
 
     def __init__(self, schema: str) -> None:
         self.name = f"ordered_{schema}"  # type: ignore[misc]
+        self.service = schema  # type: ignore[misc]  # its tracking and parking: <schema>_projections, _parking
         self.topics = (topic_for(schema),)  # type: ignore[misc]
         self.table = f"{schema}_views.ordered"
         self.tables = (self.table,)  # type: ignore[misc]
@@ -189,7 +191,10 @@ async def test_a_passing_fault_in_an_apply_is_retried_until_it_is_gone_and_never
         assert (sample("mieux_consumer_retries_total", group=group, kind="transient") or 0) >= 3
         assert runner.dead == 0 and runner.health.up
     assert await model(pool, projection) == expected(events)
-    assert await pool.fetchval("SELECT count(*) FROM parking.parked WHERE consumer_group = $1", group) == 0
+    assert (
+        await pool.fetchval(f"SELECT count(*) FROM {kernel_tables(schema).parked} WHERE consumer_group = $1", group)
+        == 0
+    )
     assert await dead_letters(settings, group) == 0
 
 
@@ -262,7 +267,9 @@ async def test_a_poison_event_parks_its_stream_behind_it_and_retry_applies_them_
             return (await model(pool, projection)).get("s2") == expected(first + later + last)["s2"]
 
         await eventually(flowing, what="s2's next event applied")
-    tracked = await pool.fetchval("SELECT count(*) FROM projections.tracking WHERE projection = $1", projection.name)
+    tracked = await pool.fetchval(
+        f"SELECT count(*) FROM {projection.kernel.tracking} WHERE projection = $1", projection.name
+    )
     assert tracked == len(first + later + last)
 
 
