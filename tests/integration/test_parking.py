@@ -233,7 +233,7 @@ async def test_a_poison_event_parks_its_stream_behind_it_and_retry_applies_them_
         assert sample("mieux_parked_events", group=group, consumer=projection.name) == 3
         code, table = await mieux(stack_env, "parked", "list", group)
         assert code == 0 and f"behind parked #{head}" in table and "ParkingTestTicked" in table, table
-        code, shown = await mieux(stack_env, "parked", "show", str(head), "--json")
+        code, shown = await mieux(stack_env, "parked", "show", str(head), "--group", group, "--json")
         assert code == 0, shown
         assert json.loads(shown)["envelope"]["event_id"] == str(first[1].event_id)
         dead = await read_dead_letters(settings, group, 3)
@@ -294,7 +294,9 @@ async def test_a_drop_records_who_and_why_and_the_stream_behind_it_is_retried(po
         await eventually(parked, what="s5 and s6 parked")
         rows = await parked_rows(stack_env, group)
         s5 = [r["id"] for r in rows if r["stream_id"] == "s5"]
-        code, out = await mieux(stack_env, "parked", "drop", str(s5[0]), "--reason", "refunded by hand")
+        code, out = await mieux(
+            stack_env, "parked", "drop", str(s5[0]), "--group", group, "--reason", "refunded by hand"
+        )
         assert code == 0 and "dropped 1, applied 1" in out, out
         assert await model(pool, projection) == {"s5": (3, "2")}  # the one behind it, applied
 

@@ -17,7 +17,7 @@ from services.kernel.errors import RuleBroken
 from services.kernel.policy import Policy, PolicyRunner, command_id_for
 from services.kernel.settings import Settings
 from services.kernel.store import EventStore, Metadata
-from services.ops import parked
+from services.ops import parked as parked_ops
 
 pytestmark = pytest.mark.integration
 
@@ -182,8 +182,8 @@ async def test_a_policy_retries_a_non_final_error_then_parks_it_and_parks_a_refu
 
         policy.broken.clear()  # the cause, fixed
         async with pool.acquire() as conn:
-            ids = await parked.request(conn, "retry", "tester", group=group, stream="r1")
-            done = await parked.wait_done(conn, ids, 60)
+            ids = await parked_ops.request(conn, "retry", "tester", group=group, stream="r1")
+            done = await parked_ops.wait_done(conn, ids, 60)
         assert [r["outcome"] for r in done] == ["applied 2"]
         stored = await store.read_all(0, limit=100)
         assert [e.stream_id for e in stored] == ["case-ok", "case-bad", "case-after"]  # r1 in its order

@@ -18,6 +18,7 @@ from services.kernel.envelope import Envelope, Event, parse_message, topic_for
 from services.kernel.projection import Projection, lock_key, rebuild
 from services.kernel.runner import ProjectionRunner
 from services.kernel.settings import Settings
+from services.ops import parked as parked_ops
 
 pytestmark = pytest.mark.integration
 
@@ -145,8 +146,8 @@ async def test_poison_messages_are_parked_and_dead_lettered_and_the_other_stream
     assert runner.dead == 4
 
     async with pool.acquire() as conn:
-        ids = await parked.request(conn, "drop", "tester", parked_id=head["id"], why="a version nobody reads")
-        done = await parked.wait_done(conn, ids, 30)
+        ids = await parked_ops.request(conn, "drop", "tester", parked_id=head["id"], why="a version nobody reads")
+        done = await parked_ops.wait_done(conn, ids, 30)
     assert done[0]["outcome"] == "dropped 1, applied 1"
     assert await counts(pool, schema) == {"a": (2, 12), "b": (1, 3)}
 

@@ -29,6 +29,7 @@ from services.kernel.schemas import kernel_tables
 from services.kernel.settings import Settings
 from services.kernel.signing import Signed, Signer, Verifier, dev_key_file, load_public_keys, private_pem, signer_for
 from services.kernel.store import EventStore, Metadata
+from services.ops import parked as parked_ops
 
 pytestmark = pytest.mark.integration
 
@@ -197,7 +198,7 @@ async def test_what_its_producer_did_not_sign_is_never_applied_and_is_parked_wit
             code, out = await mieux_cli(stack_env, "parked", "retry", group)  # verified again: still refused
             assert "applied 0" in out, out
             assert await projection.model(pool) == {"g": (3, "1,2")}
-            code, shown = await mieux_cli(stack_env, "parked", "show", str(head), "--json")
+            code, shown = await mieux_cli(stack_env, "parked", "show", str(head), "--group", policy_group, "--json")
             assert code == 0 and json.loads(shown)["reason"] == "unsigned", shown
         finally:
             await policy_runner.stop()
@@ -278,8 +279,8 @@ async def test_a_rotated_key_signs_new_events_and_what_the_old_one_signed_is_sti
         assert await late.model(pool) == {}
     async with projecting(pool, late, new, group) as runner:  # told about it (restarted with the keys)
         async with pool.acquire() as conn:
-            ids = await parked.request(conn, "retry", "tester", group=group, stream="s1")
-            done = await parked.wait_done(conn, ids, 60)
+            ids = await parked_ops.request(conn, "retry", "tester", group=group, stream="s1")
+            done = await parked_ops.wait_done(conn, ids, 60)
         assert [r["outcome"] for r in done] == ["applied 8"]  # 5 applied; 3 republished copies, already tracked
         assert await late.model(pool) == {"s1": (15, "1,2,3,4,5")}
 
