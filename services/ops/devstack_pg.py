@@ -10,6 +10,9 @@ database `postgres` (as deploy/postgres/init-roles.sh does for compose).
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
 import secrets
 import shutil
@@ -80,6 +83,17 @@ def ensure_passfile(home: Path) -> dict[str, str]:
     return wanted
 
 
+def scram_verifier(password: str, iterations: int = 4096) -> str:
+    """What PostgreSQL stores of a scram-sha-256 password (RFC 5802, 7677), made here: the password itself never
+    reaches the server, nor its log should a statement fail."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    stored_key, server_key = hashlib.sha256(client_key).digest(), hmac.digest(salted, b"Server Key", "sha256")
+    salt_b64, stored_b64, server_b64 = (base64.b64encode(b).decode() for b in (salt, stored_key, server_key))
+    return f"SCRAM-SHA-256${iterations}:{salt_b64}${stored_b64}:{server_b64}"
+
+
 def ensure_roles(home: Path, port: int, passwords: dict[str, str]) -> None:
     """A login role per service with its password, allowed to connect to the database and create schemas
     in it, nothing else (not superuser, no other database, not `public`); set again at every start."""
@@ -94,7 +108,7 @@ def ensure_roles(home: Path, port: int, passwords: dict[str, str]) -> None:
     for role in roles:
         sql += [
             f"ALTER ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS "
-            f"PASSWORD '{passwords[role]}';",
+            f"PASSWORD '{scram_verifier(passwords[role])}';",
             f"GRANT CONNECT, CREATE ON DATABASE {PG_DATABASE} TO {role};",
         ]
     psql(home, port, PG_DATABASE, "\n".join(sql) + "\n")
