@@ -87,7 +87,6 @@ ALTER TABLE {k.parked} ADD COLUMN IF NOT EXISTS signature bytea;
 REQUESTS_EVERY_S = 0.5  # how often a consumer looks for ops' requests (between two batches)
 
 
-
 def retried_sql(k: KernelTables) -> str:
     """A parked event applied again, in the same transaction as its apply."""
     return (
