@@ -42,7 +42,7 @@ from services.requests.client import RequestsClient
 POLL_INTERVAL = 0.002
 START_TIMEOUT_S = 180.0  # the service's start, on a machine others may load
 VISIBLE = (
-    "SELECT e.position FROM requests.events e JOIN projections.tracking t "
+    "SELECT e.position FROM requests.events e JOIN requests_projections.tracking t "
     "ON t.projection = 'requests_per_year' AND t.event_id = e.event_id WHERE e.position = ANY($1::bigint[])"
 )
 

@@ -144,7 +144,7 @@ def per_year_on(topic: str) -> RequestsPerYear:
 
 
 async def mieux(settings: Settings, topic: str, n: int, verifier: Verifier) -> dict[str, float]:
-    pool = await create_pool(settings.dsn(), max_size=4)
+    pool = await create_pool(settings.dsn("requests"), max_size=4)  # as the requests service: its role, its schemas
     projection = per_year_on(topic)
     runner = ProjectionRunner([projection], pool, settings, group=f"bench.mieux.{new_id()}")
     runner.verifier = verifier  # the bench topic's producer is the bench's own, with a key of its own
@@ -155,7 +155,7 @@ async def mieux(settings: Settings, topic: str, n: int, verifier: Verifier) -> d
         async with asyncio.timeout(WATCH_LIMIT_S):
             result = await watch(lambda: runner.applied, n)
         tracked = await pool.fetchval(
-            "SELECT count(*) FROM projections.tracking WHERE projection = $1", projection.name
+            f"SELECT count(*) FROM {projection.kernel.tracking} WHERE projection = $1", projection.name
         )
         return {**result, "tracked": tracked, "duplicates": runner.duplicates, "dead": runner.dead}
     finally:

@@ -25,6 +25,7 @@ import asyncpg
 from aiokafka.structs import TopicPartition
 
 from services.kernel import bus
+from services.kernel.schemas import services_with
 from services.kernel.settings import Settings
 from services.ops.catalog import CONTEXTS
 from services.ops.devstack import DevStack, free_port
@@ -229,8 +230,8 @@ async def read_model_counts(settings: Settings) -> dict[str, int]:
             )
             for t in tables
         }
-        if await conn.fetchval("SELECT to_regclass('projections.tracking')") is not None:
-            for r in await conn.fetch("SELECT projection, count(*) AS n FROM projections.tracking GROUP BY 1"):
+        for k in await services_with(conn, "tracking"):  # each service's own (<service>_projections)
+            for r in await conn.fetch(f"SELECT projection, count(*) AS n FROM {k.tracking} GROUP BY 1"):
                 out[f"tracking:{r['projection']}"] = r["n"]
         return out
     finally:
@@ -325,7 +326,7 @@ async def dead_letters(settings: Settings, groups: list[tuple[str, tuple[str, ..
 
 
 async def parked(settings: Settings) -> dict[str, Any] | None:
-    """Rows ever written to a table named like `parked` in any schema (`parking.parked`, whatever their state
+    """Rows ever written to a table named like `parked` in any schema (`<service>_parking.parked`, whatever their state
     now: a passing fault must never be parked, even for a while), with the first few of them; None while
     no such table exists."""
     conn = await connect(settings)
@@ -355,9 +356,10 @@ async def parked(settings: Settings) -> dict[str, Any] | None:
 async def needs_rebuild(settings: Settings) -> dict[str, str]:
     conn = await connect(settings)
     try:
-        if await conn.fetchval("SELECT to_regclass('projections.needs_rebuild')") is None:
-            return {}
-        return {r["projection"]: r["reason"] for r in await conn.fetch("SELECT * FROM projections.needs_rebuild")}
+        out = {}
+        for k in await services_with(conn, "needs_rebuild"):  # each service's own (<service>_projections)
+            out.update({r["projection"]: r["reason"] for r in await conn.fetch(f"SELECT * FROM {k.needs_rebuild}")})
+        return out
     finally:
         await conn.close()
 

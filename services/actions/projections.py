@@ -23,6 +23,7 @@ from services.kernel.projection import Projection
 
 class ActionsView(Projection):
     name = "actions_view"
+    service = "actions"
     topics = (topic_for("actions"),)
     tables = ("actions_views.actions", "actions_views.activities")
     setup_sql = """

@@ -32,6 +32,7 @@ class FlightEmissionsView(Projection):
     a listing by year finds a booking in the year of each of its legs (queries.py)."""
 
     name = "carbon_flight_emissions"
+    service = "carbon"
     topics = (TOPIC,)
     tables = ("carbon_views.flight_emissions",)
     setup_sql = """
@@ -131,6 +132,7 @@ class OffsetLotsView(Projection):
     """Every lot of offsets: what was bought, what was retired (and against which year), what is left."""
 
     name = "carbon_offset_lots"
+    service = "carbon"
     topics = (TOPIC,)
     tables = ("carbon_views.offset_lots", "carbon_views.offset_retirements")
     setup_sql = """
@@ -222,6 +224,7 @@ class FootprintView(Projection):
     the bookings with a leg in the year. For finance (GetFootprint, GetOffsetLedger, the CSV)."""
 
     name = "carbon_footprint"
+    service = "carbon"
     topics = (TOPIC,)
     tables = ("carbon_views.footprint",)
     setup_sql = """
@@ -260,6 +263,7 @@ class ActionRegions(Projection):
     """Each action's region, from the actions service's ActionOpened: the footprint by region."""
 
     name = "carbon_action_regions"
+    service = "carbon"
     topics = (topic_for("actions"),)
     tables = ("carbon_views.action_regions",)
     setup_sql = """

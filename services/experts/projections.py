@@ -30,6 +30,7 @@ class Roster(Projection):
     """Experts and their deployments, for ListExperts and ListDeployments."""
 
     name = "experts_roster"
+    service = "experts"
     topics = (topic_for("experts"),)
     tables = ("experts_views.experts", "experts_views.deployments")
     setup_sql = """

@@ -40,9 +40,8 @@ from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, registry
 from services.kernel.projection import AsyncSource, Projection, _apply_items, lock_key
 
-# the kernel's tracking and rebuild-flag tables (projection.TRACKING_SQL): named here once
-TRACKING = "projections.tracking"
-NEEDS_REBUILD = "projections.needs_rebuild"
+# the kernel's tracking and rebuild-flag tables are the projection's service's own (`projection.kernel`,
+# kernel/schemas.py)
 SHADOW_PREFIX = "mieux_next_"
 SHADOW_TRACKING = "_tracking"  # the shadow's tracking table (a projection's tables never start with "_")
 
@@ -75,8 +74,10 @@ class Shadow:
             raise ValueError(f"{projection.name}: tables must be schema-qualified with distinct names: {bare}")
         self.tables = dict(zip(projection.tables, bare, strict=True))
         self.tracking = f"{self.schema}.{SHADOW_TRACKING}"
+        self.live_tracking = projection.kernel.tracking
+        self.live_needs_rebuild = projection.kernel.needs_rebuild
         targets = {live: f"{self.schema}.{name}" for live, name in self.tables.items()}
-        targets[TRACKING] = self.tracking
+        targets[self.live_tracking] = self.tracking
         self._targets = targets
         # a qualified name as a whole: not a part of a longer name, nor quoted
         self._pattern = re.compile(
@@ -179,7 +180,7 @@ async def _create(conn: asyncpg.Connection, projection: Projection, shadow: Shad
         await conn.execute(f"SET LOCAL ROLE {owner}")
     await conn.execute(f"DROP SCHEMA IF EXISTS {shadow.schema} CASCADE")  # a leftover, if any
     await conn.execute(f"CREATE SCHEMA {shadow.schema}")
-    await conn.execute(f"CREATE TABLE {shadow.tracking} (LIKE {TRACKING} INCLUDING ALL)")
+    await conn.execute(f"CREATE TABLE {shadow.tracking} (LIKE {shadow.live_tracking} INCLUDING ALL)")
     await conn.execute(shadow.sql(projection.setup_sql))
     missing = [live for live, name in shadow.tables.items() if not await _exists(conn, f"{shadow.schema}.{name}")]
     if missing:
@@ -191,7 +192,7 @@ async def _lacks(conn: asyncpg.Connection, projection: Projection, shadow: Shado
     again while it is held. Else every event the shadow lacks is one the live runner has yet to apply: after
     the swap it finds it untracked and applies it to the new tables."""
     return await conn.fetchval(
-        f"SELECT EXISTS (SELECT FROM {TRACKING} t WHERE t.projection = $1 AND NOT EXISTS "
+        f"SELECT EXISTS (SELECT FROM {shadow.live_tracking} t WHERE t.projection = $1 AND NOT EXISTS "
         f"(SELECT FROM {shadow.tracking} s WHERE s.projection = t.projection AND s.event_id = t.event_id))",
         projection.name,
     )
@@ -243,15 +244,15 @@ async def _swap(conn: asyncpg.Connection, projection: Projection, shadow: Shadow
     wait on them for as short a time as can be."""
     # the shadow's tracking rows: mostly the live ones already, so only the difference is written
     await conn.execute(
-        f"DELETE FROM {TRACKING} t WHERE t.projection = $1 AND NOT EXISTS "
+        f"DELETE FROM {shadow.live_tracking} t WHERE t.projection = $1 AND NOT EXISTS "
         f"(SELECT FROM {shadow.tracking} s WHERE s.projection = t.projection AND s.event_id = t.event_id)",
         projection.name,
     )
     await conn.execute(
-        f"INSERT INTO {TRACKING} SELECT * FROM {shadow.tracking} s WHERE NOT EXISTS "
-        f"(SELECT FROM {TRACKING} t WHERE t.projection = s.projection AND t.event_id = s.event_id)"
+        f"INSERT INTO {shadow.live_tracking} SELECT * FROM {shadow.tracking} s WHERE NOT EXISTS "
+        f"(SELECT FROM {shadow.live_tracking} t WHERE t.projection = s.projection AND t.event_id = s.event_id)"
     )
-    await conn.execute(f"DELETE FROM {NEEDS_REBUILD} WHERE projection = $1", projection.name)
+    await conn.execute(f"DELETE FROM {shadow.live_needs_rebuild} WHERE projection = $1", projection.name)
     for live, name in shadow.tables.items():
         grants = await conn.fetch(
             "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(a.grantee::regrole::text) END AS grantee, "

@@ -8,36 +8,36 @@ handle had refused, or a policy's non-final error once its attempts are spent. O
 parked for a consumer, the later events of S for that consumer are parked behind it (reason "behind parked
 #<id>"); other streams flow. Every parked row also goes to the group's `<group>.dlq` topic, as before.
 
-The parked set is the table `parking.parked` in the consuming service's database, so it survives a broker
-restart; `parking.requests` holds what ops asked (`mieux parked retry|drop`). A request names a partition
-(topic, partition) of the group, and the consumer that holds that partition performs it between two
-batches, in its own loop: so its view of the parked streams (`Parking.heads`) never goes stale, and a live
-event of a stream cannot overtake the stream's parked ones (it waits for the request to end, then finds the
-stream parked or not). Rows are never deleted: a row ends `retried` (applied again) or `dropped` (with who
-and why); only `parked` rows count.
+The parked set is the table `<service>_parking.parked` of the consuming service (schemas.py), so it survives a
+broker restart; `<service>_parking.requests` holds what ops asked (`mieux parked retry|drop`, services/ops/
+parked.py). A request names a partition (topic, partition) of the group, and the consumer that holds that
+partition performs it between two batches, in its own loop: so its view of the parked streams
+(`Parking.heads`) never goes stale, and a live event of a stream cannot overtake the stream's parked ones (it
+waits for the request to end, then finds the stream parked or not). Rows are never deleted: a row ends
+`retried` (applied again) or `dropped` (with who and why); only `parked` rows count.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from services.kernel import bus, metrics
 from services.kernel.db import Pool
 from services.kernel.envelope import Envelope
 from services.kernel.faults import describe
+from services.kernel.schemas import KernelTables, kernel_tables
 
 log = logging.getLogger(__name__)
 
+# the service's own (schemas.py): format with its KernelTables
 PARKING_SQL = """
-CREATE SCHEMA IF NOT EXISTS parking;
-CREATE TABLE IF NOT EXISTS parking.parked (
+CREATE SCHEMA IF NOT EXISTS {k.parking_schema};
+CREATE TABLE IF NOT EXISTS {k.parked} (
     id              bigserial PRIMARY KEY,
     consumer_group  text NOT NULL,
     consumer        text NOT NULL,          -- the projection, or the policy
@@ -59,13 +59,13 @@ CREATE TABLE IF NOT EXISTS parking.parked (
     settled_why     text,
     dead_lettered   boolean NOT NULL DEFAULT false
 );
-CREATE UNIQUE INDEX IF NOT EXISTS parked_event ON parking.parked (consumer_group, consumer, event_id)
+CREATE UNIQUE INDEX IF NOT EXISTS parked_event ON {k.parked} (consumer_group, consumer, event_id)
     WHERE event_id IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS parked_message
-    ON parking.parked (consumer_group, consumer, topic, kafka_partition, kafka_offset, md5(envelope))
+    ON {k.parked} (consumer_group, consumer, topic, kafka_partition, kafka_offset, md5(envelope))
     WHERE event_id IS NULL;
-CREATE INDEX IF NOT EXISTS parked_open ON parking.parked (consumer_group, stream_id, id) WHERE state = 'parked';
-CREATE TABLE IF NOT EXISTS parking.requests (
+CREATE INDEX IF NOT EXISTS parked_open ON {k.parked} (consumer_group, stream_id, id) WHERE state = 'parked';
+CREATE TABLE IF NOT EXISTS {k.requests} (
     id              bigserial PRIMARY KEY,
     consumer_group  text NOT NULL,
     action          text NOT NULL CHECK (action IN ('retry', 'drop')),
@@ -79,18 +79,20 @@ CREATE TABLE IF NOT EXISTS parking.requests (
     done_at         timestamptz,
     outcome         text
 );
-CREATE INDEX IF NOT EXISTS requests_open ON parking.requests (consumer_group, id) WHERE done_at IS NULL;
+CREATE INDEX IF NOT EXISTS requests_open ON {k.requests} (consumer_group, id) WHERE done_at IS NULL;
 -- the message's mieux-signature header as it was delivered (signing.py): a retry verifies it again
-ALTER TABLE parking.parked ADD COLUMN IF NOT EXISTS signature bytea;
+ALTER TABLE {k.parked} ADD COLUMN IF NOT EXISTS signature bytea;
 """
 
 REQUESTS_EVERY_S = 0.5  # how often a consumer looks for ops' requests (between two batches)
 
-# a parked event applied again, in the same transaction as its apply
-RETRIED_SQL = (
-    "UPDATE parking.parked SET state = 'retried', settled_at = now(), settled_by = $2, settled_why = $3 "
-    "WHERE id = $1 AND state = 'parked'"
-)
+
+def retried_sql(k: KernelTables) -> str:
+    """A parked event applied again, in the same transaction as its apply."""
+    return (
+        f"UPDATE {k.parked} SET state = 'retried', settled_at = now(), settled_by = $2, settled_why = $3 "
+        "WHERE id = $1 AND state = 'parked'"
+    )
 
 
 @dataclass(frozen=True)
@@ -155,10 +157,10 @@ class Request:
 Reapply = Callable[[Parked, Request], Awaitable[str | None]]
 
 
-async def setup(pool: Pool) -> None:
+async def setup(pool: Pool, service: str) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('mieux-schema-setup'))")
-        await conn.execute(PARKING_SQL)
+        await conn.execute(PARKING_SQL.format(k=kernel_tables(service)))
 
 
 def behind_reason(head: int) -> str:
@@ -166,20 +168,22 @@ def behind_reason(head: int) -> str:
 
 
 class Parking:
-    """The parked set of one consumer group, and this process's view of which streams are parked (`heads`:
-    (consumer, stream) -> the first parked event of the stream)."""
+    """The parked set of one consumer group of `service`, and this process's view of which streams are parked
+    (`heads`: (consumer, stream) -> the first parked event of the stream)."""
 
-    def __init__(self, pool: Pool, group: str, consumers: Sequence[str], kind: str) -> None:
+    def __init__(self, pool: Pool, group: str, consumers: Sequence[str], kind: str, service: str) -> None:
         self.pool = pool
+        self.k = k = kernel_tables(service)
+        self.retried_sql = retried_sql(k)
         self.group = group
         self.kind = kind
         self.heads: dict[tuple[str, str], int] = {}
         self._gauges = {c: metrics.PARKED.labels(group, c) for c in consumers}
         self._requests_at = 0.0
         # a behind event already applied (a redelivery) is not parked: the tracking table says so
-        tracked = "AND EXISTS (SELECT FROM projections.tracking t WHERE t.projection = $2 AND t.event_id = $7)"
+        tracked = f"AND EXISTS (SELECT FROM {k.tracking} t WHERE t.projection = $2 AND t.event_id = $7)"
         insert = (
-            "INSERT INTO parking.parked (consumer_group, consumer, kind, stream_id, topic, kafka_partition, "
+            f"INSERT INTO {k.parked} (consumer_group, consumer, kind, stream_id, topic, kafka_partition, "
             "kafka_offset, event_id, event_type, envelope, reason, behind, dead_lettered, signature) "
             f"SELECT $1, $2, '{kind}', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $14 "
             f"WHERE NOT ($13 {tracked if kind == 'projection' else 'AND false'}) ON CONFLICT "
@@ -194,7 +198,7 @@ class Parking:
     async def load(self) -> None:
         """Read the parked streams of the group (at every (re)start, and whenever the partitions change)."""
         rows = await self.pool.fetch(
-            "SELECT DISTINCT ON (consumer, stream_id) consumer, stream_id, id FROM parking.parked "
+            f"SELECT DISTINCT ON (consumer, stream_id) consumer, stream_id, id FROM {self.k.parked} "
             "WHERE consumer_group = $1 AND state = 'parked' AND stream_id <> '' ORDER BY consumer, stream_id, id",
             self.group,
         )
@@ -203,7 +207,7 @@ class Parking:
 
     async def count(self) -> None:
         rows = await self.pool.fetch(
-            "SELECT consumer, count(*) AS n FROM parking.parked WHERE consumer_group = $1 AND state = 'parked' "
+            f"SELECT consumer, count(*) AS n FROM {self.k.parked} WHERE consumer_group = $1 AND state = 'parked' "
             "GROUP BY consumer",
             self.group,
         )
@@ -278,12 +282,12 @@ class Parking:
                 )
                 sent.append(row_id)
         if sent:
-            await self.pool.execute("UPDATE parking.parked SET dead_lettered = true WHERE id = ANY($1)", sent)
+            await self.pool.execute(f"UPDATE {self.k.parked} SET dead_lettered = true WHERE id = ANY($1)", sent)
 
     async def send_unsent(self, producer: AIOKafkaProducer) -> None:
         """Dead letters of rows parked by a run that ended before it could send them."""
         rows = await self.pool.fetch(
-            "SELECT id, consumer, topic, envelope, reason FROM parking.parked "
+            f"SELECT id, consumer, topic, envelope, reason FROM {self.k.parked} "
             "WHERE consumer_group = $1 AND NOT dead_lettered ORDER BY id",
             self.group,
         )
@@ -297,7 +301,7 @@ class Parking:
                 r["id"],
                 r["consumer"] if self.kind == "projection" else "",
             )
-            await self.pool.execute("UPDATE parking.parked SET dead_lettered = true WHERE id = $1", r["id"])
+            await self.pool.execute(f"UPDATE {self.k.parked} SET dead_lettered = true WHERE id = $1", r["id"])
 
     # --- ops' requests ---------------------------------------------------------------------------------
 
@@ -313,7 +317,7 @@ class Parking:
         """The requests for the group not performed yet whose partition this process holds, oldest first."""
         rows = await self.pool.fetch(
             "SELECT id, consumer_group, action, topic, kafka_partition, stream_id, parked_id, requested_by, why "
-            "FROM parking.requests WHERE consumer_group = $1 AND done_at IS NULL ORDER BY id",
+            f"FROM {self.k.requests} WHERE consumer_group = $1 AND done_at IS NULL ORDER BY id",
             self.group,
         )
         return [Request(*r.values()) for r in rows if owned(r["topic"], r["kafka_partition"])]
@@ -328,7 +332,7 @@ class Parking:
             dropped, scope = await self._drop(request)
             parts.append(f"dropped {dropped}")
         rows = await self.pool.fetch(
-            "SELECT id, consumer, stream_id, topic, kafka_partition, envelope, reason, signature FROM parking.parked "
+            f"SELECT id, consumer, stream_id, topic, kafka_partition, envelope, reason, signature FROM {self.k.parked} "
             "WHERE consumer_group = $1 AND state = 'parked' AND topic = $2 AND kafka_partition = $3 "
             "AND ($4::text IS NULL OR stream_id = $4) ORDER BY id",
             self.group,
@@ -359,7 +363,7 @@ class Parking:
             parts.append(f"still parked {kept} ({'; '.join(failed)})")
         outcome = ", ".join(parts)
         await self.pool.execute(
-            "UPDATE parking.requests SET done_at = now(), outcome = $2 WHERE id = $1", request.id, outcome
+            f"UPDATE {self.k.requests} SET done_at = now(), outcome = $2 WHERE id = $1", request.id, outcome
         )
         log.info(
             "%s: request #%s (%s by %s): %s", self.group, request.id, request.action, request.requested_by, outcome
@@ -369,7 +373,7 @@ class Parking:
     async def give_up(self, request: Request, error: Exception) -> None:
         """A request that failed for a reason that is not a passing fault (a bug): done, saying so."""
         await self.pool.execute(
-            "UPDATE parking.requests SET done_at = now(), outcome = $2 WHERE id = $1",
+            f"UPDATE {self.k.requests} SET done_at = now(), outcome = $2 WHERE id = $1",
             request.id,
             f"failed: {describe(error)} (the service's log has the details)",
         )
@@ -377,14 +381,14 @@ class Parking:
     async def _drop(self, request: Request) -> tuple[int, list[tuple[str, str]]]:
         """Drop the request's parked event (then its stream's later ones are retried) or its stream's."""
         settle = (
-            "UPDATE parking.parked SET state = 'dropped', settled_at = now(), settled_by = $2, settled_why = $3 "
+            f"UPDATE {self.k.parked} SET state = 'dropped', settled_at = now(), settled_by = $2, settled_why = $3 "
             "WHERE consumer_group = $1 AND state = 'parked' "
         )
         by, why = request.requested_by, request.why
         if request.parked_id is not None:
             status = await self.pool.execute(settle + "AND id = $4", self.group, by, why, request.parked_id)
             row = await self.pool.fetchrow(
-                "SELECT consumer, stream_id FROM parking.parked WHERE id = $1", request.parked_id
+                f"SELECT consumer, stream_id FROM {self.k.parked} WHERE id = $1", request.parked_id
             )
             scope = [(row["consumer"], row["stream_id"])] if row is not None and row["stream_id"] else []
         else:
@@ -403,94 +407,14 @@ class Parking:
     async def _keep(self, head: Parked, reason: str, rest: Sequence[Parked]) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                "UPDATE parking.parked SET reason = $2, attempts = attempts + 1, behind = NULL WHERE id = $1",
+                f"UPDATE {self.k.parked} SET reason = $2, attempts = attempts + 1, behind = NULL WHERE id = $1",
                 head.id,
                 reason,
             )
             if rest:
                 await conn.execute(
-                    "UPDATE parking.parked SET reason = $2, behind = $1 WHERE id = ANY($3)",
+                    f"UPDATE {self.k.parked} SET reason = $2, behind = $1 WHERE id = ANY($3)",
                     head.id,
                     behind_reason(head.id),
                     [r.id for r in rest],
                 )
-
-
-# --- for the CLI (`mieux parked ...`) -----------------------------------------------------------------
-
-
-async def ready(conn: asyncpg.Connection) -> bool:
-    """Whether any consumer has created the parking tables yet."""
-    return await conn.fetchval("SELECT to_regclass('parking.requests') IS NOT NULL")
-
-
-async def listing(conn: asyncpg.Connection, group: str | None, every: bool = False) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        "SELECT id, consumer_group, consumer, kind, stream_id, event_type, reason, parked_at, state, settled_by, "
-        "settled_why FROM parking.parked WHERE ($1::text IS NULL OR consumer_group = $1) "
-        "AND ($2 OR state = 'parked') ORDER BY id",
-        group,
-        every,
-    )
-
-
-async def one(conn: asyncpg.Connection, parked_id: int) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM parking.parked WHERE id = $1", parked_id)
-
-
-async def request(
-    conn: asyncpg.Connection,
-    action: str,
-    by: str,
-    *,
-    group: str | None = None,
-    stream: str | None = None,
-    parked_id: int | None = None,
-    why: str = "",
-) -> list[int]:
-    """Record a request for every partition that holds what it covers; returns their ids (none when nothing
-    parked matches). The consumers holding those partitions perform them (Parking.perform)."""
-    async with conn.transaction():
-        if parked_id is not None:
-            where = await conn.fetch(
-                "SELECT DISTINCT consumer_group, topic, kafka_partition FROM parking.parked "
-                "WHERE id = $1 AND state = 'parked'",
-                parked_id,
-            )
-        else:
-            where = await conn.fetch(
-                "SELECT DISTINCT consumer_group, topic, kafka_partition FROM parking.parked "
-                "WHERE consumer_group = $1 AND state = 'parked' AND ($2::text IS NULL OR stream_id = $2) "
-                "ORDER BY topic, kafka_partition",
-                group,
-                stream,
-            )
-        return [
-            await conn.fetchval(
-                "INSERT INTO parking.requests (consumer_group, action, topic, kafka_partition, stream_id, parked_id, "
-                "requested_by, why) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-                w["consumer_group"],
-                action,
-                w["topic"],
-                w["kafka_partition"],
-                stream,
-                parked_id,
-                by,
-                why,
-            )
-            for w in where
-        ]
-
-
-async def wait_done(conn: asyncpg.Connection, ids: Sequence[int], timeout: float) -> list[asyncpg.Record]:
-    """The requests once every one is performed, or as they are when `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = await conn.fetch(
-            "SELECT id, consumer_group, topic, kafka_partition, done_at, outcome FROM parking.requests "
-            "WHERE id = ANY($1) ORDER BY id",
-            list(ids),
-        )
-        if all(r["done_at"] is not None for r in rows) or time.monotonic() > deadline:
-            return rows
-        await asyncio.sleep(0.1)

@@ -96,6 +96,7 @@ class PolicyRunner:
         *,
         max_attempts: int | None = None,
         max_backoff_s: float | None = None,
+        service: str | None = None,
     ) -> None:
         self.policy = policy
         self.settings = settings
@@ -105,6 +106,12 @@ class PolicyRunner:
                 raise ValueError(f"policy {policy.name}: no pool given and no event store bound")
             pool = policy.store.pool
         self.pool = pool
+        # the service whose parking it uses (schemas.py): given, or the one whose event store it is bound to
+        if service is None:
+            if policy.store is None:
+                raise ValueError(f"policy {policy.name}: no service given and no event store bound")
+            service = policy.store.service
+        self.service = service
         self.max_attempts = max_attempts or getattr(settings, "policy_max_attempts", MAX_ATTEMPTS)
         self.max_backoff_s = max_backoff_s or getattr(settings, "policy_max_backoff_s", MAX_BACKOFF_S)
         self.handled = 0
@@ -114,7 +121,7 @@ class PolicyRunner:
         self.health = ConsumerHealth(group)
         self._retrying = Retrying(group, self.health)
         self._errors = metrics.CONSUMER_RETRIES.labels(group, "error")
-        self.parking = Parking(pool, group, [policy.name], "policy")
+        self.parking = Parking(pool, group, [policy.name], "policy", service)
         # every event is verified before it is handled (signing.py); what does not verify is parked
         self.verifier = Verifier.from_settings(settings)
         self.app: Any = None
@@ -137,7 +144,7 @@ class PolicyRunner:
             return 0
 
     async def start(self) -> None:
-        await parking.setup(self.pool)
+        await parking.setup(self.pool, self.service)
         await self._start_app()
         self._supervisor = asyncio.create_task(self._supervise())
 
@@ -384,7 +391,7 @@ class PolicyRunner:
                 return reason
             self.handled += 1
         why = f"{request.action} request #{request.id}"
-        await self.pool.execute(parking.RETRIED_SQL, row.id, request.requested_by, why)
+        await self.pool.execute(self.parking.retried_sql, row.id, request.requested_by, why)
         return None
 
 

@@ -30,20 +30,22 @@ from services.kernel.db import Pool
 from services.kernel.envelope import DecodeError, Envelope, Event, UnknownEvent, parse_message, registry
 from services.kernel.faults import describe, is_transient
 from services.kernel.parking import behind_reason
+from services.kernel.schemas import KernelTables, kernel_tables
 from services.kernel.signing import Unverified, Verifier
 
 log = logging.getLogger(__name__)
 
+# the service's own (schemas.py): format with its KernelTables
 TRACKING_SQL = """
-CREATE SCHEMA IF NOT EXISTS projections;
-CREATE TABLE IF NOT EXISTS projections.tracking (
+CREATE SCHEMA IF NOT EXISTS {k.projections_schema};
+CREATE TABLE IF NOT EXISTS {k.tracking} (
     projection  text NOT NULL,
     event_id    uuid NOT NULL,
     PRIMARY KEY (projection, event_id)
 );
 -- projections that joined their service's consumer group after it had read past the start of their
 -- topics, so they lack the events before; only a rebuild clears the flag (see runner.flag_joined_late)
-CREATE TABLE IF NOT EXISTS projections.needs_rebuild (
+CREATE TABLE IF NOT EXISTS {k.needs_rebuild} (
     projection  text PRIMARY KEY,
     since       timestamptz NOT NULL DEFAULT now(),
     reason      text NOT NULL
@@ -52,9 +54,10 @@ CREATE TABLE IF NOT EXISTS projections.needs_rebuild (
 
 
 class Projection:
-    """Subclass: set `name`, `topics`, `tables`; write `setup_sql` and `apply` (or `apply_many`)."""
+    """Subclass: set `name`, `service`, `topics`, `tables`; write `setup_sql` and `apply` (or `apply_many`)."""
 
     name: ClassVar[str]
+    service: ClassVar[str]  # the owning service: its tracking table is this service's (schemas.py)
     topics: ClassVar[tuple[str, ...]]
     tables: ClassVar[tuple[str, ...]]  # schema-qualified, dropped and rebuilt by `rebuild`
     setup_sql: ClassVar[str]
@@ -62,8 +65,13 @@ class Projection:
     async def setup(self, conn: asyncpg.Connection) -> None:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('mieux-schema-setup'))")
-            await conn.execute(TRACKING_SQL)
+            await conn.execute(TRACKING_SQL.format(k=self.kernel))
             await conn.execute(self.setup_sql)
+
+    @property
+    def kernel(self) -> KernelTables:
+        """Its service's kernel tables (tracking, needs_rebuild)."""
+        return kernel_tables(self.service)
 
     async def apply(self, conn: asyncpg.Connection, env: Envelope, event: Event) -> None:
         raise NotImplementedError
@@ -78,7 +86,7 @@ class Projection:
         async with conn.transaction():
             for table in self.tables:
                 await conn.execute(f"TRUNCATE {table}")
-            await conn.execute("DELETE FROM projections.tracking WHERE projection = $1", self.name)
+            await conn.execute(f"DELETE FROM {self.kernel.tracking} WHERE projection = $1", self.name)
 
 
 @dataclass(eq=False)
@@ -239,17 +247,19 @@ def literal(text: str) -> str:
 
 async def _apply_items(conn: asyncpg.Connection, routed: Routed) -> tuple[int, int, int]:
     """Track every (projection, event id) in one statement, then apply what is new to each projection."""
-    names = [p.name for p, items in routed for _ in items]
-    ids = [env.event_id for _, items in routed for env, _ in items]
-    fresh = {
-        (r["projection"], r["event_id"])
-        for r in await conn.fetch(
-            "INSERT INTO projections.tracking (projection, event_id) SELECT * FROM unnest($1::text[], $2::uuid[]) "
-            "ON CONFLICT DO NOTHING RETURNING projection, event_id",
-            names,
-            ids,
-        )
-    }
+    fresh = set()
+    for tracking in sorted({p.kernel.tracking for p, _ in routed}):  # one: a runner's projections are one service's
+        names = [p.name for p, items in routed if p.kernel.tracking == tracking for _ in items]
+        ids = [env.event_id for p, items in routed if p.kernel.tracking == tracking for env, _ in items]
+        fresh |= {
+            (r["projection"], r["event_id"])
+            for r in await conn.fetch(
+                f"INSERT INTO {tracking} (projection, event_id) SELECT * FROM unnest($1::text[], $2::uuid[]) "
+                "ON CONFLICT DO NOTHING RETURNING projection, event_id",
+                names,
+                ids,
+            )
+        }
     applied = duplicates = skipped = 0
     for p, items in routed:
         todo = []
@@ -350,8 +360,9 @@ async def rebuild(pool: Pool, projection: Projection, sources: Sequence[AsyncSou
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", lock_key(projection))
         for table in projection.tables:
             await conn.execute(f"TRUNCATE {table}")
-        await conn.execute("DELETE FROM projections.tracking WHERE projection = $1", projection.name)
-        await conn.execute("DELETE FROM projections.needs_rebuild WHERE projection = $1", projection.name)
+        k = projection.kernel
+        await conn.execute(f"DELETE FROM {k.tracking} WHERE projection = $1", projection.name)
+        await conn.execute(f"DELETE FROM {k.needs_rebuild} WHERE projection = $1", projection.name)
         total += await _refill(conn, projection, sources, batch)
     return total
 

@@ -245,7 +245,7 @@ class Relay:
         conn: asyncpg.Connection | None = None
         failed = False
         try:
-            conn = await asyncpg.connect(self.settings.dsn(), server_settings=LOCK_KEEPALIVES)
+            conn = await asyncpg.connect(self.settings.dsn(self.store.service), server_settings=LOCK_KEEPALIVES)
             await init_connection(conn)
             # the checkpoint is a hint (a lost one means republishing, which consumers absorb): no fsync for it
             await conn.execute("SET synchronous_commit TO off")
@@ -414,7 +414,7 @@ async def _main(service: str) -> None:
 
     settings = Settings()
     signer = signer_for(settings, service)  # before anything: without a key it does not start
-    pool = await create_pool(settings.dsn(), max_size=4)
+    pool = await create_pool(settings.dsn(service), max_size=4)
     store = EventStore(pool, service)
     await store.setup()
     task: asyncio.Task | None = None

@@ -49,6 +49,7 @@ from services.kernel.envelope import DecodeError, parse_message, registry
 from services.kernel.faults import describe, is_transient
 from services.kernel.parking import Delivery, Parked, Parking, Request, ToPark
 from services.kernel.projection import BatchResult, Dead, Projection, apply_alone, apply_batch
+from services.kernel.schemas import kernel_tables
 from services.kernel.settings import Settings
 from services.kernel.signing import Verifier, signature_of
 
@@ -70,6 +71,12 @@ class ProjectionRunner:
 
     def __init__(self, projections: Sequence[Projection], pool: Pool, settings: Settings, group: str) -> None:
         self.projections = tuple(projections)
+        # one service's projections: its kernel tables (tracking, needs_rebuild, parking) are that service's
+        services = {p.service for p in self.projections}
+        if len(services) != 1:
+            raise ValueError(f"a projection runner runs one service's projections, not those of {sorted(services)}")
+        self.service = services.pop()
+        self.kernel = kernel_tables(self.service)
         self.needs_rebuild: list[str] = []  # flagged as lacking the events before they joined (at start)
         self._counted = {
             outcome: metrics.PROJECTION_EVENTS.labels(group, outcome)
@@ -86,7 +93,7 @@ class ProjectionRunner:
         self.restarts = 0  # times the supervisor started the loop again
         self.health = ConsumerHealth(group)
         self._retrying = Retrying(group, self.health)
-        self.parking = Parking(pool, group, [p.name for p in self.projections], "projection")
+        self.parking = Parking(pool, group, [p.name for p in self.projections], "projection", self.service)
         # every message is verified before it is applied (signing.py); what does not verify is parked
         self.verifier = Verifier.from_settings(settings)
         self._by_name = {p.name: p for p in self.projections}
@@ -99,7 +106,7 @@ class ProjectionRunner:
     async def start(self) -> None:
         await bus.ensure_topics(self.settings, self.topics)
         await bus.ensure_dlq(self.settings, self.group)
-        await parking.setup(self.pool)
+        await parking.setup(self.pool, self.service)
         # before anything is applied: a projection that joined late has no tracking row yet
         self.needs_rebuild = await self.flag_joined_late()
         for name in self.needs_rebuild:
@@ -131,7 +138,7 @@ class ProjectionRunner:
 
         A projection joins late when it is added to a service that ran before: it has never applied an
         event (no tracking row) while the group has committed offsets past the start of its topics, so
-        the group will not bring it the events behind them. The flag (projections.needs_rebuild) stays
+        the group will not bring it the events behind them. The flag (<service>_projections.needs_rebuild) stays
         until `mieux projections rebuild` refills it: it survives restarts, and the live events the
         projection applies meanwhile do not hide it. The rebuild is not started from here: while a
         rolling update still runs the old version, its instances consume for the group without this
@@ -139,7 +146,7 @@ class ProjectionRunner:
         names = [p.name for p in self.projections]
         untracked = await self.pool.fetchval(
             "SELECT coalesce(array_agg(p), '{}') FROM unnest($1::text[]) p "
-            "WHERE NOT EXISTS (SELECT FROM projections.tracking t WHERE t.projection = p)",
+            f"WHERE NOT EXISTS (SELECT FROM {self.kernel.tracking} t WHERE t.projection = p)",
             names,
         )
         new = [p for p in self.projections if p.name in untracked]
@@ -148,12 +155,13 @@ class ProjectionRunner:
         for p in new:
             if any(committed > 0 for tp, (committed, _) in offsets.items() if tp.topic in p.topics):
                 await self.pool.execute(
-                    "INSERT INTO projections.needs_rebuild (projection, reason) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    f"INSERT INTO {self.kernel.needs_rebuild} (projection, reason) VALUES ($1, $2) "
+                    "ON CONFLICT DO NOTHING",
                     p.name,
                     f"joined {self.group} after it had read past the start of {', '.join(p.topics)}",
                 )
         return await self.pool.fetchval(
-            "SELECT coalesce(array_agg(projection ORDER BY projection), '{}') FROM projections.needs_rebuild "
+            f"SELECT coalesce(array_agg(projection ORDER BY projection), '{{}}') FROM {self.kernel.needs_rebuild} "
             "WHERE projection = ANY($1::text[])",
             names,
         )
@@ -327,7 +335,7 @@ class ProjectionRunner:
         async with self.pool.acquire() as conn:
             try:
                 await apply_alone(
-                    conn, projection, env, event, (parking.RETRIED_SQL, row.id, request.requested_by, why)
+                    conn, projection, env, event, (self.parking.retried_sql, row.id, request.requested_by, why)
                 )
             except Exception as e:
                 if is_transient(e):

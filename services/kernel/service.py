@@ -72,6 +72,12 @@ class Service:
     _watcher: asyncio.Task | None = None
     _extra: list[ExtraServer] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # its projections keep their tracking in this service's schema, under its database role (schemas.py)
+        foreign = [p.name for p in self.projections if p.service != self.name]
+        if foreign:
+            raise ValueError(f"service {self.name}: projections of another service: {', '.join(foreign)}")
+
     @property
     def port(self) -> int:
         return service_port(self.name)
@@ -90,7 +96,7 @@ class Service:
             log.info("%s serving metrics on %s:%s", self.name, self.settings.metrics_host, self.settings.metrics_port)
 
         self.pool = await create_pool(
-            self.settings.dsn(), max_size=20, acquire_timeout=self.settings.db_acquire_timeout_s
+            self.settings.dsn(self.name), max_size=20, acquire_timeout=self.settings.db_acquire_timeout_s
         )
         self.store = EventStore(self.pool, self.name)
         await self.store.setup()
@@ -113,7 +119,9 @@ class Service:
             await runner.start()
         for pol in self.policies:
             pol.store = self.store
-            prunner = PolicyRunner(pol, self.settings, group=policy_group(self.name, pol), pool=self.pool)
+            prunner = PolicyRunner(
+                pol, self.settings, group=policy_group(self.name, pol), pool=self.pool, service=self.name
+            )
             self.runners.append(prunner)
             await prunner.start()
         await self.server.start()

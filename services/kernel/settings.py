@@ -209,8 +209,11 @@ class Settings(BaseSettings):
             return json.loads(path.read_text())
         return {}
 
-    def dsn(self) -> str:
-        url = self.database_url or self.stack.get("database_url")
+    def dsn(self, service: str | None = None) -> str:
+        """The database URL: DATABASE_URL; else the dev stack's, as `service`'s own role when the stack has one
+        for it (a service's process), else as the stack's superuser (the CLI, tests' own schemas)."""
+        own = self.stack.get("service_database_urls", {}).get(service) if service else None
+        url = self.database_url or own or self.stack.get("database_url")
         if not url:
             raise SettingsError("no database: set DATABASE_URL or start the dev stack with `mieux dev up`")
         return url

@@ -37,6 +37,7 @@ SCHEMA = "logistics_views"
 
 class BookingsView(Projection):
     name = "logistics_bookings"
+    service = "logistics"
     topics = (topic_for("logistics"),)
     tables = (f"{SCHEMA}.bookings", f"{SCHEMA}.booking_legs")
     setup_sql = f"""
@@ -158,6 +159,7 @@ def itinerary_miles(segments: tuple[Segment, ...]) -> Decimal:
 
 class TeamView(Projection):
     name = "logistics_team"
+    service = "logistics"
     topics = (topic_for("logistics"),)
     tables = (f"{SCHEMA}.team_members", f"{SCHEMA}.team_stints")
     setup_sql = f"""

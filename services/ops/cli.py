@@ -13,11 +13,10 @@ from datetime import UTC, datetime, timedelta
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from services.kernel.settings import Settings
 from services.ops import catalog, import_cli, projections_cli, report_cli, tokens_cli, up
-from services.ops.tokens_cli import refuse_unless_admin, who_asks
+from services.ops.tokens_cli import refuse_unless_admin
 
 console = Console()
 
@@ -183,103 +182,12 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_parked(args: argparse.Namespace) -> int:
-    import asyncpg
-
-    from services.kernel import parking
-
-    async def go() -> int:
-        settings = Settings()
-        conn = await asyncpg.connect(settings.dsn())
-        try:
-            if not await parking.ready(conn):
-                console.print("nothing parked: no consumer has created the parking tables yet")
-                return 0 if args.action == "list" else 1
-            if args.action == "list":
-                return await parked_list(conn, args)
-            if args.action == "show":
-                return await parked_show(conn, args)
-            by = who_asks(settings)
-            if args.action == "retry":
-                ids = await parking.request(conn, "retry", by, group=args.group, stream=args.stream)
-            elif args.target.isdigit():
-                ids = await parking.request(conn, "drop", by, parked_id=int(args.target), why=args.reason)
-            elif args.stream:
-                ids = await parking.request(conn, "drop", by, group=args.target, stream=args.stream, why=args.reason)
-            else:
-                console.print("[red]drop takes a parked event's id, or a consumer group with --stream[/]")
-                return 2
-            if not ids:
-                console.print("nothing parked matches")
-                return 1
-            console.print(f"asked the consumers that hold the partitions ({len(ids)} request(s)); waiting ...")
-            ok = True
-            for r in await parking.wait_done(conn, ids, args.wait):
-                where = f"#{r['id']} {r['consumer_group']} {r['topic']}[{r['kafka_partition']}]"
-                if r["done_at"] is None:
-                    ok = False
-                    console.print(
-                        f"{escape(where)}: [yellow]not performed yet[/] (it is, once a consumer of the group "
-                        "holds that partition: is the service running?)"
-                    )
-                else:
-                    ok = ok and "still parked" not in r["outcome"] and not r["outcome"].startswith("failed")
-                    console.print(f"{escape(where)}: {escape(r['outcome'])}", highlight=False)
-            return 0 if ok else 1
-        finally:
-            await conn.close()
+    from services.ops import parked  # each service's parked events (<service>_parking)
 
     if args.action in ("retry", "drop") and (why := refuse_unless_admin(Settings(), f"parked {args.action}")):
         console.print(f"[red]{escape(why)}[/]")
         return 2
-    return asyncio.run(go())
-
-
-async def parked_list(conn, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
-    from services.kernel import parking
-
-    rows = await parking.listing(conn, args.group, args.all)
-    if args.json:
-        for r in rows:
-            print(json.dumps(dict(r), default=str), flush=True)
-        return 0
-    table = Table("id", "group", "consumer", "stream", "event type", "reason", "since")
-    if args.all:
-        table.add_column("state")
-    for r in rows:
-        cells = [str(r["id"]), r["consumer_group"], r["consumer"], r["stream_id"], r["event_type"], r["reason"]]
-        cells.append(f"{r['parked_at']:%Y-%m-%d %H:%M:%S}")
-        if args.all:
-            settled = f" by {r['settled_by']}: {r['settled_why']}" if r["state"] != "parked" else ""
-            cells.append(r["state"] + settled)
-        table.add_row(*(escape(c) for c in cells))
-    console.print(table)
-    console.print(f"{len(rows)} {'rows' if args.all else 'parked'}")
-    return 0
-
-
-async def parked_show(conn, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
-    from services.kernel import parking
-
-    row = await parking.one(conn, args.id)
-    if row is None:
-        console.print(f"[red]no parked event #{args.id}[/]")
-        return 2
-    fields = {k: v for k, v in dict(row).items() if k != "envelope"}
-    if fields.get("signature") is not None:  # the mieux-signature header it came with (text: base64)
-        fields["signature"] = bytes(fields["signature"]).decode(errors="replace")
-    raw = bytes(row["envelope"])
-    try:
-        envelope: object = json.loads(raw)
-    except ValueError:
-        envelope = raw.decode(errors="replace")
-    if args.json:
-        print(json.dumps({**fields, "envelope": envelope}, default=str))
-        return 0
-    for k, v in fields.items():
-        console.print(f"[bold]{k:15}[/] {escape(str(v))}", highlight=False)
-    text = envelope if isinstance(envelope, str) else json.dumps(envelope, indent=2)
-    console.print(f"[bold]envelope[/]\n{escape(text)}", highlight=False)
-    return 0
+    return parked.cmd_parked(args)
 
 
 def cmd_scenario_replay(args: argparse.Namespace) -> int:
@@ -345,12 +253,15 @@ def main(argv: list[str] | None = None) -> int:
     pkw = pks.add_parser("show", help="a parked event: its envelope and why it is parked")
     pkw.add_argument("id", type=int)
     pkw.add_argument("--json", action="store_true")
+    # each service numbers its parked events: the group tells two services' rows of one id apart
+    pkw.add_argument("--group", help="the row's consumer group, when two services hold that id")
     pkr = pks.add_parser("retry", help="apply a group's parked events again, in order, once the cause is fixed")
     pkr.add_argument("group", help="the consumer group, e.g. mieux.requests.projections")
     pkr.add_argument("--stream", help="only this stream's parked events")
     pkd = pks.add_parser("drop", help="drop a parked event (its stream's later ones are then retried)")
     pkd.add_argument("target", help="a parked event's id, or a consumer group with --stream (all of that stream's)")
     pkd.add_argument("--stream", help="with a group: drop every parked event of this stream")
+    pkd.add_argument("--group", help="with an id: its consumer group, when two services hold that id")
     pkd.add_argument("--reason", required=True, help="why (recorded with who)")
     for cmd in (pkr, pkd):
         cmd.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the consumers (default 60)")

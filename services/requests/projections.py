@@ -24,6 +24,7 @@ class RequestsPerYear(Projection):
     """How many requests were received in each year (by the date the request was received)."""
 
     name = "requests_per_year"
+    service = "requests"
     topics = (topic_for("requests"),)
     tables = ("requests_views.requests_per_year",)
     setup_sql = """
@@ -49,6 +50,7 @@ class RequestRegister(Projection):
     in the order of its index (received_on, request_id)."""
 
     name = "request_register"
+    service = "requests"
     topics = (topic_for("requests"),)
     tables = ("requests_views.requests",)
     setup_sql = """

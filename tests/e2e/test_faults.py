@@ -494,7 +494,7 @@ async def test_the_whole_system_under_faults(home: Home, monkeypatch: pytest.Mon
             else ({k: v for k, v in held.items() if v} or f"{', '.join(held)}: empty"),
         )
     flagged = await measure(lambda: needs_rebuild(settings))
-    check("no projection flagged incomplete", not flagged, flagged or "projections.needs_rebuild is empty")
+    check("no projection flagged incomplete", not flagged, flagged or "every service's needs_rebuild is empty")
     up = await health(run.fleet)
     check("every service SERVING", all(up.values()), {k: v for k, v in up.items() if not v} or "all 6")
     gone = run.fleet.exited()

@@ -15,6 +15,7 @@ after forgetting and after the rebuild."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import uuid
@@ -30,6 +31,7 @@ from services.experts.client import ExpertsClient
 from services.kernel import bus
 from services.kernel.envelope import Envelope, topic_for
 from services.kernel.personal import MasterKeys
+from services.kernel.schemas import kernel_tables
 from services.kernel.settings import Settings
 from services.logistics.client import LogisticsClient
 from services.ops import catalog
@@ -89,8 +91,9 @@ def pg_dump(stack: DevStack) -> str:
         text=True,
         timeout=120,
         check=True,
+        env={**os.environ, "PGPASSFILE": str(stack.passfile)},  # the superuser's password
     )
-    assert "CREATE TABLE experts.events" in out.stdout and "parking.parked" in out.stdout
+    assert "CREATE TABLE experts.events" in out.stdout and "experts_parking.parked" in out.stdout
     return out.stdout
 
 
@@ -223,9 +226,14 @@ async def test_a_forgotten_persons_name_is_nowhere_and_the_figures_stay(services
     copies = await poison_copies(settings, pool, expert, member)
 
     async def parked_everywhere() -> bool:
-        groups = await pool.fetch(
-            "SELECT DISTINCT consumer_group FROM parking.parked WHERE event_id = ANY($1::uuid[])", copies
-        )
+        groups = [
+            r
+            for service in ("experts", "logistics", "stats")  # each parks in its own schema
+            for r in await pool.fetch(
+                f"SELECT DISTINCT consumer_group FROM {kernel_tables(service).parked} WHERE event_id = ANY($1::uuid[])",
+                copies,
+            )
+        ]
         return {r["consumer_group"] for r in groups} >= {
             "mieux.experts.projections",
             "mieux.logistics.projections",
@@ -251,7 +259,13 @@ async def test_a_forgotten_persons_name_is_nowhere_and_the_figures_stay(services
     dump, topics, models = pg_dump(stack), await every_topic(settings), await read_models(pool)
     assert any(t.endswith(".dlq") and copies[0] in text for t, text in topics.items())
     assert expert in dump and expert in topics[topic_for("experts")]  # the search looks at the right data
-    parked = str([tuple(r) for r in await pool.fetch("SELECT * FROM parking.parked")])
+    parked = str(
+        [
+            tuple(r)
+            for service in ("experts", "logistics", "stats")
+            for r in await pool.fetch(f"SELECT * FROM {kernel_tables(service).parked}")
+        ]
+    )
     logs = {name: p.output() for name, p in procs.items()}
     places = {"pg_dump": dump, "parked": parked, "read models": models, **topics, **logs}
     assert {where: leaked(text) for where, text in places.items() if leaked(text)} == {}

@@ -12,6 +12,7 @@ from support import Child, eventually, start_service
 
 from services.kernel import bus
 from services.kernel.bus import group_lag
+from services.kernel.db import Pool, create_pool
 from services.kernel.runner import projection_group
 from services.kernel.settings import Settings
 from services.kernel.store import EventStore, Metadata
@@ -38,7 +39,17 @@ def service_env(stack_env, port) -> dict[str, str]:
     }
 
 
-async def write_requests(pool, n: int, start: date = date(2009, 1, 1)) -> None:
+async def write_requests(n: int, start: date = date(2009, 1, 1)) -> None:
+    """As the requests service writes them: under its own database role, which owns its schema (a store set
+    up by the superuser would be the superuser's, and the service could not write to it)."""
+    pool = await create_pool(Settings().dsn("requests"))
+    try:
+        await _write_requests(pool, n, start)
+    finally:
+        await pool.close()
+
+
+async def _write_requests(pool: Pool, n: int, start: date) -> None:
     store = EventStore(pool, "requests")
     await store.setup()
     meta = Metadata(actor="test-loader")
@@ -78,11 +89,13 @@ async def tracked(pool) -> int:
     """Events of the requests store the requests_per_year projection has applied (0 before the store and
     the projection created their tables, whichever test ran first). Only this store's events: other tests
     publish envelopes straight to the topic."""
-    tables = await pool.fetchrow("SELECT to_regclass('projections.tracking') AS t, to_regclass('requests.events') AS e")
+    tables = await pool.fetchrow(
+        "SELECT to_regclass('requests_projections.tracking') AS t, to_regclass('requests.events') AS e"
+    )
     if tables["t"] is None or tables["e"] is None:
         return 0
     return await pool.fetchval(
-        "SELECT count(*) FROM requests.events e JOIN projections.tracking t "
+        "SELECT count(*) FROM requests.events e JOIN requests_projections.tracking t "
         "ON t.projection = 'requests_per_year' AND t.event_id = e.event_id"
     )
 
@@ -94,7 +107,7 @@ async def caught_up(pool) -> bool:
 
 async def test_service_killed_mid_stream_and_restarted_gives_exact_counts(pool, service_env, port) -> None:
     already = await tracked(pool)
-    await write_requests(pool, 20_000)
+    await write_requests(20_000)
     total = await pool.fetchval("SELECT count(*) FROM requests.events")
     env = {**service_env, "MIEUX_PROJECTION_BATCH_SIZE": "20", "MIEUX_RELAY_BATCH_SIZE": "100"}
     first = Child(["-m", "services.requests"], env)
@@ -117,7 +130,7 @@ async def test_service_killed_mid_stream_and_restarted_gives_exact_counts(pool, 
 
 
 async def test_rebuild_gives_the_live_read_model(pool, service_env, port) -> None:
-    await write_requests(pool, 500, start=date(2012, 6, 1))
+    await write_requests(500, start=date(2012, 6, 1))
     service = await asyncio.to_thread(start_service, "requests", service_env, port)
     try:
         await eventually(lambda: caught_up(pool), 60, "the projection to catch up")
@@ -138,7 +151,7 @@ async def test_rebuild_gives_the_live_read_model(pool, service_env, port) -> Non
 
 
 async def test_broker_restart_then_replay_gives_the_same_read_model(stack, pool, service_env, port) -> None:
-    await write_requests(pool, 300, start=date(2015, 1, 1))
+    await write_requests(300, start=date(2015, 1, 1))
     service = await asyncio.to_thread(start_service, "requests", service_env, port, MIEUX_LOG_LEVEL="INFO")
     try:
         await eventually(lambda: caught_up(pool), 60, "the projection to catch up")

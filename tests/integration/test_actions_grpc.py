@@ -764,7 +764,7 @@ async def test_a_rebuild_gives_the_live_read_model(
     async def caught_up() -> bool:
         # the store's events only: other tests publish events of their own onto the actions topic
         applied = await pool.fetchval(
-            "SELECT count(*) FROM actions.events e JOIN projections.tracking t "
+            "SELECT count(*) FROM actions.events e JOIN actions_projections.tracking t "
             "ON t.projection = 'actions_view' AND t.event_id = e.event_id"
         )
         return applied == await count_events(pool)

@@ -10,7 +10,7 @@ import os
 import subprocess
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import pytest
@@ -32,6 +32,7 @@ def run_init_roles(dsn: str, roles: list[str], ops: str) -> None:
         "PGPORT": str(url.port),
         "POSTGRES_USER": url.username or "postgres",
         "POSTGRES_DB": url.path.lstrip("/"),
+        "PGPASSFILE": parse_qs(url.query)["passfile"][0],  # the test stack's superuser password
         "SERVICE_ROLES": " ".join(roles),
         "OPS_ROLE": ops,
         **{f"PG_PASSWORD_{r.upper()}": f"pw-{r}" for r in [*roles, ops]},
@@ -41,7 +42,8 @@ def run_init_roles(dsn: str, roles: list[str], ops: str) -> None:
 
 
 def as_role(dsn: str, role: str) -> str:
-    return urlsplit(dsn)._replace(netloc=f"{role}@{urlsplit(dsn).netloc.split('@')[-1]}").geturl()
+    """`dsn` as `role`, with the password run_init_roles gave it."""
+    return urlsplit(dsn)._replace(netloc=f"{role}:pw-{role}@{urlsplit(dsn).netloc.split('@')[-1]}").geturl()
 
 
 async def test_each_service_role_owns_its_schemas_only_and_ops_reads_them(stack: DevStack) -> None:
@@ -91,18 +93,13 @@ async def drop_roles(stack: DevStack, *roles: str) -> None:
         await admin.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the kernel's schemas `projections` (tracking, needs_rebuild) and `parking` (parked) are shared by "
-    "every service: the first service to start owns them and the others may not create their tables there. "
-    "Per-service roles need them per service (services/kernel/projection.py, runner.py, parking.py); then "
-    "drop this mark.",
-)
 async def test_every_service_sets_itself_up_under_its_own_role(stack: DevStack) -> None:
-    """What each service does at start (its event store, its projections' tables, its parking), each under
-    its own role, in one database: as compose and Kubernetes run them."""
+    """What each service does at start (its event store, its projections' tables and tracking, its parking),
+    each under its own role, in one database, twice (every start): as compose and Kubernetes run them. Then
+    each service owns every schema it made, and none of another's."""
     from services.kernel import parking
     from services.kernel.db import create_pool
+    from services.kernel.schemas import kernel_tables, service_schemas
     from services.kernel.store import EventStore
     from services.ops import catalog
 
@@ -112,16 +109,29 @@ async def test_every_service_sets_itself_up_under_its_own_role(stack: DevStack) 
     try:
         async with own_database(stack.database_url) as dsn:
             run_init_roles(dsn, list(roles.values()), f"{prefix}_ops")
+            for _ in range(2):  # every start sets up again
+                for svc, service in built.items():
+                    pool = await create_pool(as_role(dsn, roles[svc]))
+                    try:
+                        await EventStore(pool, svc).setup()
+                        async with pool.acquire() as conn:
+                            for projection in service.projections:
+                                await projection.setup(conn)
+                        if service.projections or service.policies:
+                            await parking.setup(pool, svc)
+                    finally:
+                        await pool.close()
+            admin = await asyncpg.connect(dsn)
+            try:
+                owners = dict(await admin.fetch("SELECT nspname, nspowner::regrole::text FROM pg_namespace"))
+            finally:
+                await admin.close()
             for svc, service in built.items():
-                pool = await create_pool(as_role(dsn, roles[svc]))
-                try:
-                    await EventStore(pool, svc).setup()
-                    async with pool.acquire() as conn:
-                        for projection in service.projections:
-                            await projection.setup(conn)
-                    if service.projections or service.policies:
-                        await parking.setup(pool)
-                finally:
-                    await pool.close()
+                k = kernel_tables(svc)
+                expected = {svc} | {t.split(".")[0] for p in service.projections for t in p.tables}
+                expected |= {k.projections_schema} if service.projections else set()
+                expected |= {k.parking_schema} if service.projections or service.policies else set()
+                assert {s for s, owner in owners.items() if owner == roles[svc]} == expected, svc
+                assert expected <= set(service_schemas(svc)), svc  # the kernel's list of a service's schemas
     finally:
         await drop_roles(stack, *roles.values(), f"{prefix}_ops")

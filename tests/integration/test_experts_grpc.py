@@ -677,7 +677,9 @@ async def test_rebuilding_the_roster_from_read_all_gives_the_live_read_model(
     await deploy(stub, tokens["ops"], expert, "2017-04/A1")
 
     async def caught_up() -> bool:
-        applied = await pool.fetchval("SELECT count(*) FROM projections.tracking WHERE projection = 'experts_roster'")
+        applied = await pool.fetchval(
+            "SELECT count(*) FROM experts_projections.tracking WHERE projection = 'experts_roster'"
+        )
         return applied == await event_count(pool)
 
     await eventually(caught_up, 60, "the roster projection to apply every stored event")

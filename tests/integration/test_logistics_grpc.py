@@ -697,8 +697,8 @@ async def test_a_rebuild_gives_the_live_read_models(
     async def caught_up() -> bool:
         for name in SNAPSHOTS:
             missing = await pool.fetchval(
-                "SELECT count(*) FROM logistics.events e WHERE NOT EXISTS (SELECT 1 FROM projections.tracking t "
-                "WHERE t.projection = $1 AND t.event_id = e.event_id)",
+                "SELECT count(*) FROM logistics.events e WHERE NOT EXISTS "
+                "(SELECT 1 FROM logistics_projections.tracking t WHERE t.projection = $1 AND t.event_id = e.event_id)",
                 name,
             )
             if missing:

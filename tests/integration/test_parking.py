@@ -29,6 +29,7 @@ from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, topic_for
 from services.kernel.projection import Projection
 from services.kernel.runner import ProjectionRunner
+from services.kernel.schemas import kernel_tables
 from services.kernel.service import Service
 from services.kernel.settings import Settings
 from services.ops.devstack import free_port
@@ -54,6 +55,7 @@ class Ordered(Projection):
 
     def __init__(self, schema: str) -> None:
         self.name = f"ordered_{schema}"  # type: ignore[misc]
+        self.service = schema  # type: ignore[misc]  # its tracking and parking: <schema>_projections, _parking
         self.topics = (topic_for(schema),)  # type: ignore[misc]
         self.table = f"{schema}_views.ordered"
         self.tables = (self.table,)  # type: ignore[misc]
@@ -189,7 +191,10 @@ async def test_a_passing_fault_in_an_apply_is_retried_until_it_is_gone_and_never
         assert (sample("mieux_consumer_retries_total", group=group, kind="transient") or 0) >= 3
         assert runner.dead == 0 and runner.health.up
     assert await model(pool, projection) == expected(events)
-    assert await pool.fetchval("SELECT count(*) FROM parking.parked WHERE consumer_group = $1", group) == 0
+    assert (
+        await pool.fetchval(f"SELECT count(*) FROM {kernel_tables(schema).parked} WHERE consumer_group = $1", group)
+        == 0
+    )
     assert await dead_letters(settings, group) == 0
 
 
@@ -228,7 +233,7 @@ async def test_a_poison_event_parks_its_stream_behind_it_and_retry_applies_them_
         assert sample("mieux_parked_events", group=group, consumer=projection.name) == 3
         code, table = await mieux(stack_env, "parked", "list", group)
         assert code == 0 and f"behind parked #{head}" in table and "ParkingTestTicked" in table, table
-        code, shown = await mieux(stack_env, "parked", "show", str(head), "--json")
+        code, shown = await mieux(stack_env, "parked", "show", str(head), "--group", group, "--json")
         assert code == 0, shown
         assert json.loads(shown)["envelope"]["event_id"] == str(first[1].event_id)
         dead = await read_dead_letters(settings, group, 3)
@@ -262,7 +267,9 @@ async def test_a_poison_event_parks_its_stream_behind_it_and_retry_applies_them_
             return (await model(pool, projection)).get("s2") == expected(first + later + last)["s2"]
 
         await eventually(flowing, what="s2's next event applied")
-    tracked = await pool.fetchval("SELECT count(*) FROM projections.tracking WHERE projection = $1", projection.name)
+    tracked = await pool.fetchval(
+        f"SELECT count(*) FROM {projection.kernel.tracking} WHERE projection = $1", projection.name
+    )
     assert tracked == len(first + later + last)
 
 
@@ -287,7 +294,9 @@ async def test_a_drop_records_who_and_why_and_the_stream_behind_it_is_retried(po
         await eventually(parked, what="s5 and s6 parked")
         rows = await parked_rows(stack_env, group)
         s5 = [r["id"] for r in rows if r["stream_id"] == "s5"]
-        code, out = await mieux(stack_env, "parked", "drop", str(s5[0]), "--reason", "refunded by hand")
+        code, out = await mieux(
+            stack_env, "parked", "drop", str(s5[0]), "--group", group, "--reason", "refunded by hand"
+        )
         assert code == 0 and "dropped 1, applied 1" in out, out
         assert await model(pool, projection) == {"s5": (3, "2")}  # the one behind it, applied
 

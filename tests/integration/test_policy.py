@@ -10,13 +10,14 @@ import pytest
 from prometheus_client import REGISTRY
 from support import eventually, make_envelope, read_topic, signed
 
-from services.kernel import bus, parking
+from services.kernel import bus
 from services.kernel.bus import dlq_topic
 from services.kernel.envelope import Envelope, Event, topic_for
 from services.kernel.errors import RuleBroken
 from services.kernel.policy import Policy, PolicyRunner, command_id_for
 from services.kernel.settings import Settings
 from services.kernel.store import EventStore, Metadata
+from services.ops import parked as parked_ops
 
 pytestmark = pytest.mark.integration
 
@@ -165,7 +166,9 @@ async def test_a_policy_retries_a_non_final_error_then_parks_it_and_parks_a_refu
         await eventually(settled, 60, "r1 and r2 parked, r3 handled")
         assert policy.calls == Counter({"bad": 3, "no": 1, "ok": 1})  # "after" waits behind "bad", unhandled
         rows = await pool.fetch(
-            "SELECT id, stream_id, reason, attempts FROM parking.parked WHERE consumer_group = $1 ORDER BY id", group
+            f"SELECT id, stream_id, reason, attempts FROM {runner.parking.k.parked} WHERE consumer_group = $1 "
+            "ORDER BY id",
+            group,
         )
         by_stream = {r["stream_id"]: r for r in rows if r["reason"].startswith(("failed", "refused"))}
         assert by_stream["r1"]["reason"] == "failed 3 times: RuntimeError"
@@ -179,8 +182,8 @@ async def test_a_policy_retries_a_non_final_error_then_parks_it_and_parks_a_refu
 
         policy.broken.clear()  # the cause, fixed
         async with pool.acquire() as conn:
-            ids = await parking.request(conn, "retry", "tester", group=group, stream="r1")
-            done = await parking.wait_done(conn, ids, 60)
+            ids = await parked_ops.request(conn, "retry", "tester", group=group, stream="r1")
+            done = await parked_ops.wait_done(conn, ids, 60)
         assert [r["outcome"] for r in done] == ["applied 2"]
         stored = await store.read_all(0, limit=100)
         assert [e.stream_id for e in stored] == ["case-ok", "case-bad", "case-after"]  # r1 in its order

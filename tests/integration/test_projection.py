@@ -11,13 +11,14 @@ import pytest
 from prometheus_client import REGISTRY
 from support import eventually, make_envelope, read_topic, signed
 
-from services.kernel import bus, parking
+from services.kernel import bus
 from services.kernel.bus import dlq_topic, group_lag
 from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, parse_message, topic_for
 from services.kernel.projection import Projection, lock_key, rebuild
 from services.kernel.runner import ProjectionRunner
 from services.kernel.settings import Settings
+from services.ops import parked as parked_ops
 from services.requests.projections import text_array
 
 pytestmark = pytest.mark.integration
@@ -31,6 +32,7 @@ class ProjectionTestTicked(Event):
 def counting_projection(schema: str) -> Projection:
     class StreamCounts(Projection):
         name = f"counts_{schema}"
+        service = schema  # its tracking and parking: <schema>_projections, <schema>_parking
         topics = (topic_for(schema),)
         tables = (f"{schema}_views.counts",)
         setup_sql = f"""
@@ -134,7 +136,7 @@ async def test_poison_messages_are_parked_and_dead_lettered_and_the_other_stream
     assert any("not an envelope" in r for r in reasons)
     parked = {
         r["event_id"]: r
-        for r in await pool.fetch("SELECT * FROM parking.parked WHERE consumer_group = $1", runner.group)
+        for r in await pool.fetch(f"SELECT * FROM {runner.kernel.parked} WHERE consumer_group = $1", runner.group)
     }
     head = parked[unknown_version.event_id]
     assert f"behind parked #{head['id']}" in reasons
@@ -145,8 +147,8 @@ async def test_poison_messages_are_parked_and_dead_lettered_and_the_other_stream
     assert runner.dead == 4
 
     async with pool.acquire() as conn:
-        ids = await parking.request(conn, "drop", "tester", parked_id=head["id"], why="a version nobody reads")
-        done = await parking.wait_done(conn, ids, 30)
+        ids = await parked_ops.request(conn, "drop", "tester", parked_id=head["id"], why="a version nobody reads")
+        done = await parked_ops.wait_done(conn, ids, 30)
     assert done[0]["outcome"] == "dropped 1, applied 1"
     assert await counts(pool, schema) == {"a": (2, 12), "b": (1, 3)}
 
@@ -156,6 +158,7 @@ def picky_projection(schema: str, topics: tuple[str, ...]) -> Projection:
 
     class Picky(Projection):
         name = f"picky_{schema}"
+        service = schema
         tables = (f"{schema}_views.picky",)
         setup_sql = f"""
         CREATE SCHEMA IF NOT EXISTS {schema}_views;
@@ -211,14 +214,15 @@ async def test_projections_sharing_a_group_each_get_their_topics_and_their_own_p
         assert "apply failed" in headers["reason"]
         assert parse_message(dead[0].value).event_id == on_main[1].event_id
         parked = await pool.fetch(
-            "SELECT consumer, event_id, state FROM parking.parked WHERE consumer_group = $1", runner.group
+            f"SELECT consumer, event_id, state FROM {runner.kernel.parked} WHERE consumer_group = $1", runner.group
         )
         assert [tuple(r.values()) for r in parked] == [(picky.name, on_main[1].event_id, "parked")]
         assert headers["parked"] == str(
-            await pool.fetchval("SELECT id FROM parking.parked WHERE consumer_group = $1", runner.group)
+            await pool.fetchval(f"SELECT id FROM {runner.kernel.parked} WHERE consumer_group = $1", runner.group)
         )
         tracked = await pool.fetch(
-            "SELECT projection, count(*) AS n FROM projections.tracking WHERE projection = ANY($1::text[]) GROUP BY 1",
+            f"SELECT projection, count(*) AS n FROM {runner.kernel.tracking} WHERE projection = ANY($1::text[]) "
+            "GROUP BY 1",
             [counting.name, picky.name],
         )
         assert {r["projection"]: r["n"] for r in tracked} == {counting.name: 3, picky.name: 3}
@@ -348,7 +352,7 @@ async def test_a_rebuild_whose_source_fails_raises_and_leaves_the_model_as_it_wa
 
     assert await rebuild(pool, projection, [read_all]) == 3
     before = await counts(pool, schema)
-    tracked = "SELECT count(*) FROM projections.tracking WHERE projection = $1"
+    tracked = f"SELECT count(*) FROM {projection.kernel.tracking} WHERE projection = $1"
     assert await pool.fetchval(tracked, projection.name) == 3
     with pytest.raises(ConnectionError):
         await rebuild(pool, projection, [read_all, PagedLog(pages=5, size=1000, fails=True)], batch=2000)

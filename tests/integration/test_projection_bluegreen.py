@@ -237,7 +237,7 @@ async def test_queries_answer_all_through_a_rebuild_and_the_swap_gives_what_a_fr
         assert len(after) == BEFORE + 301
         assert {r[0]: r[10] for r in after}["req-00007"] == "approved"
         tracked = await pool.fetchval(
-            "SELECT count(*) FROM projections.tracking WHERE projection = $1", projection.name
+            f"SELECT count(*) FROM {projection.kernel.tracking} WHERE projection = $1", projection.name
         )
         assert await rebuild(pool, projection, sources) == BEFORE + 302 == tracked  # a fresh rebuild ...
         assert await rows(pool) == after  # ... gives the same rows
@@ -281,7 +281,7 @@ async def test_a_rebuild_cancelled_midway_leaves_the_live_model_as_it_was(
         await rebuild(pool, projection, sources)
         await append(store, 500, 100)  # the rebuild would bring them
         await pool.execute(
-            "INSERT INTO projections.needs_rebuild (projection, reason) VALUES ($1, 'test')", projection.name
+            f"INSERT INTO {projection.kernel.needs_rebuild} (projection, reason) VALUES ($1, 'test')", projection.name
         )
         # a leftover shadow (as if made by hand): the rebuild drops it
         await pool.execute(
@@ -305,19 +305,22 @@ async def test_a_rebuild_cancelled_midway_leaves_the_live_model_as_it_was(
 
         assert await rows(pool) == before
         assert await tracking(pool, projection) == tracked
-        assert await pool.fetchval("SELECT count(*) FROM projections.needs_rebuild") == 1
+        assert await pool.fetchval(f"SELECT count(*) FROM {projection.kernel.needs_rebuild}") == 1
         assert await pool.fetchval("SELECT to_regnamespace($1) IS NULL", f"mieux_next_{projection.name}") is False
 
         done = await rebuild_beside(pool, projection, sources)
         assert done.events == 600 and len(await rows(pool)) == 600
-        assert await pool.fetchval("SELECT count(*) FROM projections.needs_rebuild") == 0
+        assert await pool.fetchval(f"SELECT count(*) FROM {projection.kernel.needs_rebuild}") == 0
         assert await pool.fetchval("SELECT to_regnamespace($1) IS NULL", f"mieux_next_{projection.name}") is True
 
 
 async def tracking(pool: Pool, projection: Projection) -> set[Any]:
     return {
         r[0]
-        for r in await pool.fetch("SELECT event_id FROM projections.tracking WHERE projection = $1", projection.name)
+        for r in await pool.fetch(
+            f"SELECT event_id FROM {projection.kernel.tracking} WHERE projection = $1",
+            projection.name,
+        )
     }
 
 
@@ -389,6 +392,7 @@ async def test_the_swapped_tables_keep_the_live_ones_owner_and_grants(
     try:
         async with the_stack(stack, schema, monkeypatch) as (pool, store):
             projection = register_on(schema)
+            k = projection.kernel
             sources = sources_of(projection, Settings(), "ops")
             await append(store, 0, 50)
             async with pool.acquire() as conn:
@@ -397,8 +401,8 @@ async def test_the_swapped_tables_keep_the_live_ones_owner_and_grants(
                 await conn.execute(
                     f"CREATE ROLE {owner}; CREATE ROLE {reader}; GRANT CREATE ON DATABASE {db} TO {owner}; "
                     f"GRANT USAGE, CREATE ON SCHEMA requests_views TO {owner}; "
-                    f"GRANT USAGE ON SCHEMA projections TO {owner}; "
-                    f"GRANT SELECT, INSERT, DELETE ON projections.tracking, projections.needs_rebuild TO {owner}; "
+                    f"GRANT USAGE ON SCHEMA {k.projections_schema} TO {owner}; "
+                    f"GRANT SELECT, INSERT, DELETE ON {k.tracking}, {k.needs_rebuild} TO {owner}; "
                     f"ALTER TABLE requests_views.requests OWNER TO {owner}; "
                     f"GRANT SELECT ON requests_views.requests TO {reader}"
                 )

@@ -18,16 +18,18 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support import Child, eventually, make_envelope, mieux_cli, read_topic, signed
 
-from services.kernel import bus, parking
+from services.kernel import bus
 from services.kernel.db import Pool
 from services.kernel.envelope import Envelope, Event, topic_for
 from services.kernel.policy import Policy, PolicyRunner
 from services.kernel.projection import Projection
 from services.kernel.relay import Relay, request_replay
 from services.kernel.runner import ProjectionRunner
+from services.kernel.schemas import kernel_tables
 from services.kernel.settings import Settings
 from services.kernel.signing import Signed, Signer, Verifier, dev_key_file, load_public_keys, private_pem, signer_for
 from services.kernel.store import EventStore, Metadata
+from services.ops import parked as parked_ops
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +46,7 @@ class Sums(Projection):
 
     def __init__(self, schema: str, name: str = "sums") -> None:
         self.name = f"{name}_{schema}"  # type: ignore[misc]
+        self.service = schema  # type: ignore[misc]  # its tracking and parking: <schema>_projections, _parking
         self.topics = (topic_for(schema),)  # type: ignore[misc]
         self.table = f"{schema}_views.{name}"
         self.tables = (self.table,)  # type: ignore[misc]
@@ -118,8 +121,9 @@ async def parked_reasons(stack_env: dict[str, str], group: str) -> list[tuple[st
     return [(r["stream_id"], r["reason"]) for r in map(json.loads, out.splitlines())]
 
 
-async def parked_ids(pool: Pool, group: str) -> list[int]:
-    return [r["id"] for r in await pool.fetch("SELECT id FROM parking.parked WHERE consumer_group = $1", group)]
+async def parked_ids(pool: Pool, service: str, group: str) -> list[int]:
+    parked = kernel_tables(service).parked
+    return [r["id"] for r in await pool.fetch(f"SELECT id FROM {parked} WHERE consumer_group = $1", group)]
 
 
 async def test_what_its_producer_did_not_sign_is_never_applied_and_is_parked_with_its_reason(
@@ -152,7 +156,7 @@ async def test_what_its_producer_did_not_sign_is_never_applied_and_is_parked_wit
     group = f"test.{schema}.signed"
     policy = Handled(topic)
     policy_group = f"test.{schema}.signed_policy"
-    policy_runner = PolicyRunner(policy, settings, policy_group, pool)
+    policy_runner = PolicyRunner(policy, settings, policy_group, pool, service=schema)
     async with projecting(pool, projection, settings, group) as runner:
         await policy_runner.start()
         try:
@@ -167,7 +171,8 @@ async def test_what_its_producer_did_not_sign_is_never_applied_and_is_parked_wit
             for consumer_group in (group, policy_group):
                 reasons = await parked_reasons(stack_env, consumer_group)
                 head = await pool.fetchval(
-                    "SELECT id FROM parking.parked WHERE consumer_group = $1 AND stream_id = 'u' ORDER BY id LIMIT 1",
+                    f"SELECT id FROM {kernel_tables(schema).parked} WHERE consumer_group = $1 AND stream_id = 'u' "
+                    "ORDER BY id LIMIT 1",
                     consumer_group,
                 )
                 foreign = (
@@ -186,13 +191,14 @@ async def test_what_its_producer_did_not_sign_is_never_applied_and_is_parked_wit
                 assert [r for s, r in reasons if s == "u"] == ["unsigned", f"behind parked #{head}"]
             # what did not verify is parked without the event id it claims (it may be a real event's)
             ids = await pool.fetch(
-                "SELECT stream_id, event_id FROM parking.parked WHERE consumer_group = $1 ORDER BY id", group
+                f"SELECT stream_id, event_id FROM {kernel_tables(schema).parked} WHERE consumer_group = $1 ORDER BY id",
+                group,
             )
             assert [r["event_id"] for r in ids if r["stream_id"] != "u"] == [None] * 4
             code, out = await mieux_cli(stack_env, "parked", "retry", group)  # verified again: still refused
             assert "applied 0" in out, out
             assert await projection.model(pool) == {"g": (3, "1,2")}
-            code, shown = await mieux_cli(stack_env, "parked", "show", str(head), "--json")
+            code, shown = await mieux_cli(stack_env, "parked", "show", str(head), "--group", policy_group, "--json")
             assert code == 0 and json.loads(shown)["reason"] == "unsigned", shown
         finally:
             await policy_runner.stop()
@@ -269,12 +275,12 @@ async def test_a_rotated_key_signs_new_events_and_what_the_old_one_signed_is_sti
         await eventually(parked, what="every event of s1 parked behind the first, which it cannot verify")
         reasons = await parked_reasons(stack_env, group)
         assert reasons[0] == ("s1", f"unknown key id {old_kid} for {schema}")
-        assert {r for _, r in reasons[1:]} == {f"behind parked #{min(await parked_ids(pool, group))}"}
+        assert {r for _, r in reasons[1:]} == {f"behind parked #{min(await parked_ids(pool, schema, group))}"}
         assert await late.model(pool) == {}
     async with projecting(pool, late, new, group) as runner:  # told about it (restarted with the keys)
         async with pool.acquire() as conn:
-            ids = await parking.request(conn, "retry", "tester", group=group, stream="s1")
-            done = await parking.wait_done(conn, ids, 60)
+            ids = await parked_ops.request(conn, "retry", "tester", group=group, stream="s1")
+            done = await parked_ops.wait_done(conn, ids, 60)
         assert [r["outcome"] for r in done] == ["applied 8"]  # 5 applied; 3 republished copies, already tracked
         assert await late.model(pool) == {"s1": (15, "1,2,3,4,5")}
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from services.kernel.bluegreen import TRACKING, Shadow
+from services.kernel.bluegreen import Shadow
 from services.kernel.projection import Projection
 from services.ops import catalog
 from services.ops.cli import main
@@ -16,6 +16,7 @@ from services.ops.cli import main
 
 def projection(name: str, tables: tuple[str, ...]) -> Projection:
     class P(Projection):
+        service = "t"
         topics = ("mieux.t.events",)
         setup_sql = ""
 
@@ -28,7 +29,7 @@ def test_only_the_projections_tables_and_the_tracking_table_are_pointed_at_the_s
     sql = (
         "INSERT INTO views.counts VALUES ($1) ON CONFLICT (id) DO UPDATE SET n = counts.n + 1; "
         'SELECT * FROM views.counts_old, views.totals t, other.counts, xviews.counts, "views".counts; '
-        f"INSERT INTO {TRACKING} SELECT 1; CREATE INDEX IF NOT EXISTS totals_by ON views.totals (n)"
+        "INSERT INTO t_projections.tracking SELECT 1; CREATE INDEX IF NOT EXISTS totals_by ON views.totals (n)"
     )
     assert s.sql(sql) == (
         "INSERT INTO mieux_next_counts.counts VALUES ($1) ON CONFLICT (id) DO UPDATE SET n = counts.n + 1; "

@@ -144,6 +144,7 @@ def test_unknown_event_type_decodes_to_unknown_event(reg: Registry) -> None:
 
 class _Counting(projection.Projection):
     name = "test_counting"
+    service = "test"
     topics = ("mieux.test.events",)
     tables = ()
     setup_sql = ""
@@ -159,7 +160,7 @@ class _FakeConn:
     """Answers the tracking-table insert as if every (projection, event id) were new."""
 
     async def fetch(self, sql: str, names: list[str], event_ids: list[uuid.UUID]) -> list[dict[str, Any]]:
-        assert "projections.tracking" in sql
+        assert "test_projections.tracking" in sql
         return [{"projection": n, "event_id": i} for n, i in zip(names, event_ids, strict=True)]
 
 

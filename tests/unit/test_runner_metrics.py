@@ -12,6 +12,7 @@ from services.kernel.settings import Settings
 
 class OnOne(Projection):
     name = "lag_on_one"
+    service = "test"
     topics = ("mieux.a.events",)
     tables = ()
     setup_sql = ""
@@ -19,6 +20,7 @@ class OnOne(Projection):
 
 class OnTwo(Projection):
     name = "lag_on_two"
+    service = "test"
     topics = ("mieux.a.events", "mieux.b.events")
     tables = ()
     setup_sql = ""
