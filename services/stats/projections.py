@@ -326,10 +326,11 @@ class StatsLogistics(StatsProjection):
         statute_miles  numeric(14, 3) NOT NULL,
         PRIMARY KEY (booking_id, version, leg)
     );
-    -- the team's miles of a year: the year's legs from the index alone, joined to team members' itineraries
+    -- the team's miles of a year: the year's legs from the index alone (by year, an equality a prepared
+    -- statement's generic plan estimates from the index's statistics), joined to team members' itineraries
     DROP INDEX IF EXISTS {s}.itinerary_legs_departs;
-    CREATE INDEX IF NOT EXISTS itinerary_legs_year ON {s}.itinerary_legs (departs_on)
-        INCLUDE (booking_id, version, statute_miles);
+    CREATE INDEX IF NOT EXISTS itinerary_legs_year ON {s}.itinerary_legs ((extract(year FROM departs_on)::integer))
+        INCLUDE (departs_on, booking_id, version, statute_miles);
     CREATE INDEX IF NOT EXISTS itineraries_team ON {s}.itineraries (booking_id, version)
         WHERE traveller_kind = 'team_member';
     CREATE TABLE IF NOT EXISTS {s}.bookings_cancelled (

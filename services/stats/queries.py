@@ -165,7 +165,7 @@ class StatsQueries:
             (SELECT coalesce(sum(l.statute_miles), 0)
              FROM {s}.itinerary_legs l JOIN {s}.itineraries i USING (booking_id, version)
              WHERE i.traveller_kind = 'team_member'
-               AND l.departs_on BETWEEN make_date($1, 1, 1) AND make_date($1, 12, 31)
+               AND extract(year FROM l.departs_on)::integer = $1
                AND NOT EXISTS (SELECT 1 FROM {s}.itineraries later
                                WHERE later.booking_id = l.booking_id AND later.version > l.version)
                AND NOT EXISTS (SELECT 1 FROM {s}.bookings_cancelled x WHERE x.booking_id = l.booking_id)
@@ -190,9 +190,6 @@ class StatsQueries:
         s = self.s
         y = YearAtAGlance(year)
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            # planned for the year asked: the generic plan of a prepared statement (asyncpg's, reused after a
-            # few calls) cannot estimate the rows of a date range from a parameter and picks nested loops
-            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
             one = await conn.fetchrow(self._scalars(), year)
             y.new_requests = one["new_requests"]
             y.expert_pool, y.expert_pool_previous = int(one["pool_now"]), int(one["pool_before"])
