@@ -184,62 +184,64 @@ class StatsQueries:
 
     # --- the queries ---
 
-    async def year_at_a_glance(self, year: int) -> YearAtAGlance:
-        """Four statements in one read-only snapshot: the single figures, the held activities (one scan for
-        the regions, partners and participants), the experts deployed and the satisfaction answers."""
+    def _year(self) -> str:
+        """The whole year in one statement (one snapshot, one round trip): the single figures, then the lists
+        as arrays. The held activities grouped by (region, partner), one scan for the regions, the partners
+        and the participants; the experts deployed grouped by gender and background; the satisfaction."""
         s = self.s
-        y = YearAtAGlance(year)
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            one = await conn.fetchrow(self._scalars(), year)
-            y.new_requests = one["new_requests"]
-            y.expert_pool, y.expert_pool_previous = int(one["pool_now"]), int(one["pool_before"])
-            y.team_statute_miles, y.team_members = Decimal(one["team_miles"]), one["team_members"]
-            y.footprint_kg_co2e = Decimal(one["footprint"])
-            y.vers_purchased, y.vers_retired = one["vers_purchased"], one["vers_retired"]
-            # one row per (region, partner): the regions' counts, the partners and the participants from it
-            held = await conn.fetch(
-                f"""SELECT region, partner, count(*) AS n, sum(male) AS male, sum(female) AS female,
+        return f"""SELECT * FROM ({self._scalars()}) one,
+            (SELECT array_agg(region) AS held_region, array_agg(partner) AS held_partner, array_agg(n) AS held_n,
+                array_agg(male) AS held_male, array_agg(female) AS held_female, array_agg(other) AS held_other
+             FROM (SELECT region, partner, count(*) AS n, sum(male) AS male, sum(female) AS female,
                     sum(other) AS other
-                FROM ({self._held()}) h GROUP BY region, partner""",
-                year,
-            )
-            by_region: dict[str, int] = defaultdict(int)
-            gender_counts = dict.fromkeys(PARTICIPANT_GENDERS, 0)
-            for h in held:
-                by_region[h["region"]] += h["n"]
-                for g in PARTICIPANT_GENDERS:
-                    gender_counts[g] += int(h[g])
-            y.activities_by_region = {r: by_region.get(r, 0) for r in regions_in_order(by_region)}
-            y.activities = sum(by_region.values())
-            y.countries_benefitted = len({h["partner"] for h in held})
-            y.participants = sum(gender_counts.values())
-            y.participants_by_gender = shares(gender_counts, PARTICIPANT_GENDERS)
-            experts = await conn.fetch(
-                f"""SELECT gender, background, count(*) AS n FROM (
+                   FROM ({self._held()}) h GROUP BY region, partner) g) held,
+            (SELECT array_agg(gender) AS ex_gender, array_agg(background) AS ex_background, array_agg(n) AS ex_n
+             FROM (SELECT gender, background, count(*) AS n FROM (
                     SELECT DISTINCT d.expert_id, coalesce(nullif(e.gender, ''), 'unknown') AS gender,
                         coalesce(nullif(e.background, ''), 'unknown') AS background
                     FROM ({self._deployed()}) d LEFT JOIN {s}.experts e USING (expert_id)) x
-                GROUP BY gender, background""",
-                year,
+                   GROUP BY gender, background) g) ex,
+            (SELECT array_agg(question ORDER BY question) AS sat_question,
+                array_agg(agreeing ORDER BY question) AS sat_agreeing,
+                array_agg(answers ORDER BY question) AS sat_answers
+             FROM (SELECT question, count(*) FILTER (WHERE score >= 4) AS agreeing, count(*) AS answers
+                   FROM {s}.evaluation_answers
+                   WHERE submitted_on BETWEEN make_date($1, 1, 1) AND make_date($1, 12, 31)
+                   GROUP BY question) q) sat"""
+
+    async def year_at_a_glance(self, year: int) -> YearAtAGlance:
+        y = YearAtAGlance(year)
+        async with self.pool.acquire() as conn:
+            one = await conn.fetchrow(self._year(), year)
+        y.new_requests = one["new_requests"]
+        y.expert_pool, y.expert_pool_previous = int(one["pool_now"]), int(one["pool_before"])
+        y.team_statute_miles, y.team_members = Decimal(one["team_miles"]), one["team_members"]
+        y.footprint_kg_co2e = Decimal(one["footprint"])
+        y.vers_purchased, y.vers_retired = one["vers_purchased"], one["vers_retired"]
+        by_region: dict[str, int] = defaultdict(int)
+        for region, n in zip(one["held_region"] or [], one["held_n"] or [], strict=True):
+            by_region[region] += n
+        gender_counts = {g: sum(one[f"held_{g}"] or []) for g in PARTICIPANT_GENDERS}
+        y.activities_by_region = {r: by_region.get(r, 0) for r in regions_in_order(by_region)}
+        y.activities = sum(by_region.values())
+        y.countries_benefitted = len(set(one["held_partner"] or []))
+        y.participants = sum(gender_counts.values())
+        y.participants_by_gender = shares(gender_counts, PARTICIPANT_GENDERS)
+        genders: dict[str, int] = defaultdict(int)
+        backgrounds: dict[str, int] = defaultdict(int)
+        experts = zip(one["ex_gender"] or [], one["ex_background"] or [], one["ex_n"] or [], strict=True)
+        for gender, background, n in experts:
+            genders[gender] += n
+            backgrounds[background] += n
+        y.experts_deployed = sum(genders.values())
+        y.experts_by_gender = shares(dict(genders), reference.genders())
+        y.experts_by_background = shares(dict(backgrounds), tuple(reference.expert_backgrounds()))
+        y.satisfaction = [
+            Satisfaction(q, agreeing, answers)
+            for q, agreeing, answers in zip(
+                one["sat_question"] or [], one["sat_agreeing"] or [], one["sat_answers"] or [], strict=True
             )
-            y.experts_deployed = sum(e["n"] for e in experts)
-            genders: dict[str, int] = defaultdict(int)
-            backgrounds: dict[str, int] = defaultdict(int)
-            for e in experts:
-                genders[e["gender"]] += e["n"]
-                backgrounds[e["background"]] += e["n"]
-            y.experts_by_gender = shares(dict(genders), reference.genders())
-            y.experts_by_background = shares(dict(backgrounds), tuple(reference.expert_backgrounds()))
-            y.satisfaction = [
-                Satisfaction(r["question"], r["agreeing"], r["answers"])
-                for r in await conn.fetch(
-                    f"""SELECT question, count(*) FILTER (WHERE score >= 4) AS agreeing, count(*) AS answers
-                    FROM {s}.evaluation_answers
-                    WHERE submitted_on BETWEEN make_date($1, 1, 1) AND make_date($1, 12, 31)
-                    GROUP BY question ORDER BY question""",
-                    year,
-                )
-            ]
+        ]
         return y
 
     async def region_report(self, year: int) -> tuple[list[RegionRow], list[RegionRow]]:
