@@ -25,6 +25,7 @@ import yaml
 
 from services.kernel import reference
 from services.kernel.db import init_connection
+from services.stats.expert_pool import pool_changes
 
 SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "2017.yaml"
 YEARS = tuple(range(2009, 2018))
@@ -300,10 +301,17 @@ def stats_rows(counts: dict[str, int], seed: int = 2017) -> dict[str, list[tuple
                 region, g.rng.randint(3, 20), g.rng.randint(3, 20), 0)  # fmt: skip
         elif fate < 0.9:
             add("activities_cancelled", ident("act", i), action, on)
+    pool: dict[date, int] = {}
     for i in range(counts["experts"]):
         on = g.day()
-        add("experts", ident("exp", i), 1, g.rng.choice(("female", "male")), g.rng.choice(backgrounds), on,
-            g.maybe(0.08, on + timedelta(days=900)))  # fmt: skip
+        gender, background = g.rng.choice(("female", "male")), g.rng.choice(backgrounds)
+        gone = g.maybe(0.08, on + timedelta(days=900))
+        add("experts", ident("exp", i), 1, gender, background, on, gone)
+        for day, n in pool_changes(on, gone).items():  # what the projection keeps beside each expert's row
+            pool[day] = pool.get(day, 0) + n
+    for day, n in sorted(pool.items()):
+        if n:
+            add("expert_pool_days", day, n)
     questions = ("approach_beneficial", "skills_enhanced", "difference_in_work", "well_organised")
     for i in range(counts["deployments"]):
         on = g.day()

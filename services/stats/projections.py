@@ -44,6 +44,7 @@ from services.logistics.events import (
 )
 from services.requests.events import RequestReceived
 from services.stats.base import SCHEMA, StatsProjection
+from services.stats.expert_pool import POOL_DDL, pool_moved
 from services.stats.results_facts import ResultsFacts
 
 # --- requests ---------------------------------------------------------------------------------------
@@ -108,7 +109,10 @@ class StatsActions(StatsProjection):
         female        integer NOT NULL,
         other         integer NOT NULL
     );
-    CREATE INDEX IF NOT EXISTS activities_held_starts ON {s}.activities_held (starts_on);
+    -- the year's held activities from the index alone (queries.py), as the deployments and answers below
+    DROP INDEX IF EXISTS {s}.activities_held_starts;
+    CREATE INDEX IF NOT EXISTS activities_held_year ON {s}.activities_held (starts_on)
+        INCLUDE (activity_id, action_code, region, partner, male, female, other);
     CREATE TABLE IF NOT EXISTS {s}.activities_cancelled (
         activity_id  text PRIMARY KEY,
         action_code  text NOT NULL,
@@ -167,8 +171,9 @@ class StatsActions(StatsProjection):
 class StatsExperts(StatsProjection):
     base_name = "stats_experts"
     topics = (topic_for("experts"),)
-    table_names = ("experts", "deployments", "deployments_cancelled", "evaluation_answers")
-    ddl = """
+    table_names = ("experts", "deployments", "deployments_cancelled", "evaluation_answers", "expert_pool_days")
+    ddl = (
+        """
     CREATE TABLE IF NOT EXISTS {s}.experts (
         expert_id       text PRIMARY KEY,
         profile_version integer NOT NULL,
@@ -185,7 +190,9 @@ class StatsExperts(StatsProjection):
         starts_on     date NOT NULL,
         ends_on       date NOT NULL
     );
-    CREATE INDEX IF NOT EXISTS deployments_starts ON {s}.deployments (starts_on);
+    DROP INDEX IF EXISTS {s}.deployments_starts;
+    CREATE INDEX IF NOT EXISTS deployments_year ON {s}.deployments (starts_on)
+        INCLUDE (deployment_id, expert_id, action_code, activity_id);
     CREATE TABLE IF NOT EXISTS {s}.deployments_cancelled (
         deployment_id text PRIMARY KEY,
         cancelled_on  date NOT NULL
@@ -198,8 +205,18 @@ class StatsExperts(StatsProjection):
         submitted_on  date NOT NULL,
         PRIMARY KEY (evaluation_id, question)
     );
-    CREATE INDEX IF NOT EXISTS evaluation_answers_submitted ON {s}.evaluation_answers (submitted_on);
+    DROP INDEX IF EXISTS {s}.evaluation_answers_submitted;
+    CREATE INDEX IF NOT EXISTS evaluation_answers_year ON {s}.evaluation_answers (submitted_on)
+        INCLUDE (question, score);
     """
+        + POOL_DDL
+    )
+
+    async def _pool_dates(self, conn: asyncpg.Connection, expert_id: str) -> asyncpg.Record | None:
+        """The dates the expert pool follows (expert_pool.py), before an event moves them."""
+        return await conn.fetchrow(
+            f"SELECT registered_on, deactivated_on FROM {self.t('experts')} WHERE expert_id = $1", expert_id
+        )
 
     async def _profile(
         self, conn: asyncpg.Connection, expert_id: str, version: int, gender: str, background: str
@@ -220,23 +237,29 @@ class StatsExperts(StatsProjection):
     async def apply(self, conn: asyncpg.Connection, env: Envelope, event: Event) -> None:
         match event:
             case ExpertRegistered():
+                before = await self._pool_dates(conn, event.expert_id)
                 await self._profile(conn, event.expert_id, env.stream_version, event.gender, event.background)
-                await conn.execute(
-                    f"UPDATE {self.t('experts')} SET registered_on = $2 WHERE expert_id = $1",
+                after = await conn.fetchrow(
+                    f"UPDATE {self.t('experts')} SET registered_on = $2 WHERE expert_id = $1 "
+                    "RETURNING registered_on, deactivated_on",
                     event.expert_id,
                     event.registered_on,
                 )
+                await pool_moved(conn, self.t("expert_pool_days"), before, after)
             case ExpertProfileUpdated():
                 await self._profile(conn, event.expert_id, env.stream_version, event.gender, event.background)
             case ExpertDeactivated():
                 # no profile known yet: a placeholder of version 0 that any profile replaces
-                await conn.execute(
+                before = await self._pool_dates(conn, event.expert_id)
+                after = await conn.fetchrow(
                     f"""INSERT INTO {self.t("experts")} (expert_id, profile_version, gender, background,
                         deactivated_on) VALUES ($1, 0, '', '', $2)
-                    ON CONFLICT (expert_id) DO UPDATE SET deactivated_on = EXCLUDED.deactivated_on""",
+                    ON CONFLICT (expert_id) DO UPDATE SET deactivated_on = EXCLUDED.deactivated_on
+                    RETURNING registered_on, deactivated_on""",
                     event.expert_id,
                     event.deactivated_on,
                 )
+                await pool_moved(conn, self.t("expert_pool_days"), before, after)
             case ExpertDeployed():
                 await conn.execute(
                     f"INSERT INTO {self.t('deployments')} VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
@@ -303,7 +326,13 @@ class StatsLogistics(StatsProjection):
         statute_miles  numeric(14, 3) NOT NULL,
         PRIMARY KEY (booking_id, version, leg)
     );
-    CREATE INDEX IF NOT EXISTS itinerary_legs_departs ON {s}.itinerary_legs (departs_on);
+    -- the team's miles of a year: the year's legs from the index alone (by year, an equality a prepared
+    -- statement's generic plan estimates from the index's statistics), joined to team members' itineraries
+    DROP INDEX IF EXISTS {s}.itinerary_legs_departs;
+    CREATE INDEX IF NOT EXISTS itinerary_legs_year ON {s}.itinerary_legs ((extract(year FROM departs_on)::integer))
+        INCLUDE (departs_on, booking_id, version, statute_miles);
+    CREATE INDEX IF NOT EXISTS itineraries_team ON {s}.itineraries (booking_id, version)
+        WHERE traveller_kind = 'team_member';
     CREATE TABLE IF NOT EXISTS {s}.bookings_cancelled (
         booking_id   text PRIMARY KEY,
         cancelled_on date NOT NULL

@@ -1,7 +1,8 @@
 """The figures of DESIGN.md section 6, computed at query time from the stats facts (projections.py).
 
-Nothing here is stored between queries: each figure is one SQL statement over the facts, so the order
-events arrived in (or a rebuild's order) cannot change it.
+Nothing here is stored between queries: each figure is SQL over the facts (the expert pool over its changes
+by day, which the projection keeps as a function of the experts' rows: expert_pool.py), so the order events
+arrived in (or a rebuild's order) cannot change it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
-import asyncpg
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.kernel import reference
@@ -149,112 +149,99 @@ class StatsQueries:
               AND NOT EXISTS (SELECT 1 FROM {s}.deployments_cancelled c WHERE c.deployment_id = d.deployment_id)
               AND NOT EXISTS (SELECT 1 FROM {s}.activities_cancelled c WHERE c.activity_id = d.activity_id)"""
 
-    async def expert_pool(self, conn: asyncpg.Connection, year: int) -> tuple[int, int]:
-        """Experts registered and not deactivated at the end of the year, and at the end of the year before
-        (one read of the experts for both)."""
-        row = await conn.fetchrow(
-            f"""SELECT
-              count(*) FILTER (WHERE deactivated_on IS NULL OR deactivated_on > make_date($1, 12, 31)) AS now,
-              count(*) FILTER (WHERE registered_on <= make_date($1 - 1, 12, 31)
-                AND (deactivated_on IS NULL OR deactivated_on > make_date($1 - 1, 12, 31))) AS before
-            FROM {self.s}.experts WHERE registered_on <= make_date($1, 12, 31)""",
-            year,
-        )
-        return row["now"], row["before"]
-
-    async def team_air_miles(self, conn: asyncpg.Connection, year: int) -> tuple[Decimal, int]:
-        """Statute miles of the flights of team members departing in the year (the latest itinerary of
-        each booking not cancelled), and the team members on the team at any time in the year. From the
-        legs departing in the year (an index on departs_on), each kept if no later version of its booking's
-        itinerary exists, so the cost follows the year's legs, not every itinerary ever booked."""
+    def _scalars(self) -> str:
+        """The year's single figures in one statement: each a subquery through an index on its year or date.
+        The expert pool at the end of the year and of the year before sums the pool's changes by day
+        (expert_pool.py), not every expert. The team's air miles: the legs departing in the year, each kept
+        if its itinerary is a team member's, no later version of its booking's itinerary exists and the
+        booking was not cancelled. The team members: a stint starts at a join and ends at the first leave on
+        or after it; on the team in the year if it started by the year's end and did not end before the year
+        began."""
         s = self.s
-        miles = await conn.fetchval(
-            f"""SELECT coalesce(sum(l.statute_miles), 0)
-            FROM {s}.itinerary_legs l JOIN {s}.itineraries i USING (booking_id, version)
-            WHERE i.traveller_kind = 'team_member'
-              AND l.departs_on BETWEEN make_date($1, 1, 1) AND make_date($1, 12, 31)
-              AND NOT EXISTS (SELECT 1 FROM {s}.itineraries later
-                              WHERE later.booking_id = l.booking_id AND later.version > l.version)
-              AND NOT EXISTS (SELECT 1 FROM {s}.bookings_cancelled x WHERE x.booking_id = l.booking_id)""",
-            year,
-        )
-        # a stint starts at a join and ends at the first leave on or after it: on the team in the year
-        # if it started by the year's end and did not end before the year began
-        members = await conn.fetchval(
-            f"""SELECT count(DISTINCT j.member_id) FROM {s}.team_joins j
-            WHERE j.joined_on <= make_date($1, 12, 31)
-              AND NOT EXISTS (SELECT 1 FROM {s}.team_leaves l WHERE l.member_id = j.member_id
-                              AND l.left_on >= j.joined_on AND l.left_on < make_date($1, 1, 1))""",
-            year,
-        )
-        return Decimal(miles), members
+        return f"""SELECT
+            (SELECT count(*) FROM {s}.requests
+             WHERE received_on BETWEEN make_date($1, 1, 1) AND make_date($1, 12, 31)) AS new_requests,
+            pool.now AS pool_now, pool.before AS pool_before,
+            (SELECT coalesce(sum(l.statute_miles), 0)
+             FROM {s}.itinerary_legs l JOIN {s}.itineraries i USING (booking_id, version)
+             WHERE i.traveller_kind = 'team_member'
+               AND extract(year FROM l.departs_on)::integer = $1
+               AND NOT EXISTS (SELECT 1 FROM {s}.itineraries later
+                               WHERE later.booking_id = l.booking_id AND later.version > l.version)
+               AND NOT EXISTS (SELECT 1 FROM {s}.bookings_cancelled x WHERE x.booking_id = l.booking_id)
+            ) AS team_miles,
+            (SELECT count(DISTINCT j.member_id) FROM {s}.team_joins j
+             WHERE j.joined_on <= make_date($1, 12, 31)
+               AND NOT EXISTS (SELECT 1 FROM {s}.team_leaves l WHERE l.member_id = j.member_id
+                               AND l.left_on >= j.joined_on AND l.left_on < make_date($1, 1, 1))) AS team_members,
+            (SELECT coalesce(sum(sign * kg_co2e), 0) FROM {s}.emission_legs WHERE departure_year = $1) AS footprint,
+            (SELECT coalesce(sum(quantity), 0) FROM {s}.offsets_purchased
+             WHERE purchased_on BETWEEN make_date($1, 1, 1) AND make_date($1, 12, 31)) AS vers_purchased,
+            (SELECT coalesce(sum(quantity), 0) FROM {s}.offsets_retired WHERE against_year = $1) AS vers_retired
+        FROM (SELECT coalesce(sum(change), 0) AS now,
+                coalesce(sum(change) FILTER (WHERE day <= make_date($1 - 1, 12, 31)), 0) AS before
+              FROM {s}.expert_pool_days WHERE day <= make_date($1, 12, 31)) pool"""
 
     # --- the queries ---
 
-    async def year_at_a_glance(self, year: int) -> YearAtAGlance:
+    def _year(self) -> str:
+        """The whole year in one statement (one snapshot, one round trip): the single figures, then the lists
+        as arrays. The held activities grouped by (region, partner), one scan for the regions, the partners
+        and the participants; the experts deployed grouped by gender and background; the satisfaction."""
         s = self.s
+        return f"""SELECT * FROM ({self._scalars()}) one,
+            (SELECT array_agg(region) AS held_region, array_agg(partner) AS held_partner, array_agg(n) AS held_n,
+                array_agg(male) AS held_male, array_agg(female) AS held_female, array_agg(other) AS held_other
+             FROM (SELECT region, partner, count(*) AS n, sum(male) AS male, sum(female) AS female,
+                    sum(other) AS other
+                   FROM ({self._held()}) h GROUP BY region, partner) g) held,
+            (SELECT array_agg(gender) AS ex_gender, array_agg(background) AS ex_background, array_agg(n) AS ex_n
+             FROM (SELECT gender, background, count(*) AS n FROM (
+                    SELECT DISTINCT d.expert_id, coalesce(nullif(e.gender, ''), 'unknown') AS gender,
+                        coalesce(nullif(e.background, ''), 'unknown') AS background
+                    FROM ({self._deployed()}) d LEFT JOIN {s}.experts e USING (expert_id)) x
+                   GROUP BY gender, background) g) ex,
+            (SELECT array_agg(question ORDER BY question) AS sat_question,
+                array_agg(agreeing ORDER BY question) AS sat_agreeing,
+                array_agg(answers ORDER BY question) AS sat_answers
+             FROM (SELECT question, count(*) FILTER (WHERE score >= 4) AS agreeing, count(*) AS answers
+                   FROM {s}.evaluation_answers
+                   WHERE submitted_on BETWEEN make_date($1, 1, 1) AND make_date($1, 12, 31)
+                   GROUP BY question) q) sat"""
+
+    async def year_at_a_glance(self, year: int) -> YearAtAGlance:
         y = YearAtAGlance(year)
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            y.new_requests = await conn.fetchval(
-                f"SELECT count(*) FROM {s}.requests "
-                "WHERE received_on BETWEEN make_date($1, 1, 1) AND make_date($1, 12, 31)",
-                year,
+        async with self.pool.acquire() as conn:
+            one = await conn.fetchrow(self._year(), year)
+        y.new_requests = one["new_requests"]
+        y.expert_pool, y.expert_pool_previous = int(one["pool_now"]), int(one["pool_before"])
+        y.team_statute_miles, y.team_members = Decimal(one["team_miles"]), one["team_members"]
+        y.footprint_kg_co2e = Decimal(one["footprint"])
+        y.vers_purchased, y.vers_retired = one["vers_purchased"], one["vers_retired"]
+        by_region: dict[str, int] = defaultdict(int)
+        for region, n in zip(one["held_region"] or [], one["held_n"] or [], strict=True):
+            by_region[region] += n
+        gender_counts = {g: sum(one[f"held_{g}"] or []) for g in PARTICIPANT_GENDERS}
+        y.activities_by_region = {r: by_region.get(r, 0) for r in regions_in_order(by_region)}
+        y.activities = sum(by_region.values())
+        y.countries_benefitted = len(set(one["held_partner"] or []))
+        y.participants = sum(gender_counts.values())
+        y.participants_by_gender = shares(gender_counts, PARTICIPANT_GENDERS)
+        genders: dict[str, int] = defaultdict(int)
+        backgrounds: dict[str, int] = defaultdict(int)
+        experts = zip(one["ex_gender"] or [], one["ex_background"] or [], one["ex_n"] or [], strict=True)
+        for gender, background, n in experts:
+            genders[gender] += n
+            backgrounds[background] += n
+        y.experts_deployed = sum(genders.values())
+        y.experts_by_gender = shares(dict(genders), reference.genders())
+        y.experts_by_background = shares(dict(backgrounds), tuple(reference.expert_backgrounds()))
+        y.satisfaction = [
+            Satisfaction(q, agreeing, answers)
+            for q, agreeing, answers in zip(
+                one["sat_question"] or [], one["sat_agreeing"] or [], one["sat_answers"] or [], strict=True
             )
-            by_region = {
-                r["region"]: r["n"]
-                for r in await conn.fetch(f"SELECT region, count(*) AS n FROM ({self._held()}) h GROUP BY 1", year)
-            }
-            y.activities_by_region = {r: by_region.get(r, 0) for r in regions_in_order(by_region)}
-            y.activities = sum(by_region.values())
-            held = await conn.fetchrow(
-                f"""SELECT count(DISTINCT partner) AS partners, coalesce(sum(male), 0) AS male,
-                    coalesce(sum(female), 0) AS female, coalesce(sum(other), 0) AS other
-                FROM ({self._held()}) h""",
-                year,
-            )
-            y.countries_benefitted = held["partners"]
-            gender_counts = {g: int(held[g]) for g in PARTICIPANT_GENDERS}
-            y.participants = sum(gender_counts.values())
-            y.participants_by_gender = shares(gender_counts, PARTICIPANT_GENDERS)
-            experts = await conn.fetch(
-                f"""SELECT DISTINCT d.expert_id, coalesce(nullif(e.gender, ''), 'unknown') AS gender,
-                    coalesce(nullif(e.background, ''), 'unknown') AS background
-                FROM ({self._deployed()}) d LEFT JOIN {s}.experts e USING (expert_id)""",
-                year,
-            )
-            y.experts_deployed = len(experts)
-            genders: dict[str, int] = defaultdict(int)
-            backgrounds: dict[str, int] = defaultdict(int)
-            for e in experts:
-                genders[e["gender"]] += 1
-                backgrounds[e["background"]] += 1
-            y.experts_by_gender = shares(dict(genders), reference.genders())
-            y.experts_by_background = shares(dict(backgrounds), tuple(reference.expert_backgrounds()))
-            y.expert_pool, y.expert_pool_previous = await self.expert_pool(conn, year)
-            y.team_statute_miles, y.team_members = await self.team_air_miles(conn, year)
-            y.footprint_kg_co2e = Decimal(
-                await conn.fetchval(
-                    f"SELECT coalesce(sum(sign * kg_co2e), 0) FROM {s}.emission_legs WHERE departure_year = $1", year
-                )
-            )
-            y.vers_purchased = await conn.fetchval(
-                f"SELECT coalesce(sum(quantity), 0) FROM {s}.offsets_purchased "
-                "WHERE purchased_on BETWEEN make_date($1, 1, 1) AND make_date($1, 12, 31)",
-                year,
-            )
-            y.vers_retired = await conn.fetchval(
-                f"SELECT coalesce(sum(quantity), 0) FROM {s}.offsets_retired WHERE against_year = $1", year
-            )
-            y.satisfaction = [
-                Satisfaction(r["question"], r["agreeing"], r["answers"])
-                for r in await conn.fetch(
-                    f"""SELECT question, count(*) FILTER (WHERE score >= 4) AS agreeing, count(*) AS answers
-                    FROM {s}.evaluation_answers
-                    WHERE submitted_on BETWEEN make_date($1, 1, 1) AND make_date($1, 12, 31)
-                    GROUP BY question ORDER BY question""",
-                    year,
-                )
-            ]
+        ]
         return y
 
     async def region_report(self, year: int) -> tuple[list[RegionRow], list[RegionRow]]:
