@@ -9,6 +9,7 @@ never repeats or skips a row when rows are added or changed between pages.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
 import asyncpg
 
@@ -101,10 +102,12 @@ class ActionsQueries:
             if value:
                 args.append(value)
                 where.append(f"t.{column} = ${len(args)}")
-        if f.year:
+        if f.year and not date.min.year <= f.year <= date.max.year:
+            where.append("false")  # no activity can start in a year no date has
+        elif f.year:
             # a range on starts_on, which its index serves (extract(year FROM ...) no index does)
-            args.append(f.year)
-            where.append(f"t.starts_on BETWEEN make_date(${len(args)}, 1, 1) AND make_date(${len(args)}, 12, 31)")
+            args.extend((date(f.year, 1, 1), date(f.year, 12, 31)))
+            where.append(f"t.starts_on BETWEEN ${len(args) - 1} AND ${len(args)}")
         after = key_after(f.page_token, int, int, int, str)
         if after:
             args.extend(after)
