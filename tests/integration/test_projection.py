@@ -147,7 +147,9 @@ async def test_poison_messages_are_parked_and_dead_lettered_and_the_other_stream
     assert runner.dead == 4
 
     async with pool.acquire() as conn:
-        ids = await parked_ops.request(conn, "drop", "tester", parked_id=head["id"], why="a version nobody reads")
+        ids = await parked_ops.request(
+            conn, "drop", "tester", parked_id=head["id"], group=runner.group, why="a version nobody reads"
+        )
         done = await parked_ops.wait_done(conn, ids, 30)
     assert done[0]["outcome"] == "dropped 1, applied 1"
     assert await counts(pool, schema) == {"a": (2, 12), "b": (1, 3)}

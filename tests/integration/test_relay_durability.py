@@ -287,7 +287,7 @@ async def _layout(settings: Settings) -> dict[str, int]:
 async def test_replay_onto_an_empty_broker_creates_the_catalogue_before_publishing(
     stack, store: EventStore, monkeypatch
 ) -> None:
-    from services.ops import cli
+    from services.ops import projections_cli
 
     settings = Settings()
     for v in range(3):
@@ -305,7 +305,10 @@ async def test_replay_onto_an_empty_broker_creates_the_catalogue_before_publishi
 
     monkeypatch.setattr(relay_module, "publish", recording_publish)
     args = argparse.Namespace(service=store.service, from_position=1)
-    assert await asyncio.to_thread(cli.cmd_replay, args) == 0  # `mieux replay <service>`: its own event loop
+    # `mieux replay <service>`: its own event loop
+    assert (
+        await asyncio.to_thread(projections_cli.cmd_replay, args) == 0
+    )  # `mieux replay <service>`: its own event loop
 
     groups = catalog.consumer_groups()
     expected = {

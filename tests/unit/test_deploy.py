@@ -396,7 +396,10 @@ def test_compose_env_is_what_the_settings_read(dot_env: dict[str, str], made: Pa
         assert env["MIEUX_KAFKA_USERNAME"] == f"mieux-{name}"
         assert scram[env["MIEUX_KAFKA_USERNAME"]] == env["MIEUX_KAFKA_PASSWORD"]
         # each service presents a token of its own, which authenticates as that service
-        registry = Settings.model_validate({"MIEUX_AUTH_TOKENS": json.loads(env["MIEUX_AUTH_TOKENS"])}).tokens()
+        # the .env's registry alone (not a dev stack's registry file the session may have running)
+        registry = Settings.model_validate(
+            {"MIEUX_AUTH_TOKENS": json.loads(env["MIEUX_AUTH_TOKENS"]), "MIEUX_AUTH_TOKENS_FILE": None}
+        ).tokens()
         principal = registry.authenticate(env["MIEUX_TOKEN"])
         assert (
             principal is not None
@@ -680,7 +683,10 @@ def test_make_secrets_tokens_authenticate_as_their_principals(tmp_path: Path) ->
     assert set(ms.SERVICES) == set(SERVICE_PORTS)
     assert ms.main(["--out", str(tmp_path)]) == 0
     env = dotenv(tmp_path / ".env")
-    registry = Settings.model_validate({"MIEUX_AUTH_TOKENS": json.loads(env["MIEUX_AUTH_TOKENS"])}).tokens()
+    # the .env's registry alone (not a dev stack's registry file the session may have running)
+    registry = Settings.model_validate(
+        {"MIEUX_AUTH_TOKENS": json.loads(env["MIEUX_AUTH_TOKENS"]), "MIEUX_AUTH_TOKENS_FILE": None}
+    ).tokens()
     calls = catalog.calls()
     for svc in SERVICE_PORTS:  # each service: its own principal, allowed only the calls of its flows
         p = registry.authenticate(env[f"MIEUX_TOKEN_{svc.upper()}"])
@@ -715,7 +721,10 @@ def test_make_secrets_adds_what_an_older_env_lacks_and_keeps_the_rest(tmp_path: 
     assert ms.main(["--out", str(tmp_path)]) == 0
     env = dotenv(tmp_path / ".env")
     assert env["POSTGRES_PASSWORD"] == "kept" and env["MIEUX_TOKEN_OPS"] == tokens["ops"]
-    registry = Settings.model_validate({"MIEUX_AUTH_TOKENS": json.loads(env["MIEUX_AUTH_TOKENS"])}).tokens()
+    # the .env's registry alone (not a dev stack's registry file the session may have running)
+    registry = Settings.model_validate(
+        {"MIEUX_AUTH_TOKENS": json.loads(env["MIEUX_AUTH_TOKENS"]), "MIEUX_AUTH_TOKENS_FILE": None}
+    ).tokens()
     assert {n: getattr(registry.authenticate(t), "name", None) for n, t in tokens.items()} == {n: n for n in tokens}
     assert {f"PG_PASSWORD_{r.upper()}" for r in [*SERVICE_PORTS, "ops"]} <= set(env)
     assert {f"KAFKA_PASSWORD_{u.upper()}" for u in [*SERVICE_PORTS, "ops", "admin"]} <= set(env)
