@@ -73,7 +73,7 @@ async def experts(pool: Pool, schema: str) -> AsyncIterator[StatsExperts]:
     finally:
         async with pool.acquire() as conn:
             await conn.execute(f"DROP SCHEMA IF EXISTS {projection.schema} CASCADE")
-            await conn.execute("DELETE FROM projections.tracking WHERE projection = $1", projection.name)
+            await conn.execute(f"DELETE FROM {projection.kernel.tracking} WHERE projection = $1", projection.name)
 
 
 async def feed(pool: Pool, projection: StatsExperts, envelopes: list[Envelope]) -> None:
@@ -127,7 +127,7 @@ async def test_the_pool_is_the_count_of_the_experts_in_any_order(
         finally:
             async with pool.acquire() as conn:
                 await conn.execute(f"DROP SCHEMA {other.schema} CASCADE")
-                await conn.execute("DELETE FROM projections.tracking WHERE projection = $1", other.name)
+                await conn.execute(f"DELETE FROM {other.kernel.tracking} WHERE projection = $1", other.name)
 
 
 async def test_a_rebuild_and_a_new_table_give_the_same_pool(pool: Pool, experts: StatsExperts) -> None:
