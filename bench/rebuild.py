@@ -44,6 +44,7 @@ from services.kernel import eventlog
 from services.kernel.db import create_pool
 from services.kernel.eventlog import read_all_source
 from services.kernel.grpckit import READERS, Access, GrpcServer, run_until_signalled
+from services.kernel.importing import COLUMNS as EVENT_COLUMNS
 from services.kernel.projection import rebuild
 from services.kernel.settings import Settings
 from services.kernel.store import EventStore
@@ -55,20 +56,7 @@ DECIDED_AFTER = 3000  # and decided this many after
 COPY_CHUNK = 50_000
 RAW_PAGE = 2000
 START_LIMIT_S = 60.0
-COLUMNS = (
-    "position",
-    "event_id",
-    "stream_id",
-    "stream_version",
-    "event_type",
-    "schema_version",
-    "data",
-    "occurred_at",
-    "recorded_at",
-    "correlation_id",
-    "causation_id",
-    "actor",
-)
+COLUMNS = EVENT_COLUMNS[: EVENT_COLUMNS.index("command_id")]  # the events' columns, without a command's
 RAW_SQL = """
 CREATE SCHEMA IF NOT EXISTS bench_raw;
 CREATE TABLE bench_raw.requests (LIKE requests_views.requests INCLUDING ALL);

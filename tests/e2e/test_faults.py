@@ -133,10 +133,11 @@ class Home:
         return r
 
 
-@pytest.fixture
-def home(request: pytest.FixtureRequest) -> Iterator[Home]:
-    """The test's temp home; every stack and service started in it is stopped, whatever happens."""
-    path = Path(tempfile.mkdtemp(prefix="mieux-faults-"))
+@contextlib.contextmanager
+def kept_on_failure(request: pytest.FixtureRequest, kind: str) -> Iterator[Home]:
+    """A test's temp home; every stack and service started in it is stopped, whatever happens. Kept when the
+    test failed (or MIEUX_FAULTS_KEEP=1), else removed."""
+    path = Path(tempfile.mkdtemp(prefix=f"mieux-{kind}-"))
     path.chmod(0o755)  # PostgreSQL may run as its own user (when the tests run as root)
     h = Home(path)
     failed_before = request.session.testsfailed
@@ -149,9 +150,15 @@ def home(request: pytest.FixtureRequest) -> Iterator[Home]:
             except Exception as e:  # the next run's stop still runs
                 print(f"stopping {r.home}: {e!r}")
         if request.session.testsfailed > failed_before or os.environ.get("MIEUX_FAULTS_KEEP") == "1":
-            print(f"\nfault test home kept in {path}")
+            print(f"\n{kind} test home kept in {path}")
         else:
             shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def home(request: pytest.FixtureRequest) -> Iterator[Home]:
+    with kept_on_failure(request, "faults") as h:
+        yield h
 
 
 def use(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,9 +35,6 @@ import asyncio
 import contextlib
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,7 +46,7 @@ import pytest
 import yaml
 from faultkit import caught_up, dead_letters, diff, event_counts, health, needs_rebuild, parked, until
 from replicakit import ReplicaFleet, ReplicaRun, topics_hold_the_stores
-from test_faults import CLIENTS, SCENARIO, Acks, Client, Home, Probe, describe, measure, snapshot, use
+from test_faults import CLIENTS, SCENARIO, Acks, Client, Home, Probe, describe, kept_on_failure, measure, snapshot, use
 
 from services.kernel.grpckit import balanced
 from services.kernel.relay import lock_holder
@@ -109,23 +106,8 @@ class BalancedClient(Client):
 
 @pytest.fixture
 def replicas_home(request: pytest.FixtureRequest) -> Iterator[Home]:
-    """The test's temp home: every stack and service of its runs is stopped, whatever happens."""
-    path = Path(tempfile.mkdtemp(prefix="mieux-replicas-"))
-    path.chmod(0o755)  # PostgreSQL may run as its own user (when the tests run as root)
-    h = Home(path)
-    failed_before = request.session.testsfailed
-    try:
+    with kept_on_failure(request, "replicas") as h:
         yield h
-    finally:
-        for r in h.runs:
-            try:
-                r.stop()
-            except Exception as e:  # the next run's stop still runs
-                print(f"stopping {r.home}: {e!r}")
-        if request.session.testsfailed > failed_before or os.environ.get("MIEUX_FAULTS_KEEP") == "1":
-            print(f"\nreplicas test home kept in {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 async def kill_the_relay(fleet: ReplicaFleet, k: Kill, dsn: str, rec: dict[str, Any]) -> None:
