@@ -1,5 +1,5 @@
 """`python -m bench` (`make bench`): start a throw-away dev stack, run every figure, report, stop the stack.
-`python -m bench import|queries|rebuild`: that part alone, merged into the results file."""
+`python -m bench e2e|import|queries|rebuild`: that part alone, merged into the results file."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from bench import append, e2e, importing, projection, queries, rebuild
 from bench.common import Window
 from bench.report import (
     print_import,
+    print_latency,
     print_queries,
     print_rebuild,
     print_report,
@@ -176,12 +177,26 @@ async def run_import_only(stack: DevStack, quick: bool) -> dict[str, Any]:
 IMPORT_EVENTS, IMPORT_BATCH = 200_000, 10_000
 
 
+async def run_e2e_only(stack: DevStack, quick: bool) -> dict[str, Any]:
+    """`python -m bench e2e`: the latency with one replica and with two, merged into the last results."""
+    settings, server_version = await stack_settings(stack)
+    rate, seconds = (200, 5.0) if quick else (200, 30.0)
+    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results["machine_e2e"] = machine(server_version)
+    for key, replicas in (("e2e_latency_ms", 1), ("e2e_latency_ms_2_replicas", 2)):
+        print(f"end-to-end latency, {replicas} replica(s), {rate}/s for {seconds:.0f}s ...", flush=True)
+        await append.checkpoint(settings.dsn())
+        results[key] = await e2e.run(stack, settings, rate, seconds, replicas=replicas)
+    results["machine_e2e"]["load_average_at_end"] = os.getloadavg()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
         "figure",
         nargs="?",
-        choices=("all", "import", "queries", "rebuild"),
+        choices=("all", "e2e", "import", "queries", "rebuild"),
         default="all",
         help="every figure, or one part",
     )
@@ -199,6 +214,8 @@ def main() -> None:
         stack.up()
         if args.figure == "rebuild":
             results = asyncio.run(run_rebuild(stack, events))
+        elif args.figure == "e2e":
+            results = asyncio.run(run_e2e_only(stack, args.quick))
         elif args.figure in ("import", "queries"):
             only = {"import": run_import_only, "queries": queries_only}[args.figure]
             results = asyncio.run(only(stack, args.quick))
@@ -214,6 +231,8 @@ def main() -> None:
     RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
     if args.figure == "import":
         print_import(results)
+    elif args.figure == "e2e":
+        print_latency(results, Console(width=max(Console().width, 130)))
     elif args.figure == "queries":
         print_queries(results)
     elif args.figure == "rebuild":

@@ -179,6 +179,27 @@ def print_report(results: dict[str, Any]) -> None:
         f"{v['ed25519_verify_us']:.1f} us (a signature per message would cost that per event)"
     )
 
+    print_latency(results, console)
+
+    print_import(results)
+    print_rebuild(results, console)
+    print_targets(results, console)
+    for key in ("append_1_client", "append_8_clients"):
+        ceiling = results["ratios"][key]["raw/eventsourcing"]
+        if ceiling < 1.5:
+            console.print(
+                f"[yellow]note: {key}: raw itself is only {ceiling:.2f}x eventsourcing here, so 1.5x eventsourcing "
+                f"asks for more than one autocommit INSERT per event (mieux needs {1.5 / ceiling:.2f}x raw)"
+            )
+    load = results["machine"]["load_average_at_start"][0]
+    if load > 1.0:
+        console.print(
+            f"[yellow]note: load average {load:.1f} at start on {results['machine']['cpus']} CPUs: others were busy"
+        )
+
+
+def print_latency(results: dict[str, Any], console: Console) -> None:
+    """End-to-end latency with one replica and with two, with where the time goes."""
     lat = results["e2e_latency_ms"]
     latency = Table(title=f"End to end, ack -> read model, {lat['rate']}/s for {lat['duration_s']:.0f} s (ms)")
     stages = ("ack_to_published_ms", "published_to_visible_ms")
@@ -199,22 +220,6 @@ def print_report(results: dict[str, Any]) -> None:
             f"{lat['service_cpu_ms_per_command']:.2f}",
         )
     console.print(latency)
-
-    print_import(results)
-    print_rebuild(results, console)
-    print_targets(results, console)
-    for key in ("append_1_client", "append_8_clients"):
-        ceiling = results["ratios"][key]["raw/eventsourcing"]
-        if ceiling < 1.5:
-            console.print(
-                f"[yellow]note: {key}: raw itself is only {ceiling:.2f}x eventsourcing here, so 1.5x eventsourcing "
-                f"asks for more than one autocommit INSERT per event (mieux needs {1.5 / ceiling:.2f}x raw)"
-            )
-    load = results["machine"]["load_average_at_start"][0]
-    if load > 1.0:
-        console.print(
-            f"[yellow]note: load average {load:.1f} at start on {results['machine']['cpus']} CPUs: others were busy"
-        )
 
 
 def print_queries(results: dict[str, Any]) -> None:

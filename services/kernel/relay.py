@@ -11,9 +11,12 @@
   connection, so it can publish at most the batch it read before the partition; it reads nothing more and
   fails when its connection does. Such a batch, published twice, is what at-least-once means: consumers are
   idempotent (projections track event ids, policies answer a command id once), so the guarantee is unchanged.
-* Low latency: woken in-process by every append of this service process; events appended by other
-  processes (another replica of the service) are found by a short poll (`MIEUX_RELAY_POLL_INTERVAL_S`,
-  0.05 s). No NOTIFY in the append: it would serialise every writer's commit on the notify queue lock.
+* Low latency: woken in-process by every append of this service process; a standby relay (another
+  replica's) tells the active one of its own process's appends with a NOTIFY (`<schema>_appended`), sent
+  on its lock connection after their commits, one per wake-up however many appends it covers; anything
+  else (a `mieux import` process, a lost notification) is found by a short poll
+  (`MIEUX_RELAY_POLL_INTERVAL_S`, 0.05 s). No NOTIFY in the append itself: it would serialise every
+  writer's commit on the notify queue lock.
 * Per-stream order: key = stream id, so one stream is one partition; aiokafka keeps one request in flight
   per broker, and the relay only moves its checkpoint after the broker acknowledged (acks=all) the
   whole batch. After a failure it backs off and publishes again from the checkpoint: at-least-once,
@@ -249,16 +252,13 @@ class Relay:
             await init_connection(conn)
             # the checkpoint is a hint (a lost one means republishing, which consumers absorb): no fsync for it
             await conn.execute("SET synchronous_commit TO off")
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(self.store.service)):
-                if until_caught_up:
-                    raise RuntimeError("a relay is running: it will do the replay")
-                self._clear_stuck()  # a standby: the active relay publishes, and reports for itself
-                await asyncio.sleep(STANDBY_RETRY_S)
+            await self._standby(conn, until_caught_up)
             log.info("relay %s: active (holds the relay lock)", self.store.service)
             self.active.set()
             self._active.set(1)
             schema = self.store.schema
             await conn.add_listener(f"{schema}_replay", self._on_notify)
+            await conn.add_listener(f"{schema}_appended", self._on_notify)
             self.store.on_append.append(self._wake.set)
             end = await self.store.last_position() if until_caught_up else None
             await self._publish_loop(conn, end)
@@ -283,6 +283,31 @@ class Relay:
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.close()
+
+    async def _standby(self, conn: asyncpg.Connection, until_caught_up: bool) -> None:
+        """Until this relay holds the lock (tried every STANDBY_RETRY_S): a standby, which tells the active
+        relay (another replica's) of this process's appends, so that it publishes them at once rather than at
+        its next poll. One NOTIFY per wake-up on this connection, however many appends it covers, sent after
+        their commits: the appends themselves never wait on PostgreSQL's notify queue."""
+        appended = asyncio.Event()
+        self.store.on_append.append(appended.set)
+        try:
+            next_try = 0.0
+            while True:
+                if time.monotonic() >= next_try:
+                    if await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key(self.store.service)):
+                        return
+                    if until_caught_up:
+                        raise RuntimeError("a relay is running: it will do the replay")
+                    self._clear_stuck()  # a standby: the active relay publishes, and reports for itself
+                    next_try = time.monotonic() + STANDBY_RETRY_S
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(appended.wait(), max(next_try - time.monotonic(), 0.0))
+                if appended.is_set():
+                    appended.clear()
+                    await conn.execute("SELECT pg_notify($1, '')", f"{self.store.schema}_appended")
+        finally:
+            self.store.on_append.remove(appended.set)
 
     async def _publish_loop(self, conn: asyncpg.Connection, end: int | None) -> None:
         backoff = 0.1

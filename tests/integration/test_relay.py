@@ -96,6 +96,24 @@ async def test_two_relays_only_one_publishes(store: EventStore) -> None:
     assert len(seen) == len(stored)  # no duplicates: the idle relay never published
 
 
+async def test_an_append_on_a_standby_replica_wakes_the_active_relay(store: EventStore) -> None:
+    """Two replicas' relays: what the standby's process appends is published by the active one at once (the
+    standby's NOTIFY), not at its next poll, which this test puts 60 s away."""
+    settings = Settings().model_copy(update={"relay_poll_interval_s": 60.0})
+    other = EventStore(store.pool, store.service)  # the second replica's store: its own append hooks
+    a, b = Relay(store, settings), Relay(other, settings)
+    async with running(a), running(b):
+        await eventually(lambda: _any_active(a, b), what="a relay to take the lock")
+        active, standby_store = (a, other) if a.active.is_set() else (b, store)
+        await asyncio.sleep(0)  # the active relay is waiting for a wake-up (nothing stored yet)
+        for v in range(3):
+            appended = await standby_store.append("s-standby", v, [Ticked(n=v)], META)
+            started = asyncio.get_running_loop().time()
+            position = appended.last_position
+            await eventually(lambda p=position: _published(active, p), 10.0, "the active relay to publish")
+            print(f"published {asyncio.get_running_loop().time() - started:.3f} s after the standby's append")
+
+
 async def _any_active(*relays: Relay) -> bool:
     return any(r.active.is_set() for r in relays)
 
