@@ -133,6 +133,12 @@ def print_rebuild(results: dict[str, Any], console: Console) -> None:
     console.print(table)
     same = "[green]the same model" if d["same_model"] else "[red]NOT the same model"
     console.print(f"mieux / raw {results['ratios']['rebuild_1m']['mieux/raw']:.2f}x; rebuilt and raw tables: {same}")
+    m = d["mieux"]
+    if "build_s" in m:
+        console.print(
+            f"blue/green: the next version built beside the live one in {m['build_s']:.1f} s, the live projection "
+            f"held {m['held_s']:.2f} s (catch-up, swap, commit)"
+        )
 
 
 def print_targets(results: dict[str, Any], console: Console, only: str = "") -> None:

@@ -276,6 +276,24 @@ async def _apply_items(conn: asyncpg.Connection, routed: Routed) -> tuple[int, i
     return applied, duplicates, skipped
 
 
+async def _apply_fresh(
+    conn: asyncpg.Connection, projection: Projection, items: Sequence[tuple[Envelope, Event]]
+) -> int:
+    """A batch none of whose events the projection's tracking holds (a new version's tracking table, filled
+    from the sources once per position): their tracking rows in one plain insert, no conflict to look up and
+    no rows sent back, then the projection's `apply_many`. Returns how many were applied (unknown event types
+    are tracked and skipped). A repeated event id is caught by the tracking table's key once it is built."""
+    await conn.execute(
+        f"INSERT INTO {projection.kernel.tracking} (projection, event_id) SELECT * FROM unnest($1::text[], $2::uuid[])",
+        [projection.name] * len(items),
+        [env.event_id for env, _ in items],
+    )
+    known = [(env, ev) for env, ev in items if not isinstance(ev, UnknownEvent)]
+    if known:
+        await projection.apply_many(conn, known)
+    return len(known)
+
+
 async def apply_batch(
     pool: Pool,
     projections: Sequence[Projection],
@@ -363,7 +381,7 @@ async def rebuild(pool: Pool, projection: Projection, sources: Sequence[AsyncSou
         k = projection.kernel
         await conn.execute(f"DELETE FROM {k.tracking} WHERE projection = $1", projection.name)
         await conn.execute(f"DELETE FROM {k.needs_rebuild} WHERE projection = $1", projection.name)
-        total += await _refill(conn, projection, sources, batch)
+        total += await refill(conn, projection, sources, batch)
     return total
 
 
@@ -384,17 +402,32 @@ async def _pages(source: AsyncSource, size: int) -> AsyncIterator[list[Envelope]
         yield chunk
 
 
-async def _refill(conn: asyncpg.Connection, projection: Projection, sources: Sequence[AsyncSource], batch: int) -> int:
+async def refill(
+    conn: asyncpg.Connection,
+    projection: Projection,
+    sources: Sequence[AsyncSource],
+    batch: int,
+    seen: list[int] | None = None,
+    fresh: bool = False,
+) -> int:
     """A rebuild's reading loop: the sources' events, decoded, applied `batch` at a time (each batch folded by
     the projection's `apply_many`). A task reads and decodes the next batches while this one is applied (a
-    few ahead at most), so reading the sources and PostgreSQL's work overlap; its error is raised here."""
+    few ahead at most), so reading the sources and PostgreSQL's work overlap; its error is raised here. With
+    `seen` (per source, the last position applied before: a blue/green catch-up), a source's events at or
+    before it are skipped, and it is moved on to the last position read. `fresh`: the projection's tracking
+    holds none of the events yet (a new version's, filled once per position: `_apply_fresh`)."""
     ahead: asyncio.Queue[list[tuple[Envelope, Event]] | None] = asyncio.Queue(maxsize=READ_AHEAD)
 
     async def read() -> None:
         try:
-            for source in sources:
+            for i, source in enumerate(sources):
                 chunk: list[tuple[Envelope, Event]] = []
                 async for page in _pages(source, batch):
+                    if seen is not None:
+                        page = [env for env in page if env.position > seen[i]]
+                        if not page:
+                            continue
+                        seen[i] = page[-1].position
                     chunk.extend((env, registry.decode(env)) for env in page)
                     if len(chunk) >= batch:
                         await ahead.put(chunk)
@@ -409,7 +442,10 @@ async def _refill(conn: asyncpg.Connection, projection: Projection, sources: Seq
         reader = asyncio.create_task(read())
         try:
             while (chunk := await ahead.get()) is not None:
-                total += (await _apply_items(conn, [(projection, chunk)]))[0]
+                if fresh:
+                    total += await _apply_fresh(conn, projection, chunk)
+                else:
+                    total += (await _apply_items(conn, [(projection, chunk)]))[0]
             await reader  # its error, if it failed
         finally:
             if not reader.done():

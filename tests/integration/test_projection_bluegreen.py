@@ -314,6 +314,38 @@ async def test_a_rebuild_cancelled_midway_leaves_the_live_model_as_it_was(
         assert await pool.fetchval("SELECT to_regnamespace($1) IS NULL", f"mieux_next_{projection.name}") is True
 
 
+async def test_a_source_that_repeats_an_event_fails_the_rebuild_and_changes_nothing(
+    stack: DevStack, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new version's tracking rows are inserted as new (each position is read once) and keyed once it is
+    filled: an event delivered twice by the sources (here a second source of the same log under other
+    positions) is refused by that key, the rebuild rolls back, and the live model and its tracking are as
+    they were."""
+    async with the_stack(stack, schema, monkeypatch) as (pool, store):
+        projection = register_on(schema)
+        await append(store, 0, 300)
+        async with pool.acquire() as conn:
+            await projection.setup(conn)
+        log = await stored_after(store, 0)
+        await rebuild(pool, projection, [listed(log)])
+        before, tracked = await rows(pool), await tracking(pool, projection)
+        again = [env.model_copy(update={"position": env.position + len(log)}) for env in log[:1]]
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await rebuild_beside(pool, projection, [listed(log), listed(again)])
+        assert await rows(pool) == before
+        assert await tracking(pool, projection) == tracked
+        assert await pool.fetchval("SELECT to_regnamespace($1) IS NULL", f"mieux_next_{projection.name}") is True
+        assert (await rebuild_beside(pool, projection, [listed(log)])).events == 300
+
+
+def listed(envelopes: list[Envelope]) -> Callable[[], AsyncIterator[Envelope]]:
+    async def source() -> AsyncIterator[Envelope]:
+        for env in envelopes:
+            yield env
+
+    return source
+
+
 async def tracking(pool: Pool, projection: Projection) -> set[Any]:
     return {
         r[0]
