@@ -39,6 +39,7 @@ from services.kernel import bus
 from services.kernel.db import create_pool
 from services.kernel.envelope import Envelope, utcnow
 from services.kernel.runner import ProjectionRunner
+from services.kernel.service import settle_heap
 from services.kernel.settings import Settings
 from services.kernel.signing import Signer, Verifier, load_public_keys, new_key, signature_of
 from services.requests.projections import RequestsPerYear
@@ -151,6 +152,7 @@ async def mieux(settings: Settings, topic: str, n: int, verifier: Verifier) -> d
     try:
         async with pool.acquire() as conn:
             await projection.setup(conn)
+        settle_heap()  # as a service process does once started, before its runners start
         await runner.start()
         async with asyncio.timeout(WATCH_LIMIT_S):
             result = await watch(lambda: runner.applied, n)

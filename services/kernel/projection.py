@@ -466,11 +466,12 @@ def fewer_collections() -> Iterator[None]:
     that freeing by reference count reclaims; with the default thresholds the batches read ahead outlive a
     few young collections and reach the old generation, so full collections keep scanning every object of
     the process. Collections are made rarer, and what lived before the rebuild is left out of them (frozen)."""
-    threshold = gc.get_threshold()
+    threshold, settled = gc.get_threshold(), gc.get_freeze_count() > 0  # a service's start froze its heap
     gc.freeze()
     gc.set_threshold(YOUNG_COLLECTION_EVERY, *threshold[1:])
     try:
         yield
     finally:
         gc.set_threshold(*threshold)
-        gc.unfreeze()
+        if not settled:  # unfreezing would give back what service.settle_heap froze too
+            gc.unfreeze()
