@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import statistics
+from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import asyncpg
 from eventsourcing.application import Application
@@ -148,12 +150,29 @@ def es_env(dsn: str, clients: int) -> dict[str, str]:
         "POSTGRES_HOST": url.hostname or "127.0.0.1",
         "POSTGRES_PORT": str(url.port or 5432),
         "POSTGRES_USER": url.username or "postgres",
-        "POSTGRES_PASSWORD": url.password or "unused",  # the dev stack trusts loopback
+        "POSTGRES_PASSWORD": url.password or passfile_password(dsn),
         "POSTGRES_SCHEMA": ES_SCHEMA,
         "POSTGRES_ENABLE_DB_FUNCTIONS": "y",
         "POSTGRES_POOL_SIZE": str(clients),
         "POSTGRES_MAX_OVERFLOW": "0",
     }
+
+
+def passfile_password(dsn: str) -> str:
+    """The password libpq would take for `dsn` from the password file its `passfile` names (the dev stack's
+    URLs hold none: devstack.py), for eventsourcing, which passes POSTGRES_PASSWORD to psycopg itself."""
+    url = urlparse(dsn)
+    passfile = parse_qs(url.query).get("passfile", [""])[0]
+    if not passfile:
+        return ""
+    wanted = (url.hostname or "", str(url.port or 5432), url.path.lstrip("/"), url.username or "postgres")
+    for line in Path(passfile).read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        fields = [f.replace("\\:", ":").replace("\\\\", "\\") for f in re.split(r"(?<!\\):", line)]
+        if len(fields) == 5 and all(f in ("*", w) for f, w in zip(fields[:4], wanted, strict=True)):
+            return fields[4]
+    return ""
 
 
 class EventSourcing:

@@ -267,7 +267,11 @@ async def live_model(dsn: str) -> None:
             f"INSERT INTO {tracking} (projection, event_id) SELECT $1, event_id FROM requests.events",
             RequestRegister.name,
         )
-        await conn.execute("INSERT INTO requests_views.requests SELECT * FROM bench_raw.requests")
+        # the old version's rows marked, so that a rebuild that did not swap its own in fails `same_model`
+        await conn.execute(
+            "INSERT INTO requests_views.requests SELECT * FROM bench_raw.requests; "
+            "UPDATE requests_views.requests SET status = 'before the rebuild'"
+        )
         await conn.execute(f"VACUUM (ANALYZE) {tracking}, requests_views.requests")
     finally:
         await conn.close()

@@ -51,6 +51,10 @@ class RebuildRunning(RuntimeError):
     """Another rebuild of the same projection is under way."""
 
 
+class RepeatedEvents(RuntimeError):
+    """The sources gave an event id more than once: the rebuild is refused (and rolled back)."""
+
+
 @dataclass
 class Rebuilt:
     events: int  # events applied to the new version
@@ -217,9 +221,21 @@ async def _fill(
 
 async def _key_tracking(conn: asyncpg.Connection, shadow: Shadow) -> None:
     """The shadow's tracking table gets the live one's key, built over the rows filled: the check that no event
-    was applied twice to the new version (a source that repeated one fails the rebuild, which rolls back), and
-    the index the catch-up and the swap compare the live tracking rows with."""
-    await conn.execute(f"ALTER TABLE {shadow.tracking} ADD PRIMARY KEY (projection, event_id)")
+    was applied twice to the new version, and the index the catch-up and the swap compare the live tracking
+    rows with (with statistics for their plans). Sources that gave an event id twice fail the rebuild, which
+    rolls back: RepeatedEvents names them (the live runner would have applied the first and dropped the rest
+    as seen; a rebuild does not choose)."""
+    try:
+        async with conn.transaction():  # a savepoint: the ids are looked up after the key is refused
+            await conn.execute(f"ALTER TABLE {shadow.tracking} ADD PRIMARY KEY (projection, event_id)")
+    except asyncpg.UniqueViolationError:
+        repeated = await conn.fetch(
+            f"SELECT event_id, count(*) AS n FROM {shadow.tracking} GROUP BY projection, event_id "
+            "HAVING count(*) > 1 ORDER BY event_id LIMIT 5"
+        )
+        shown = ", ".join(f"{r['event_id']} ({r['n']} times)" for r in repeated)
+        raise RepeatedEvents(f"the sources gave the same event more than once: {shown}") from None
+    await conn.execute(f"ANALYZE {shadow.tracking}")
 
 
 def _after(source: AsyncSource, position: int) -> AsyncSource:

@@ -422,12 +422,13 @@ async def refill(
         try:
             for i, source in enumerate(sources):
                 chunk: list[tuple[Envelope, Event]] = []
+                after = seen[i] if seen is not None else None  # what an earlier pass applied, fixed for this one
                 async for page in _pages(source, batch):
                     if seen is not None:
-                        page = [env for env in page if env.position > seen[i]]
+                        page = [env for env in page if env.position > after]
                         if not page:
                             continue
-                        seen[i] = page[-1].position
+                        seen[i] = max(seen[i], *(env.position for env in page))
                     chunk.extend((env, registry.decode(env)) for env in page)
                     if len(chunk) >= batch:
                         await ahead.put(chunk)
@@ -465,13 +466,19 @@ def fewer_collections() -> Iterator[None]:
     the end). A rebuild allocates millions of short-lived objects (envelopes, events, rows), none in a cycle,
     that freeing by reference count reclaims; with the default thresholds the batches read ahead outlive a
     few young collections and reach the old generation, so full collections keep scanning every object of
-    the process. Collections are made rarer, and what lived before the rebuild is left out of them (frozen)."""
-    threshold, settled = gc.get_threshold(), gc.get_freeze_count() > 0  # a service's start froze its heap
-    gc.freeze()
+    the process. Collections are made rarer, and what lived before the rebuild is left out of them (frozen,
+    then given back at the end), unless the process settled its heap already (then only the rarer
+    collections: what it froze stays frozen)."""
+    threshold = gc.get_threshold()
+    # a process that settled its heap (service.settle_heap) keeps it frozen: freezing again would keep for good
+    # whatever it holds now, and unfreezing would give back what it froze at its start
+    settled = gc.get_freeze_count() > 0
+    if not settled:
+        gc.freeze()
     gc.set_threshold(YOUNG_COLLECTION_EVERY, *threshold[1:])
     try:
         yield
     finally:
         gc.set_threshold(*threshold)
-        if not settled:  # unfreezing would give back what service.settle_heap froze too
+        if not settled:
             gc.unfreeze()

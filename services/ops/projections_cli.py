@@ -59,7 +59,7 @@ async def lag(settings: Settings) -> int:
 
 
 async def rebuild(settings: Settings, names: list[str], every: bool) -> int:
-    from services.kernel.bluegreen import RebuildRunning, rebuild_beside
+    from services.kernel.bluegreen import RebuildRunning, RepeatedEvents, rebuild_beside
     from services.kernel.db import create_pool
     from services.kernel.eventlog import sources_of
 
@@ -79,6 +79,9 @@ async def rebuild(settings: Settings, names: list[str], every: bool) -> int:
                     done = await rebuild_beside(pool, p, sources_of(p, settings, "ops"))
             except RebuildRunning as e:
                 console.print(f"[red]{e}[/]")
+                return 1
+            except RepeatedEvents as e:
+                console.print(f"[red]{name} was not rebuilt (the live version is as it was): {e}[/]")
                 return 1
             console.print(
                 f"rebuilt [bold]{name}[/] from {done.events} events and swapped it in; the live projection was "

@@ -23,7 +23,7 @@ from mieux.common.v1 import eventlog_pb2_grpc
 from support import eventually, grpc_double, own_database, publish
 
 from services.kernel import bus
-from services.kernel.bluegreen import RebuildRunning, rebuild_beside
+from services.kernel.bluegreen import RebuildRunning, RepeatedEvents, rebuild_beside
 from services.kernel.db import Pool, create_pool
 from services.kernel.envelope import Envelope, topic_for
 from services.kernel.eventlog import EventLogServicer, sources_of
@@ -330,7 +330,7 @@ async def test_a_source_that_repeats_an_event_fails_the_rebuild_and_changes_noth
         await rebuild(pool, projection, [listed(log)])
         before, tracked = await rows(pool), await tracking(pool, projection)
         again = [env.model_copy(update={"position": env.position + len(log)}) for env in log[:1]]
-        with pytest.raises(asyncpg.UniqueViolationError):
+        with pytest.raises(RepeatedEvents, match=f"{log[0].event_id} \\(2 times\\)"):
             await rebuild_beside(pool, projection, [listed(log), listed(again)])
         assert await rows(pool) == before
         assert await tracking(pool, projection) == tracked

@@ -105,7 +105,12 @@ async def test_an_append_on_a_standby_replica_wakes_the_active_relay(store: Even
     async with running(a), running(b):
         await eventually(lambda: _any_active(a, b), what="a relay to take the lock")
         active, standby_store = (a, other) if a.active.is_set() else (b, store)
-        await asyncio.sleep(0)  # the active relay is waiting for a wake-up (nothing stored yet)
+
+        async def standing_by() -> bool:  # the standby listens to its store's appends
+            return len(standby_store.on_append) == 1
+
+        await eventually(standing_by, what="the standby relay to listen to its replica's appends")
+        # the first append may be found by the active relay's first read; the next two only by a wake-up
         for v in range(3):
             appended = await standby_store.append("s-standby", v, [Ticked(n=v)], META)
             started = asyncio.get_running_loop().time()
