@@ -14,17 +14,19 @@ METHOD = {
     "relay signs them, fresh consumer group; mieux = ProjectionRunner + RequestsPerYear (tracking row per event) "
     "verifying every signature, and the same not verifying; raw = getmany + executemany ON CONFLICT DO NOTHING, "
     "verifying nothing (bench/projection.py)",
-    "e2e_latency_ms": "gRPC ack -> tracking row visible, open loop, polled every 2 ms (bench/e2e.py)",
+    "e2e_latency_ms": "gRPC ack -> tracking row visible, open loop, polled every 2 ms, on a fresh dev stack of its "
+    "own (bench/e2e.py)",
     "import": "events/s, the same N rows in the same batches: mieux = EventStore.importer() (checks, writers' lock, "
     "positions, COPY into the events table, a transaction per batch); copy = copy_records_to_table of the rows as "
     "tuples into a table with the events table's DDL; rounds in which the two go batch by batch in lockstep, each "
     "timed over its own batches; medians, the ratio the median of the rounds' ratios (bench/importing.py)",
     "e2e_latency_ms_2_replicas": "the same with two replicas of the requests service, commands balanced over both "
-    "(round_robin), measured after the one-replica figure in the same run (bench/e2e.py)",
-    "rebuild_1m": "events/s of the whole call, N events of the requests service loaded by COPY: mieux = the kernel's "
-    "rebuild of request_register over EventLog.ReadAll (the server a child process), one transaction; raw = read "
-    "the rows, executemany INSERT/UPDATE into a table with the read model's indexes, one transaction "
-    "(bench/rebuild.py)",
+    "(round_robin), right after the one-replica figure, on a fresh dev stack of its own (bench/e2e.py)",
+    "rebuild_1m": "events/s of the whole call, N events of the requests service loaded by COPY: mieux = the "
+    "blue/green rebuild_beside of request_register (mieux projections rebuild's work: the next version built "
+    "beside a live one, caught up, swapped in) over EventLog.ReadAll (the server a child process), one "
+    "transaction; raw = read the rows, executemany INSERT/UPDATE into a table with the read model's indexes, one "
+    "transaction (bench/rebuild.py)",
 }
 REBUILD_SECONDS = 60.0  # the targets of the 1M-event rebuild
 REBUILD_RATIO = 0.5
