@@ -28,6 +28,7 @@ METHOD = {
     "transaction; raw = read the rows, executemany INSERT/UPDATE into a table with the read model's indexes, one "
     "transaction (bench/rebuild.py)",
 }
+APPEND_RAW = {"append_1_client": 0.85, "append_8_clients": 0.75}  # the append targets (issue 15 kept them)
 REBUILD_SECONDS = 60.0  # the targets of the 1M-event rebuild
 REBUILD_RATIO = 0.5
 
@@ -58,8 +59,9 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             # the ceiling: what the 1.5x target would give raw itself (one autocommit INSERT per event)
             "raw/eventsourcing": _ratio(r["raw"], r["eventsourcing"]),
         }
-        targets.append(_target(f"{key}: mieux / eventsourcing", ratios[key]["mieux/eventsourcing"], ">=", 1.5))
-        targets.append(_target(f"{key}: mieux / raw", ratios[key]["mieux/raw"], ">=", 0.7))
+        if key == "append_8_clients":  # with one client 1.5x eventsourcing is withdrawn: raw itself is 1.3-1.6x
+            targets.append(_target(f"{key}: mieux / eventsourcing", ratios[key]["mieux/eventsourcing"], ">=", 1.5))
+        targets.append(_target(f"{key}: mieux / raw", ratios[key]["mieux/raw"], ">=", APPEND_RAW[key]))
     p = results["projection"]
     ratios["projection"] = {"mieux/raw": _ratio(p["mieux"], p["raw"])}
     q = results["projection_not_verifying"]
@@ -192,13 +194,12 @@ def print_report(results: dict[str, Any]) -> None:
     print_import(results)
     print_rebuild(results, console)
     print_targets(results, console)
-    for key in ("append_1_client", "append_8_clients"):
-        ceiling = results["ratios"][key]["raw/eventsourcing"]
-        if ceiling < 1.5:
-            console.print(
-                f"[yellow]note: {key}: raw itself is only {ceiling:.2f}x eventsourcing here, so 1.5x eventsourcing "
-                f"asks for more than one autocommit INSERT per event (mieux needs {1.5 / ceiling:.2f}x raw)"
-            )
+    ceiling = results["ratios"]["append_8_clients"]["raw/eventsourcing"]
+    if ceiling < 1.5:
+        console.print(
+            f"[yellow]note: append_8_clients: raw itself is only {ceiling:.2f}x eventsourcing here, so 1.5x "
+            f"eventsourcing asks for more than one autocommit INSERT per event (mieux needs {1.5 / ceiling:.2f}x raw)"
+        )
     load = results["machine"]["load_average_at_start"][0]
     if load > 1.0:
         console.print(
