@@ -62,6 +62,11 @@ def machine(server_version: str) -> dict[str, Any]:
     }
 
 
+def last_results() -> dict[str, Any]:
+    """The results file of the last run, which a part run alone updates (empty when there is none)."""
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+
+
 async def stack_settings(stack: DevStack) -> tuple[Settings, str]:
     """The stack's settings, and its PostgreSQL's version."""
     # Settings read stack.json from $MIEUX_HOME in the environment, not from a MIEUX_HOME passed in
@@ -77,7 +82,7 @@ async def stack_settings(stack: DevStack) -> tuple[Settings, str]:
 async def run_rebuild(stack: DevStack, events: int) -> dict[str, Any]:
     """The rebuild figure alone, into the results of the last whole run (when there are some)."""
     settings, server_version = await stack_settings(stack)
-    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results: dict[str, Any] = last_results()
     results["rebuild_machine"] = machine(server_version)
     print(f"rebuild of request_register from {events:,} events, and raw ...", flush=True)
     results["rebuild_detail"] = await rebuild.run(stack.home, settings, events)
@@ -135,12 +140,9 @@ async def run_queries(dsn: str, quick: bool) -> dict[str, Any]:
 
 async def queries_only(stack: DevStack, quick: bool) -> dict[str, Any]:
     """`python -m bench queries`: the reading figures, merged into the last results (their keys replaced)."""
-    os.environ["MIEUX_HOME"] = str(stack.home)
-    dsn = Settings().dsn()
-    conn = await asyncpg.connect(dsn)
-    server_version = await conn.fetchval("SHOW server_version")
-    await conn.close()
-    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    settings, server_version = await stack_settings(stack)
+    dsn = settings.dsn()
+    results: dict[str, Any] = last_results()
     results["machine_queries"] = machine(server_version)
     results.update(await run_queries(dsn, quick))
     results["machine_queries"]["load_average_at_end"] = os.getloadavg()
@@ -158,12 +160,9 @@ async def run_import(dsn: str, quick: bool) -> dict[str, Any]:
 
 async def run_import_only(stack: DevStack, quick: bool) -> dict[str, Any]:
     """`python -m bench import`: this figure alone, merged into the results of the last full run."""
-    os.environ["MIEUX_HOME"] = str(stack.home)
-    dsn = Settings().dsn()
-    conn = await asyncpg.connect(dsn)
-    server_version = await conn.fetchval("SHOW server_version")
-    await conn.close()
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    settings, server_version = await stack_settings(stack)
+    dsn = settings.dsn()
+    results = last_results()
     at_start = machine(server_version)
     results["import"] = await run_import(dsn, quick)
     results["import"]["machine"] = {**at_start, "load_average_at_end": os.getloadavg()}
@@ -177,7 +176,7 @@ async def run_e2e_only(stack: DevStack, quick: bool) -> dict[str, Any]:
     """`python -m bench e2e`: the latency with one replica and with two, merged into the last results."""
     _, server_version = await stack_settings(stack)
     rate, seconds = (200, 5.0) if quick else (200, 30.0)
-    results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results: dict[str, Any] = last_results()
     results["machine_e2e"] = machine(server_version)
     results.update(await latencies(rate, seconds))
     results["machine_e2e"]["load_average_at_end"] = os.getloadavg()

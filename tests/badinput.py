@@ -87,6 +87,16 @@ class Rpc:
     def reply_class(self) -> type:
         return message_factory.GetMessageClass(self.method.output_type)
 
+    def callable_on(self, channel: Any, response_deserializer: Callable[[bytes], Any] | None = None) -> Any:
+        """This method on a (synchronous) channel, of the kind its streaming asks for; requests go as raw bytes."""
+        kind = {
+            (False, False): channel.unary_unary,
+            (False, True): channel.unary_stream,
+            (True, False): channel.stream_unary,
+            (True, True): channel.stream_stream,
+        }[(self.client_streaming, self.streaming)]
+        return kind(self.path, request_serializer=None, response_deserializer=response_deserializer)
+
 
 def contexts() -> list[str]:
     """The services: every gen/mieux/<ctx>/<version> with a gRPC service of its own (services.<ctx>)."""

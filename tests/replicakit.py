@@ -8,18 +8,15 @@ Only processes started here are ever signalled (by their pid), and every one is 
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 from faultkit import Fleet, Run, clean_environ, connect
-from prometheus_client.parser import text_string_to_metric_families
-from support import read_topic
+from support import Metrics, read_topic, scrape
 
 from services.kernel.envelope import topic_for
 from services.kernel.settings import Settings
@@ -60,19 +57,9 @@ class ReplicaFleet(Fleet):
                 [sys.executable, "-m", f"services.{svc}"], env=env, stdout=out, stderr=subprocess.STDOUT
             )
 
-    async def scrape(self, name: str) -> dict[tuple[str, frozenset], float]:
+    async def scrape(self, name: str) -> Metrics:
         """A replica's metrics: (sample name, its labels) -> value."""
-
-        def get() -> str:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_ports[name]}/metrics", timeout=2) as r:
-                return r.read().decode()
-
-        text = await asyncio.to_thread(get)
-        return {
-            (s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
+        return await scrape(self.metrics_ports[name], timeout=2)
 
     async def metric(self, name: str, sample: str, **labels: str) -> float:
         """One sample of a replica's metrics (0 when it has none, or does not answer: killed, starting)."""

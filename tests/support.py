@@ -16,11 +16,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
+from urllib.request import urlopen
 
 import asyncpg
 import grpc
 import pytest
 from aiokafka.structs import TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ValidationError
 
 from services.kernel import bus
@@ -359,3 +361,21 @@ async def grpc_double(add_to_server: Callable[[S, grpc.aio.Server], None], servi
         yield port
     finally:
         await server.stop(1)
+
+
+Metrics = dict[tuple[str, frozenset], float]
+
+
+async def scrape(port: int, timeout: float = 5.0) -> Metrics:
+    """A process's Prometheus metrics on `port`: (sample name, its labels) -> value."""
+
+    def get() -> str:
+        with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+            return r.read().decode()
+
+    text = await asyncio.to_thread(get)
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

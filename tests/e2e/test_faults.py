@@ -262,6 +262,31 @@ class Probe:
             await self.close()
             return None  # PostgreSQL is restarting, or the store is not there yet
 
+    async def reached(
+        self,
+        store: str,
+        event_type: str,
+        fraction: float,
+        of: int,
+        replay_done: asyncio.Event,
+        fallback_after: tuple[float, float] | None = None,
+        every: float = 0.1,
+    ) -> str:
+        """Wait until `store` holds `fraction` of the `of` events of `event_type` the reference run stored, or the
+        replay has ended, or (`fallback_after`: a monotonic time and seconds) that long has passed since then;
+        why it stopped waiting."""
+        target = max(1, math.ceil(fraction * of))
+        while True:
+            n = await self.count(store, event_type)
+            if n is not None and n >= target:
+                return f"{event_type} {n}/{of} in {store}"
+            if replay_done.is_set():
+                return f"the replay had ended ({event_type} {n}/{of})"
+            if fallback_after is not None and time.monotonic() - fallback_after[0] > fallback_after[1]:
+                why = f"{fallback_after[1]:.0f} s after the last fault ({event_type} {n}/{of}, wanted {target})"
+                return why + (f"; the progress query failed: {self.error}" if n is None else "")
+            await asyncio.sleep(every)
+
     async def close(self) -> None:
         if self.conn is not None:
             conn, self.conn = self.conn, None
@@ -283,21 +308,7 @@ async def run_schedule(
     try:
         for f in SCHEDULE:
             of = reference[f.store].get(f.event_type, 0)
-            target = max(1, math.ceil(f.fraction * of))
-            while True:
-                n = await probe.count(f.store, f.event_type)
-                if n is not None and n >= target:
-                    why = f"{f.event_type} {n}/{of} in {f.store}"
-                    break
-                if replay_done.is_set():
-                    why = f"the replay had ended ({f.event_type} {n}/{of})"
-                    break
-                if time.monotonic() - last > FALLBACK_S:
-                    why = f"{FALLBACK_S:.0f} s after the last fault ({f.event_type} {n}/{of}, wanted {target})"
-                    if n is None:
-                        why += f"; the progress query failed: {probe.error}"
-                    break
-                await asyncio.sleep(0.1)
+            why = await probe.reached(f.store, f.event_type, f.fraction, of, replay_done, (last, FALLBACK_S))
             rec: dict[str, Any] = {"fault": f.name, "at_s": round(time.monotonic() - t0, 2), "when": why}
             done.append(rec)
             if f.kind == "kill":

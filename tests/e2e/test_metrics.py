@@ -4,12 +4,10 @@ relay's position and that it is the active one, the partitions its group holds a
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 import uuid
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from support import eventually, start_service
+from support import eventually, scrape, start_service
 
 from services.kernel.runner import projection_group
 from services.kernel.settings import Settings
@@ -19,21 +17,6 @@ from services.requests.client import RequestsClient
 pytestmark = pytest.mark.e2e
 GROUP = projection_group("requests")
 SUBMIT = "/mieux.requests.v1.Requests/SubmitRequest"
-
-
-async def scrape(port: int) -> dict[tuple[str, frozenset], float]:
-    """(sample name, its labels) -> value."""
-
-    def get() -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            return r.read().decode()
-
-    text = await asyncio.to_thread(get)
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def sample(metrics: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float | None:

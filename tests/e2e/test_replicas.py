@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -169,16 +168,7 @@ async def run_kills(
     try:
         for k in KILLS:
             of = reference[k.store].get(k.event_type, 0)
-            target = max(1, math.ceil(k.fraction * of))
-            while True:
-                n = await probe.count(k.store, k.event_type)
-                if n is not None and n >= target:
-                    why = f"{k.event_type} {n}/{of} in {k.store}"
-                    break
-                if replay_done.is_set():
-                    why = f"the replay had ended ({k.event_type} {n}/{of})"
-                    break
-                await asyncio.sleep(0.05)
+            why = await probe.reached(k.store, k.event_type, k.fraction, of, replay_done, every=0.05)
             rec: dict[str, Any] = {"kill": f"{k.what} of {k.service}", "at_s": round(time.monotonic() - t0, 2)}
             rec["when"] = why
             done.append(rec)

@@ -172,13 +172,7 @@ class Fleet:
         """The status name, message and field violations of one call with `raw` as the request's bytes."""
         ch = self.channel(rpc.context)
         decode = rpc.reply_class().FromString
-        kind = {
-            (False, False): ch.unary_unary,
-            (False, True): ch.unary_stream,
-            (True, False): ch.stream_unary,
-            (True, True): ch.stream_stream,
-        }[(rpc.client_streaming, rpc.streaming)]
-        method = kind(rpc.path, request_serializer=None, response_deserializer=decode)  # raw bytes go as they are
+        method = rpc.callable_on(ch, decode)  # raw bytes go as they are
         request = iter([raw]) if rpc.client_streaming else raw
         try:
             reply = method(request, metadata=metadata, timeout=RPC_TIMEOUT)

@@ -99,13 +99,7 @@ def fleet(stack_env: dict[str, str]) -> Iterator[dict[str, ServiceProcess]]:
 def call(target: str, rpc: Rpc, token: str) -> str:
     """The status name of `rpc` called with an empty request and `token`."""
     with grpc.insecure_channel(target) as ch:
-        kind = {
-            (False, False): ch.unary_unary,
-            (False, True): ch.unary_stream,
-            (True, False): ch.stream_unary,
-            (True, True): ch.stream_stream,
-        }[(rpc.client_streaming, rpc.streaming)]
-        method = kind(rpc.path, request_serializer=None, response_deserializer=None)
+        method = rpc.callable_on(ch)
         try:
             reply = method(
                 iter([b""]) if rpc.client_streaming else b"",
