@@ -32,7 +32,7 @@ from typing import Any
 import asyncpg
 import grpc
 
-from bench.common import SAMPLE, new_id, percentile
+from bench.common import SAMPLE, cpu_seconds, new_id, percentile
 from services.kernel import bus
 from services.kernel.envelope import topic_for
 from services.kernel.settings import Settings
@@ -140,12 +140,6 @@ async def wait_serving(client: RequestsClient) -> None:
             if e.code() != grpc.StatusCode.UNAVAILABLE:
                 raise
             await asyncio.sleep(0.2)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def measure(settings: Settings, rate: int, duration: float, service_pids: list[int]) -> dict[str, Any]:

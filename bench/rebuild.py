@@ -37,10 +37,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.common import SAMPLE
+from bench.common import SAMPLE, cpu_seconds
 from services.kernel import eventlog
 from services.kernel.bluegreen import rebuild_beside
 from services.kernel.db import create_pool
@@ -50,6 +48,7 @@ from services.kernel.importing import COLUMNS as EVENT_COLUMNS
 from services.kernel.schemas import kernel_tables
 from services.kernel.settings import Settings
 from services.kernel.store import EventStore
+from services.ops.processes import serving
 from services.requests.projections import RequestRegister
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,12 +183,6 @@ async def raw(dsn: str) -> dict[str, float]:
         await conn.close()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class ReadAllServer:
     """The kernel's EventLog server on the bench database, in a child process (started, waited for, stopped)."""
 
@@ -200,17 +193,11 @@ class ReadAllServer:
         self.proc = subprocess.Popen(command, cwd=ROOT, env=env)
 
     async def wait_serving(self) -> None:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as ch, asyncio.timeout(START_LIMIT_S):
-            stub = health_pb2_grpc.HealthStub(ch)
-            while True:
+        async with asyncio.timeout(START_LIMIT_S):
+            while not await serving(f"127.0.0.1:{self.port}"):
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"the ReadAll server exited with {self.proc.returncode}")
-                try:
-                    reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.aio.AioRpcError:
-                    await asyncio.sleep(0.1)  # not listening yet
+                await asyncio.sleep(0.1)  # not listening yet
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -38,7 +38,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import asyncpg
 
@@ -362,9 +362,3 @@ async def export(store: EventStore, after: int = 0, page: int = 10_000) -> Async
             after = rows[-1][0]
     finally:
         await conn.close()
-
-
-def as_stored(values: dict[str, Any]) -> EventRow:
-    """A EventRow from keyword values (tests, the demo): `data` may be a dict."""
-    data = values.get("data")
-    return EventRow(**{**values, "data": data if isinstance(data, str) else json.dumps(data)})

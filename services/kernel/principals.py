@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
+from services.kernel.files import write_private
 from services.kernel.settings import Principal, Role, SettingsError
 
 MIN_TOKEN_LENGTH = 32
@@ -104,12 +105,8 @@ def read_file(path: Path) -> list[TokenEntry]:
 
 def write_file(path: Path, entries: Sequence[TokenEntry]) -> None:
     """Replace the registry file whole (a reader sees the old or the new one, never half), private (0600) from
-    its creation: the temporary file is made with O_EXCL and mode 0600 before anything is written to it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(dump_entries(entries))
-    os.replace(tmp, path)
+    its creation (files.write_private)."""
+    write_private(path, dump_entries(entries))
 
 
 @contextlib.contextmanager
@@ -140,8 +137,8 @@ class TokenRegistry:
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._from_file: list[TokenEntry] = []
-        # (salt, digest, entry) of every entry, in bytes: what a call compares against, made once per change
-        self._compiled: list[tuple[bytes, bytes, TokenEntry]] = []
+        # (salt, digest, principal) of every entry, in bytes: what a call compares against, made once per change
+        self._compiled: list[tuple[bytes, bytes, Principal]] = []
         self._refresh(force=True)
 
     def _refresh(self, force: bool = False) -> None:
@@ -165,7 +162,8 @@ class TokenRegistry:
             self._compile()
 
     def _compile(self) -> None:
-        self._compiled = [(bytes.fromhex(e.salt), bytes.fromhex(e.hash), e) for e in [*self.fixed, *self._from_file]]
+        entries = [*self.fixed, *self._from_file]
+        self._compiled = [(bytes.fromhex(e.salt), bytes.fromhex(e.hash), e.principal()) for e in entries]
 
     def entries(self) -> list[TokenEntry]:
         self._refresh()
@@ -180,8 +178,8 @@ class TokenRegistry:
             return None
         self._refresh()
         raw = token.encode()
-        found: TokenEntry | None = None
-        for salt, digest, e in self._compiled:
+        found: Principal | None = None
+        for salt, digest, principal in self._compiled:
             if hmac.compare_digest(hashlib.sha256(salt + raw).digest(), digest) and found is None:
-                found = e
-        return found.principal() if found is not None else None
+                found = principal
+        return found

@@ -246,20 +246,23 @@ def literal(text: str) -> str:
 
 
 async def _apply_items(conn: asyncpg.Connection, routed: Routed) -> tuple[int, int, int]:
-    """Track every (projection, event id) in one statement, then apply what is new to each projection."""
-    fresh = set()
-    for tracking in sorted({p.kernel.tracking for p, _ in routed}):  # one: a runner's projections are one service's
-        names = [p.name for p, items in routed if p.kernel.tracking == tracking for _ in items]
-        ids = [env.event_id for p, items in routed if p.kernel.tracking == tracking for env, _ in items]
-        fresh |= {
-            (r["projection"], r["event_id"])
-            for r in await conn.fetch(
-                f"INSERT INTO {tracking} (projection, event_id) SELECT * FROM unnest($1::text[], $2::uuid[]) "
-                "ON CONFLICT DO NOTHING RETURNING projection, event_id",
-                names,
-                ids,
-            )
-        }
+    """Track every (projection, event id) in one statement, then apply what is new to each projection. The
+    projections are one service's (a runner's, a rebuild's one), so their tracking table is one."""
+    if not routed:
+        return 0, 0, 0
+    first = routed[0][0]
+    if any(p.service != first.service for p, _ in routed):
+        raise ValueError(f"one batch applies one service's projections, not {sorted({p.service for p, _ in routed})}")
+    tracking = first.kernel.tracking
+    fresh = {
+        (r["projection"], r["event_id"])
+        for r in await conn.fetch(
+            f"INSERT INTO {tracking} (projection, event_id) SELECT * FROM unnest($1::text[], $2::uuid[]) "
+            "ON CONFLICT DO NOTHING RETURNING projection, event_id",
+            [p.name for p, items in routed for _ in items],
+            [env.event_id for _, items in routed for env, _ in items],
+        )
+    }
     applied = duplicates = skipped = 0
     for p, items in routed:
         todo = []

@@ -9,12 +9,10 @@ them at start (`CREATE ... IF NOT EXISTS`), so its role owns them; ops read ever
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import asyncpg
-
-from services.kernel.db import Pool, init_connection
-from services.kernel.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -51,6 +49,7 @@ class KernelTables:
         return f"{self.parking_schema}.requests"
 
 
+@functools.cache
 def kernel_tables(service: str) -> KernelTables:
     return KernelTables(service)
 
@@ -76,25 +75,3 @@ async def services_with(conn: asyncpg.Connection, table: str) -> list[KernelTabl
     suffix = "_projections" if table in ("tracking", "needs_rebuild") else "_parking"
     rows = await conn.fetch(_WITH_TABLE, table, f"%\\{suffix}")
     return [kernel_tables(r["nspname"].removesuffix(suffix)) for r in rows]
-
-
-async def act_as(conn: asyncpg.Connection, service: str) -> bool:
-    """On an ops connection, act as the service's role (when there is one, and ops may), so that what ops
-    create for a service (`mieux projections rebuild` setting up a projection's tables) is the service's own.
-    Returns whether the role was taken."""
-    may = await conn.fetchval(
-        "SELECT pg_has_role(current_user, r.oid, 'MEMBER') FROM pg_roles r WHERE r.rolname = $1", service
-    )
-    if may:
-        await conn.execute(f'SET ROLE "{service}"')
-    return bool(may)
-
-
-async def owner_pool(settings: Settings, service: str) -> Pool:
-    """A pool on the ops database URL whose connections act as `service`'s role (act_as)."""
-
-    async def init(conn: asyncpg.Connection) -> None:
-        await init_connection(conn)
-        await act_as(conn, service)
-
-    return await Pool(settings.dsn(), init=init).open()

@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -25,6 +25,8 @@ Role = Literal["service", "ops", "finance", "admin"]
 class Principal(BaseModel):
     """Who calls: a person (roles ops, finance, admin) or a service (role `service` and the full names of the
     calls its flows make: `calls`, its allow-list). `calls` None: whatever the roles admit."""
+
+    model_config = ConfigDict(frozen=True)  # one per registry entry, shared by every call it authenticates
 
     name: str
     roles: frozenset[Role]

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from services.kernel.files import write_private as write_private  # where the ops tools have used it
 
 CA_DAYS = 3650
 LEAF_DAYS = 825  # what browsers and most TLS stacks still accept for a leaf
@@ -140,26 +140,6 @@ def issue(
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     return Issued(_key_pem(key), cert.public_bytes(serialization.Encoding.PEM))
-
-
-def write_private(path: Path, data: bytes | str, *, replace: bool = True) -> bool:
-    """Write `data` to `path` as a file only its owner may read (0600) from the moment it exists: a new file
-    made with that mode, then renamed over `path` (so a replaced file never keeps a wider mode). With
-    `replace=False` an existing `path` is kept and False returned."""
-    path = Path(path)
-    if path.exists() and not replace:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp: O_EXCL, mode 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return True
 
 
 def write_public(path: Path, data: bytes | str) -> None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from services.kernel.files import write_private
 from services.kernel.settings import TANSU_SETTINGS
 from services.ops import devstack_pg
 from services.ops.devstack_pg import PG_DATABASE, PG_PASSFILE, PG_SUPERUSER, PG_SUPERUSER_PASSWORD_FILE, _pg_bin
@@ -398,9 +399,9 @@ class DevStack:
             self.tls_dir.mkdir(mode=0o700, exist_ok=True)
             certs.write_public(files["ca.crt"], ca.cert_pem)
             certs.write_public(files["server.crt"], server.cert_pem)
-            certs.write_private(files["server.key"], server.key_pem)
+            write_private(files["server.key"], server.key_pem)
             certs.write_public(files["client.crt"], client.cert_pem)
-            certs.write_private(files["client.key"], client.key_pem)
+            write_private(files["client.key"], client.key_pem)
         return {
             "MIEUX_TLS_CA_FILE": str(files["ca.crt"]),
             "MIEUX_TLS_CERT_FILE": str(files["server.crt"]),
@@ -422,10 +423,7 @@ class DevStack:
         from services.kernel.personal import KEY_FILE
 
         path = self.home / KEY_FILE
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(base64.b64encode(secrets.token_bytes(32)).decode())
+        write_private(path, base64.b64encode(secrets.token_bytes(32)).decode(), replace=False)
         return path
 
     # --- signing keys (services/kernel/signing.py) ------------------------------------------------
@@ -452,14 +450,13 @@ class DevStack:
         private key file, and its public key joins the service's others in MIEUX_VERIFY_KEYS, where the older
         ones stay (rotation: what they signed still verifies). Returns its key id."""
         from services.kernel import signing
-        from services.ops import certs
 
         if save:
             self.load()
         private, kid, public = signing.new_key()
         path = signing.dev_key_file(self.home, service)
         path.parent.mkdir(mode=0o700, exist_ok=True)
-        certs.write_private(path, signing.private_pem(private))
+        write_private(path, signing.private_pem(private))
         keys = self.state.setdefault("verify_keys", {})
         keys.setdefault(service, {})[kid] = public
         if "settings" in self.state:

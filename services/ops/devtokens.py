@@ -6,26 +6,15 @@ services and the tests present), and the token registry the services check them 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from services.kernel import principals
+from services.kernel.files import write_private
 from services.kernel.principals import MIN_TOKEN_LENGTH, TokenEntry
 
 PEOPLE = ("ops", "finance", "admin")
 TOKENS_FILE = "tokens.json"
 REGISTRY_FILE = "auth-tokens.json"
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write `text` into a new 0600 file made with O_EXCL (never readable by others, even for a moment), then
-    put it in place of `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def stack_entry_id(who: str) -> str:
@@ -47,7 +36,7 @@ def ensure(home: Path) -> Path:
         for who in (*PEOPLE, *calls)
     }
     if tokens != old:
-        _write_private(path, json.dumps(tokens, indent=2))
+        write_private(path, json.dumps(tokens, indent=2))
     registry = home / REGISTRY_FILE
     own = {stack_entry_id(who) for who in tokens}
     entries: list[TokenEntry] = [
