@@ -84,25 +84,26 @@ class EventLogServicer(eventlog_pb2_grpc.EventLogServicer):
         position, left = request.after_position, request.limit or end  # no more than `end` events are after 0
         hwm = HighWaterMark(self.store.schema)
         source = self.store.service
+        page: list[eventlog_pb2.StoredEvent] = []  # a page fills across reads: it ends full, or at the end
+        size = 0
         while position < end and left > 0:
             rows = await self.store.read_all_rows(position, min(self.page_size, left), hwm, data_as_text=True)
             if not rows:
                 await asyncio.sleep(0.001)  # a writer below `end` is still committing
                 continue
-            page, size = [], 0
             for row in rows:
                 if row[0] > end:
                     left = 0
                     break
                 page.append(to_proto(row, source))
                 size += len(row[6])
-                if size >= self.page_bytes:
-                    yield eventlog_pb2.EventPage(events=page)
-                    page, size = [], 0
                 position = row[0]
                 left -= 1
-            if page:
-                yield eventlog_pb2.EventPage(events=page)
+                if size >= self.page_bytes or len(page) >= self.page_size:
+                    yield eventlog_pb2.EventPage(events=page)
+                    page, size = [], 0
+        if page:
+            yield eventlog_pb2.EventPage(events=page)
 
 
 def register(store: EventStore, settings: Settings | None = None):  # type: ignore[no-untyped-def]

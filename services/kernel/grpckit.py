@@ -446,8 +446,16 @@ async def run_until_signalled(start: Callable[[], Awaitable[None]], stop: Callab
 
 # Every replica a target resolves to gets calls in turn (round_robin), not the first one alone (pick_first):
 # "ipv4:127.0.0.1:50051,127.0.0.1:50151" (`mieux up --replicas 2`), or a DNS name with one address per
-# replica (compose's service name, a Kubernetes headless Service). A replica that is down is skipped.
-BALANCED = (("grpc.lb_policy_name", "round_robin"),)
+# replica (compose's service name, a Kubernetes headless Service). A replica that is down is skipped, and
+# tried again within RECONNECT_MAX_MS once it is back (gRPC's default backoff grows to 120 s: a restarted
+# replica would get no call for minutes).
+RECONNECT_MAX_MS = 2000
+BALANCED: tuple[tuple[str, str | int], ...] = (
+    ("grpc.lb_policy_name", "round_robin"),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", RECONNECT_MAX_MS),
+)
 
 
 def channel(target: str, settings: Settings | None = None) -> grpc.aio.Channel:
@@ -460,7 +468,7 @@ def channel(target: str, settings: Settings | None = None) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(target, credentials, options=balanced(target))
 
 
-def balanced(target: str) -> tuple[tuple[str, str], ...]:
+def balanced(target: str) -> tuple[tuple[str, str | int], ...]:
     """The channel options of `target` (BALANCED); a list of addresses is named (authority, the name TLS checks
     the servers' certificates against) after its first address, as one address would be."""
     scheme, _, rest = target.partition(":")
