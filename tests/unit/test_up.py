@@ -39,10 +39,13 @@ def test_each_replica_is_told_its_ports_and_every_replicas_address(monkeypatch: 
 
 
 def test_a_list_of_addresses_is_balanced_and_named_after_its_first() -> None:
-    assert balanced("127.0.0.1:50051") == BALANCED == (("grpc.lb_policy_name", "round_robin"),)
+    assert balanced("127.0.0.1:50051") == BALANCED
+    assert dict(BALANCED)["grpc.lb_policy_name"] == "round_robin"
+    # a replica that comes back is tried again within seconds, not gRPC's default of up to 120 s
+    assert dict(BALANCED)["grpc.max_reconnect_backoff_ms"] <= 2000
     assert balanced("mieux-requests:50051") == BALANCED  # a DNS name: every address it resolves to
     assert dict(balanced("ipv4:127.0.0.1:50051,127.0.0.1:50151")) == {
-        "grpc.lb_policy_name": "round_robin",
+        **dict(BALANCED),
         "grpc.default_authority": "127.0.0.1:50051",
     }
 
