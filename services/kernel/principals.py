@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_serializer, model_validator
 
 from services.kernel.files import write_private
 from services.kernel.settings import Principal, Role, SettingsError
@@ -43,6 +43,12 @@ class TokenEntry(BaseModel):
     calls: frozenset[str] | None = None
     salt: str = Field(min_length=32)
     hash: str = Field(min_length=64, max_length=64)
+
+    @field_serializer("roles", "calls")
+    def _sorted(self, values: frozenset[str] | None) -> list[str] | None:
+        """Sets written in order: the same entry always gives the same JSON (a set's own order follows the
+        process's string hashing, so an entry read back and written again would differ from run to run)."""
+        return None if values is None else sorted(values)
 
     @model_validator(mode="after")
     def _service_has_calls(self) -> TokenEntry:

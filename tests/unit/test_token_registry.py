@@ -179,3 +179,11 @@ async def test_every_kind_of_handler_is_authenticated(server: grpc.aio.Channel, 
 
 async def test_a_handler_of_an_unknown_kind_is_refused(server: grpc.aio.Channel) -> None:
     assert await _status(server, "Odd", OPS) == "UNIMPLEMENTED"
+
+
+def test_an_entry_writes_its_sets_in_order_so_it_reads_back_and_writes_the_same() -> None:
+    calls = [f"/mieux.x.v1.X/Call{c}" for c in "QWERTYUIOPASDFGH"]
+    entry = principals.entry_for(long_token("stats"), "stats", ["service"], calls)
+    written = principals.dump_entries([entry])
+    assert json.loads(written)["tokens"][0]["calls"] == sorted(calls)
+    assert principals.dump_entries(principals.parse_entries(json.loads(written), "test")) == written
